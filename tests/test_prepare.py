@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import CRS, TRANSFORM, pixel_box, rows_cols_nodata, write_tif
+from eoforge.config import IGNORE_INDEX, parse_config
+from eoforge.errors import DataError, InputError
+from eoforge.prepare import PreparedScene, prepare
+
+
+def _cfg(scene: dict, **labels: object) -> object:
+    lab = {"path": str(scene["labels"]), "column": "cover", **labels}
+    return parse_config(
+        {"inputs": {"images": [str(p) for p in scene["images"]], "labels": lab, "classes": scene["classes"]}}
+    ).inputs
+
+
+def test_stack_keeps_georeferencing_values_and_nodata(scene: dict, tmp_path: Path) -> None:
+    prep = prepare(_cfg(scene), tmp_path / "run", block=24)  # small blocks: exercise the block loop
+    with rasterio.open(prep.image) as src:
+        assert src.count == 3 and src.crs.to_string() == CRS and src.transform == TRANSFORM
+        assert src.shape == (64, 64) and src.dtypes[0] == "float32"
+        img = src.read()
+        assert src.descriptions == ("band1", "band2", "band3")
+    for b, p in enumerate(scene["images"]):
+        with rasterio.open(p) as s:
+            raw = s.read(1).astype(np.float32)
+        valid = raw != 0
+        np.testing.assert_array_equal(img[b][valid], raw[valid])
+    assert np.isnan(img[:, rows_cols_nodata()[0], rows_cols_nodata()[1]]).all()
+    assert prep.bands == ["band1", "band2", "band3"]
+
+
+def test_known_polygon_burns_the_right_pixels(scene: dict, tmp_path: Path) -> None:
+    prep = prepare(_cfg(scene), tmp_path / "run")
+    with rasterio.open(prep.labels) as src:
+        lab = src.read(1)
+        assert src.transform == TRANSFORM and src.nodata == IGNORE_INDEX
+    expected = np.where(np.arange(64)[None, :] < 32, 0, 1).repeat(64, 0).astype(np.uint8)
+    expected[8:24, 40:56] = 2  # 'field' (class index 2) burnt over 'forest'
+    expected[rows_cols_nodata()] = IGNORE_INDEX  # nodata pixels are unlabelled
+    np.testing.assert_array_equal(lab, expected)
+    assert prep.class_counts == [int((expected == k).sum()) for k in range(3)]
+
+
+def test_labels_in_another_crs_are_reprojected(scene: dict, tmp_path: Path) -> None:
+    gdf = gpd.GeoDataFrame({"cover": ["field"]}, geometry=[pixel_box(8, 40, 24, 56)], crs=CRS).to_crs("EPSG:4326")
+    path = tmp_path / "wgs84.geojson"
+    gdf.to_file(path)
+    cfg = _cfg({**scene, "labels": path})
+    lab = rasterio.open(prepare(cfg, tmp_path / "run").labels).read(1)
+    field = lab == 2
+    assert field.sum() == 16 * 16
+    assert field[8:24, 40:56].all()
+
+
+def test_stats_are_exact_over_valid_pixels(scene: dict, tmp_path: Path) -> None:
+    prep = prepare(_cfg(scene), tmp_path / "run", block=16)
+    for b, p in enumerate(scene["images"]):
+        raw = rasterio.open(p).read(1).astype(np.float64)
+        v = raw[raw != 0]
+        assert prep.mean[b] == pytest.approx(v.mean(), rel=1e-9)
+        assert prep.std[b] == pytest.approx(v.std(), rel=1e-6)
+    again = PreparedScene.load(tmp_path / "run" / "prepared")
+    assert again == prep
+
+
+def test_raster_labels_with_nodata_and_ids(scene: dict, tmp_path: Path) -> None:
+    lab = np.full((64, 64), 2, dtype=np.int16)
+    lab[:, :10] = -1  # nodata
+    lab[30:, 30:] = 3
+    path = write_tif(tmp_path / "lab.tif", lab, nodata=-1)
+    cfg = parse_config(
+        {"inputs": {"images": [str(p) for p in scene["images"]], "labels": {"path": str(path)}, "classes": scene["classes"]}}
+    ).inputs
+    out = rasterio.open(prepare(cfg, tmp_path / "run").labels).read(1)
+    assert (out[:, :10] == IGNORE_INDEX).all()
+    assert (out[30:, 30:] == 2).all() and (out[10:30, 10:] == 1).all()
+
+
+def test_unknown_label_values_are_listed(scene: dict, tmp_path: Path) -> None:
+    cfg = parse_config(
+        {"inputs": {"images": [str(p) for p in scene["images"]], "labels": {"path": str(scene["labels"]), "column": "cover"},
+                    "classes": {1: "water", 2: "forest"}}}
+    ).inputs
+    with pytest.raises(InputError, match=r"labels.gpkg: label values not listed in classes: 'field'.*ignore_unknown"):
+        prepare(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "prepared").exists()  # nothing half-written
+
+
+def test_unknown_raster_label_values_leave_nothing_behind(scene: dict, tmp_path: Path) -> None:
+    lab = np.full((64, 64), 1, dtype=np.uint8)
+    lab[40:, 40:] = 9
+    lab[0, 63] = 7
+    path = write_tif(tmp_path / "lab.tif", lab)
+    cfg = parse_config(
+        {"inputs": {"images": [str(p) for p in scene["images"]], "labels": {"path": str(path)}, "classes": scene["classes"]}}
+    ).inputs
+    with pytest.raises(InputError, match=r"lab.tif: label values not listed in classes: 7, 9;"):
+        prepare(cfg, tmp_path / "run")
+    assert list((tmp_path / "run").iterdir()) == []  # the temporary folder is gone, no prepared/
+
+
+def test_ignore_unknown_makes_them_unlabelled(scene: dict, tmp_path: Path) -> None:
+    cfg = parse_config(
+        {"inputs": {"images": [str(p) for p in scene["images"]],
+                    "labels": {"path": str(scene["labels"]), "column": "cover", "ignore_unknown": True},
+                    "classes": {1: "water", 2: "forest"}}}
+    ).inputs
+    lab = rasterio.open(prepare(cfg, tmp_path / "run").labels).read(1)
+    # the 'field' polygon is dropped: forest below it stays
+    assert (lab[8:24, 40:56] == 1).all()
+
+
+def test_missing_column_lists_columns(scene: dict, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"no column 'klass' \(columns: cover\)"):
+        prepare(_cfg(scene, column="klass"), tmp_path / "run")
+
+
+def test_labels_outside_the_image(scene: dict, tmp_path: Path) -> None:
+    far = gpd.GeoDataFrame({"cover": ["water"]}, geometry=[pixel_box(1000, 1000, 1010, 1010)], crs=CRS)
+    path = tmp_path / "far.gpkg"
+    far.to_file(path)
+    with pytest.raises(InputError, match="far.gpkg: no label geometry overlaps the image"):
+        prepare(_cfg({**scene, "labels": path}), tmp_path / "run")
+
+
+def test_missing_and_unreadable_images(scene: dict, tmp_path: Path) -> None:
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"this is not a tiff")
+    cfg = parse_config({"inputs": {"images": [str(bad)], "labels": {"path": str(scene["labels"]), "column": "cover"},
+                                   "classes": scene["classes"]}}).inputs
+    with pytest.raises(DataError, match="broken.tif: not a readable raster"):
+        prepare(cfg, tmp_path / "run")
+    cfg = parse_config({"inputs": {"images": [str(tmp_path / "nope.tif")],
+                                   "labels": {"path": str(scene["labels"]), "column": "cover"}, "classes": scene["classes"]}}).inputs
+    with pytest.raises(InputError, match="nope.tif: file not found"):
+        prepare(cfg, tmp_path / "run")
+
+
+def test_mismatched_grids_are_refused(scene: dict, tmp_path: Path) -> None:
+    other = write_tif(tmp_path / "shifted.tif", np.ones((64, 64), np.uint16), transform=TRANSFORM * TRANSFORM.translation(3, 0))
+    cfg = parse_config({"inputs": {"images": [str(scene["images"][0]), str(other)],
+                                   "labels": {"path": str(scene["labels"]), "column": "cover"}, "classes": scene["classes"]}}).inputs
+    with pytest.raises(DataError, match="shifted.tif: grid .* differs from"):
+        prepare(cfg, tmp_path / "run")
+
+
+def test_scene_json_records_classes(scene: dict, tmp_path: Path) -> None:
+    prepare(_cfg(scene), tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "prepared" / "scene.json").read_text())
+    assert [c["name"] for c in meta["classes"]] == ["water", "forest", "field"]
+    assert meta["grid"]["crs"] == CRS
