@@ -17,12 +17,21 @@ RES = 10.0
 TRANSFORM = Affine(RES, 0, ORIGIN[0], 0, -RES, ORIGIN[1])
 
 
-def write_tif(path: Path, data: np.ndarray, nodata: float | None = None, transform: Affine = TRANSFORM,
-              crs: str = CRS) -> Path:
+def write_tif(
+    path: Path, data: np.ndarray, nodata: float | None = None, transform: Affine = TRANSFORM, crs: str = CRS
+) -> Path:
     data = data if data.ndim == 3 else data[None]
     with rasterio.open(
-        path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-        dtype=data.dtype, crs=crs, transform=transform, nodata=nodata,
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[2],
+        height=data.shape[1],
+        count=data.shape[0],
+        dtype=data.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
     ) as dst:
         dst.write(data)
     return path
@@ -57,7 +66,12 @@ def scene(tmp_path: Path) -> dict[str, object]:
     )
     labels = tmp_path / "labels.gpkg"
     gdf.to_file(labels)
-    return {"images": paths, "labels": labels, "classes": {1: "water", 2: "forest", 3: "field"}, "dir": tmp_path}
+    return {
+        "images": paths,
+        "labels": labels,
+        "classes": {1: "water", 2: "forest", 3: "field"},
+        "dir": tmp_path,
+    }
 
 
 def rows_cols_nodata() -> tuple[slice, slice]:

@@ -14,13 +14,22 @@ from eoforge.prepare import prepare
 
 @pytest.fixture
 def prepared(scene: dict, tmp_path: Path):  # type: ignore[no-untyped-def]
-    cfg = parse_config({"inputs": {"images": [str(p) for p in scene["images"]],
-                                   "labels": {"path": str(scene["labels"]), "column": "cover"}, "classes": scene["classes"]}})
+    cfg = parse_config(
+        {
+            "inputs": {
+                "images": [str(p) for p in scene["images"]],
+                "labels": {"path": str(scene["labels"]), "column": "cover"},
+                "classes": scene["classes"],
+            }
+        }
+    )
     return prepare(cfg.inputs, tmp_path / "run")
 
 
 def test_splits_share_no_pixel(prepared, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cfg = ChipsConfig(size=32, stride=8, min_valid=0.1, split={"val": 0.25, "test": 0.25, "block_size": 32, "seed": 3})
+    cfg = ChipsConfig(
+        size=32, stride=8, min_valid=0.1, split={"val": 0.25, "test": 0.25, "block_size": 32, "seed": 3}
+    )
     store = make_chips(prepared, cfg, tmp_path / "run")
     idx = store.index()
     owner = np.full((64, 64), "", dtype=object)

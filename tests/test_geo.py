@@ -10,18 +10,28 @@ from eoforge.geo import Grid, block_index, chip_windows, overlap_tiles
 
 @pytest.mark.parametrize(
     ("h", "w", "tile", "overlap"),
-    [(100, 70, 32, 8), (64, 64, 64, 0), (20, 300, 64, 16), (257, 129, 128, 32), (31, 31, 64, 32), (500, 500, 96, 31)],
+    [
+        (100, 70, 32, 8),
+        (64, 64, 64, 0),
+        (20, 300, 64, 16),
+        (257, 129, 128, 32),
+        (31, 31, 64, 32),
+        (500, 500, 96, 31),
+    ],
 )
 def test_overlap_tile_cores_partition_the_raster(h: int, w: int, tile: int, overlap: int) -> None:
     cover = np.zeros((h, w), dtype=int)
     tiles = list(overlap_tiles(h, w, tile, overlap))
     for t in tiles:
         r, c = int(t.read.row_off), int(t.read.col_off)
-        assert 0 <= r and 0 <= c and r + t.read.height <= h and c + t.read.width <= w  # inside the raster
+        assert r >= 0 and c >= 0 and r + t.read.height <= h and c + t.read.width <= w  # inside the raster
         assert (t.read.height, t.read.width) == (min(tile, h), min(tile, w))  # all the same size
         rs, cs = t.core_slices
         assert rs.start >= 0 and rs.stop <= t.read.height and cs.start >= 0 and cs.stop <= t.read.width
-        cover[int(t.core.row_off) : int(t.core.row_off + t.core.height), int(t.core.col_off) : int(t.core.col_off + t.core.width)] += 1
+        cover[
+            int(t.core.row_off) : int(t.core.row_off + t.core.height),
+            int(t.core.col_off) : int(t.core.col_off + t.core.width),
+        ] += 1
     assert cover.min() == 1 and cover.max() == 1
 
 

@@ -7,8 +7,8 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-
 from conftest import CRS, TRANSFORM, pixel_box, rows_cols_nodata, write_tif
+
 from eoforge.config import IGNORE_INDEX, parse_config
 from eoforge.errors import DataError, InputError
 from eoforge.prepare import PreparedScene, prepare
@@ -50,7 +50,9 @@ def test_known_polygon_burns_the_right_pixels(scene: dict, tmp_path: Path) -> No
 
 
 def test_labels_in_another_crs_are_reprojected(scene: dict, tmp_path: Path) -> None:
-    gdf = gpd.GeoDataFrame({"cover": ["field"]}, geometry=[pixel_box(8, 40, 24, 56)], crs=CRS).to_crs("EPSG:4326")
+    gdf = gpd.GeoDataFrame({"cover": ["field"]}, geometry=[pixel_box(8, 40, 24, 56)], crs=CRS).to_crs(
+        "EPSG:4326"
+    )
     path = tmp_path / "wgs84.geojson"
     gdf.to_file(path)
     cfg = _cfg({**scene, "labels": path})
@@ -77,7 +79,13 @@ def test_raster_labels_with_nodata_and_ids(scene: dict, tmp_path: Path) -> None:
     lab[30:, 30:] = 3
     path = write_tif(tmp_path / "lab.tif", lab, nodata=-1)
     cfg = parse_config(
-        {"inputs": {"images": [str(p) for p in scene["images"]], "labels": {"path": str(path)}, "classes": scene["classes"]}}
+        {
+            "inputs": {
+                "images": [str(p) for p in scene["images"]],
+                "labels": {"path": str(path)},
+                "classes": scene["classes"],
+            }
+        }
     ).inputs
     out = rasterio.open(prepare(cfg, tmp_path / "run").labels).read(1)
     assert (out[:, :10] == IGNORE_INDEX).all()
@@ -86,10 +94,17 @@ def test_raster_labels_with_nodata_and_ids(scene: dict, tmp_path: Path) -> None:
 
 def test_unknown_label_values_are_listed(scene: dict, tmp_path: Path) -> None:
     cfg = parse_config(
-        {"inputs": {"images": [str(p) for p in scene["images"]], "labels": {"path": str(scene["labels"]), "column": "cover"},
-                    "classes": {1: "water", 2: "forest"}}}
+        {
+            "inputs": {
+                "images": [str(p) for p in scene["images"]],
+                "labels": {"path": str(scene["labels"]), "column": "cover"},
+                "classes": {1: "water", 2: "forest"},
+            }
+        }
     ).inputs
-    with pytest.raises(InputError, match=r"labels.gpkg: label values not listed in classes: 'field'.*ignore_unknown"):
+    with pytest.raises(
+        InputError, match=r"labels.gpkg: label values not listed in classes: 'field'.*ignore_unknown"
+    ):
         prepare(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "prepared").exists()  # nothing half-written
 
@@ -100,7 +115,13 @@ def test_unknown_raster_label_values_leave_nothing_behind(scene: dict, tmp_path:
     lab[0, 63] = 7
     path = write_tif(tmp_path / "lab.tif", lab)
     cfg = parse_config(
-        {"inputs": {"images": [str(p) for p in scene["images"]], "labels": {"path": str(path)}, "classes": scene["classes"]}}
+        {
+            "inputs": {
+                "images": [str(p) for p in scene["images"]],
+                "labels": {"path": str(path)},
+                "classes": scene["classes"],
+            }
+        }
     ).inputs
     with pytest.raises(InputError, match=r"lab.tif: label values not listed in classes: 7, 9;"):
         prepare(cfg, tmp_path / "run")
@@ -109,9 +130,13 @@ def test_unknown_raster_label_values_leave_nothing_behind(scene: dict, tmp_path:
 
 def test_ignore_unknown_makes_them_unlabelled(scene: dict, tmp_path: Path) -> None:
     cfg = parse_config(
-        {"inputs": {"images": [str(p) for p in scene["images"]],
-                    "labels": {"path": str(scene["labels"]), "column": "cover", "ignore_unknown": True},
-                    "classes": {1: "water", 2: "forest"}}}
+        {
+            "inputs": {
+                "images": [str(p) for p in scene["images"]],
+                "labels": {"path": str(scene["labels"]), "column": "cover", "ignore_unknown": True},
+                "classes": {1: "water", 2: "forest"},
+            }
+        }
     ).inputs
     lab = rasterio.open(prepare(cfg, tmp_path / "run").labels).read(1)
     # the 'field' polygon is dropped: forest below it stays
@@ -134,20 +159,45 @@ def test_labels_outside_the_image(scene: dict, tmp_path: Path) -> None:
 def test_missing_and_unreadable_images(scene: dict, tmp_path: Path) -> None:
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"this is not a tiff")
-    cfg = parse_config({"inputs": {"images": [str(bad)], "labels": {"path": str(scene["labels"]), "column": "cover"},
-                                   "classes": scene["classes"]}}).inputs
+    cfg = parse_config(
+        {
+            "inputs": {
+                "images": [str(bad)],
+                "labels": {"path": str(scene["labels"]), "column": "cover"},
+                "classes": scene["classes"],
+            }
+        }
+    ).inputs
     with pytest.raises(DataError, match="broken.tif: not a readable raster"):
         prepare(cfg, tmp_path / "run")
-    cfg = parse_config({"inputs": {"images": [str(tmp_path / "nope.tif")],
-                                   "labels": {"path": str(scene["labels"]), "column": "cover"}, "classes": scene["classes"]}}).inputs
+    cfg = parse_config(
+        {
+            "inputs": {
+                "images": [str(tmp_path / "nope.tif")],
+                "labels": {"path": str(scene["labels"]), "column": "cover"},
+                "classes": scene["classes"],
+            }
+        }
+    ).inputs
     with pytest.raises(InputError, match="nope.tif: file not found"):
         prepare(cfg, tmp_path / "run")
 
 
 def test_mismatched_grids_are_refused(scene: dict, tmp_path: Path) -> None:
-    other = write_tif(tmp_path / "shifted.tif", np.ones((64, 64), np.uint16), transform=TRANSFORM * TRANSFORM.translation(3, 0))
-    cfg = parse_config({"inputs": {"images": [str(scene["images"][0]), str(other)],
-                                   "labels": {"path": str(scene["labels"]), "column": "cover"}, "classes": scene["classes"]}}).inputs
+    other = write_tif(
+        tmp_path / "shifted.tif",
+        np.ones((64, 64), np.uint16),
+        transform=TRANSFORM * TRANSFORM.translation(3, 0),
+    )
+    cfg = parse_config(
+        {
+            "inputs": {
+                "images": [str(scene["images"][0]), str(other)],
+                "labels": {"path": str(scene["labels"]), "column": "cover"},
+                "classes": scene["classes"],
+            }
+        }
+    ).inputs
     with pytest.raises(DataError, match="shifted.tif: grid .* differs from"):
         prepare(cfg, tmp_path / "run")
 

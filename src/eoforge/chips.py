@@ -134,7 +134,9 @@ def make_chips(scene: PreparedScene, cfg: ChipsConfig, out_dir: str | Path) -> C
     c = len(scene.bands)
     with atomic_dir(out_dir / "chips") as tmp:
         g = zarr.open_group(str(tmp / "chips.zarr"), mode="w")
-        img_arr = g.create_array("image", shape=(n, c, size, size), chunks=(1, c, size, size), dtype="float32")
+        img_arr = g.create_array(
+            "image", shape=(n, c, size, size), chunks=(1, c, size, size), dtype="float32"
+        )
         lab_arr = g.create_array("label", shape=(n, size, size), chunks=(1, size, size), dtype="uint8")
         with rasterio.open(scene.image) as src, rasterio.open(scene.labels) as lab:
             for i, (w, _) in enumerate(kept):

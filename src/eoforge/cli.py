@@ -25,7 +25,7 @@ from eoforge import __version__
 from eoforge.errors import EoforgeError
 
 console = Console(stderr=True)
-out_console = Console()
+out_console = Console(soft_wrap=True)
 
 
 def _setup_logging(verbose: int, quiet: bool, needs_lightning: bool = False) -> None:
@@ -50,7 +50,12 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
         yield lambda done, total: None
         return
     bar = Progress(
-        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     )
     task = bar.add_task(label, total=None, start=False)
 
@@ -63,7 +68,8 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
     try:
         yield update
     finally:
-        bar.stop()
+        if bar.live.is_started:
+            bar.stop()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,7 +95,9 @@ def _headline(out: Path, metrics: dict[str, Any], quiet: bool) -> None:
     )
     if "baseline" in metrics:
         b = metrics["baseline"]
-        table.add_row("random forest", f"{b['overall_accuracy']:.3f}", f"{b['kappa']:.3f}", f"{b['mean_iou']:.3f}")
+        table.add_row(
+            "random forest", f"{b['overall_accuracy']:.3f}", f"{b['kappa']:.3f}", f"{b['mean_iou']:.3f}"
+        )
     if not quiet:
         out_console.print(table)
     out_console.print(f"map:     {out / 'map.tif'}")
@@ -149,7 +157,9 @@ def _stage(name: str, doc: str) -> None:
         out.mkdir(parents=True, exist_ok=True)
         if name == "prepare":
             scene = pipeline.stage_prepare(cfg, out)
-            out_console.print(f"prepared {scene.grid.width}x{scene.grid.height} px, {len(scene.bands)} bands: {scene.root}")
+            out_console.print(
+                f"prepared {scene.grid.width}x{scene.grid.height} px, {len(scene.bands)} bands: {scene.root}"
+            )
         elif name == "chips":
             store = pipeline.stage_chips(cfg, out)
             out_console.print(f"chips: { {k: len(v) for k, v in store.splits.items()} } in {store.root}")
@@ -170,11 +180,20 @@ _stage("evaluate", "Score OUT/model on the test chips; write OUT/metrics.json an
 @cli.command("predict")
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Class map to write (COG).")
+@click.option(
+    "--output", "-o", required=True, type=click.Path(path_type=Path), help="Class map to write (COG)."
+)
 @click.option("--tile", type=int, default=None, help="Window side in pixels (default: from the package).")
 @click.option("--overlap", type=int, default=None, help="Pixels shared by neighbouring windows.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1 …")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16"]),
+    default="fp32",
+    show_default=True,
+    help="bf16 autocast is ~2.5x faster on CPUs with AMX; class maps may differ from fp32 on a few pixels.",
+)
 @click.pass_context
 def predict_cmd(
     ctx: click.Context,
@@ -185,12 +204,23 @@ def predict_cmd(
     overlap: int | None,
     batch_size: int,
     device: str,
+    precision: str,
 ) -> None:
     """Classify IMAGES (files stacked band-wise, in training band order) with MODEL_DIR into a COG."""
     from eoforge.predict import predict
 
     with _progress("predict", ctx.obj["quiet"]) as update:
-        res = predict(model_dir, list(images), output, tile, overlap, batch_size, device, on_progress=update)
+        res = predict(
+            model_dir,
+            list(images),
+            output,
+            tile,
+            overlap,
+            batch_size,
+            device,
+            on_progress=update,
+            precision=precision,
+        )
     out_console.print(
         f"wrote {res.path} ({res.grid.width}x{res.grid.height} px, {res.windows} windows, "
         f"{res.pixels_per_second / 1e6:.2f} MP/s)"

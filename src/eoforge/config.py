@@ -38,7 +38,8 @@ class LabelsConfig(_Strict):
         description="Class id burnt where no polygon lies (vector labels); by default such pixels are unlabelled.",
     )
     all_touched: bool = Field(
-        default=False, description="Burn every pixel a polygon touches, not only those whose centre is inside."
+        default=False,
+        description="Burn every pixel a polygon touches, not only those whose centre is inside.",
     )
 
 
@@ -90,7 +91,9 @@ class SplitConfig(_Strict):
 
 class ChipsConfig(_Strict):
     size: int = Field(default=128, ge=32, description="Chip side in pixels (a multiple of 32 for U-Net).")
-    stride: int | None = Field(default=None, gt=0, description="Step between chips in pixels (default: size).")
+    stride: int | None = Field(
+        default=None, gt=0, description="Step between chips in pixels (default: size)."
+    )
     min_valid: float = Field(
         default=0.5, ge=0.0, le=1.0, description="Minimum fraction of labelled, non-nodata pixels in a chip."
     )
@@ -119,7 +122,9 @@ class TrainConfig(_Strict):
     batch_size: int = Field(default=16, ge=1, description="Chips per batch.")
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay.")
-    patience: int = Field(default=10, ge=1, description="Early stopping: epochs without val mIoU improvement.")
+    patience: int = Field(
+        default=10, ge=1, description="Early stopping: epochs without val mIoU improvement."
+    )
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field(
         default="32-true", description="Lightning precision; bf16-mixed is ~3x faster on CPUs with AMX."
     )
@@ -171,7 +176,9 @@ def _absolutise(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(imgs, str):
             imgs = [imgs]
         if isinstance(imgs, list):
-            inputs["images"] = [str(base / str(p)) if not Path(str(p)).is_absolute() else str(p) for p in imgs]
+            inputs["images"] = [
+                str(base / str(p)) if not Path(str(p)).is_absolute() else str(p) for p in imgs
+            ]
         labels = inputs.get("labels")
         if isinstance(labels, dict) and "path" in labels and not Path(str(labels["path"])).is_absolute():
             labels["path"] = str(base / str(labels["path"]))

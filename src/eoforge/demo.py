@@ -29,7 +29,15 @@ BANDS = {  # file -> STAC eo common name (Landsat 7 ETM+ bands 1, 2, 3, 4, 5, 7)
     "lsat7_2000_70.tif": "swir22",
 }
 LABELS = "strata.tif"
-CLASSES = {1: "developed", 2: "agriculture", 3: "herbaceous", 4: "shrubland", 5: "forest", 6: "water", 7: "sediment"}
+CLASSES = {
+    1: "developed",
+    2: "agriculture",
+    3: "herbaceous",
+    4: "shrubland",
+    5: "forest",
+    6: "water",
+    7: "sediment",
+}
 COLORS = {1: "#e31a1c", 2: "#ffdd55", 3: "#b2df8a", 4: "#a6761d", 5: "#1b7837", 6: "#1f78b4", 7: "#bdbdbd"}
 SHA256 = {
     "lsat7_2000_10.tif": "0fa63a54b2fc7bfb93606777f70e383167b9407e37ff943e55783255d3ab3b5b",
@@ -61,7 +69,9 @@ def verify(folder: Path) -> None:
             raise DataError(f"{path}: demo file missing; reinstall with `make clean setup`")
         got = hashlib.sha256(path.read_bytes()).hexdigest()
         if got != digest:
-            raise DataError(f"{path}: checksum {got[:12]}… differs from {digest[:12]}…; reinstall with `make clean setup`")
+            raise DataError(
+                f"{path}: checksum {got[:12]}… differs from {digest[:12]}…; reinstall with `make clean setup`"
+            )
 
 
 def demo_config(epochs: int = 40) -> RunConfig:
@@ -77,7 +87,12 @@ def demo_config(epochs: int = 40) -> RunConfig:
                 "classes": CLASSES,
                 "colors": COLORS,
             },
-            "chips": {"size": 64, "stride": 16, "min_valid": 0.5, "split": {"val": 0.15, "test": 0.2, "block_size": 128}},
+            "chips": {
+                "size": 64,
+                "stride": 16,
+                "min_valid": 0.5,
+                "split": {"val": 0.15, "test": 0.2, "block_size": 128},
+            },
             "model": {"arch": "unet", "encoder": "resnet18"},
             "train": {"epochs": epochs, "batch_size": 16, "lr": 0.002, "patience": 12},
             "predict": {"tile": 128, "overlap": 32},

@@ -137,7 +137,7 @@ def evaluate(
         x, y = _train_pixels(store, baseline_pixels, seed=0)
         rf = RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=0).fit(x, y)
         log.info("random forest baseline trained on %d pixels", len(y))
-    panels = []
+    panels: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for i in range(0, len(chips), batch_size):
         sel = chips[i : i + batch_size]
         img = np.stack([np.asarray(images[j]) for j in sel])
@@ -151,7 +151,7 @@ def evaluate(
             rf_pred = rf.predict(flat).reshape(target.shape).astype(np.int64)
             cm_rf.update(torch.from_numpy(rf_pred), torch.from_numpy(target))
         if len(panels) < 3:
-            panels.append((img[0], lab[0], pred[0]))
+            panels.append((img[0], lab[0], np.where(np.isnan(img[0]).any(axis=0), IGNORE_INDEX, pred[0])))
     metrics = metrics_from_confusion(cm_dl.compute().numpy(), names, ids)
     metrics["model"] = {"arch": predictor.meta.arch, "encoder": predictor.meta.encoder}
     metrics["split"] = "test"
@@ -186,7 +186,9 @@ def _cm_plot(metrics: dict[str, Any], names: list[str]) -> str:
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
         ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
         for (r, c), v in np.ndenumerate(norm):
-            ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black")
+            ax.text(
+                c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black"
+            )
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set_xlabel("predicted")
@@ -234,8 +236,16 @@ def _panel_plot(panels: list[tuple[np.ndarray, np.ndarray, np.ndarray]], predict
     fig, axes = plt.subplots(len(panels), 3, figsize=(9, 3 * len(panels)), squeeze=False)
     for row, (img, lab, pred) in zip(axes, panels, strict=True):
         row[0].imshow(_rgb(img, predictor.meta.bands))
-        row[1].imshow(np.ma.masked_equal(lab, IGNORE_INDEX), cmap=cmap, vmin=-0.5, vmax=k - 0.5, interpolation="nearest")
-        row[2].imshow(pred, cmap=cmap, vmin=-0.5, vmax=k - 0.5, interpolation="nearest")
+        row[1].imshow(
+            np.ma.masked_equal(lab, IGNORE_INDEX), cmap=cmap, vmin=-0.5, vmax=k - 0.5, interpolation="nearest"
+        )
+        row[2].imshow(
+            np.ma.masked_equal(pred, IGNORE_INDEX),
+            cmap=cmap,
+            vmin=-0.5,
+            vmax=k - 0.5,
+            interpolation="nearest",
+        )
         for ax, t in zip(row, ("image", "reference", "prediction"), strict=True):
             ax.set_title(t)
             ax.axis("off")
@@ -284,15 +294,15 @@ def render_report(
     parts.append(f"<h2>Per class ({html.escape(metrics['model']['arch'])})</h2>{_table(metrics)}")
     if "baseline" in metrics:
         parts.append(f"<h2>Per class (random forest)</h2>{_table(metrics['baseline'])}")
-    parts.append(f"<h2>Confusion matrices (row-normalised)</h2><img src='data:image/png;base64,{_cm_plot(metrics, names)}'>")
+    parts.append(
+        f"<h2>Confusion matrices (row-normalised)</h2><img src='data:image/png;base64,{_cm_plot(metrics, names)}'>"
+    )
     if train_log is not None:
         curves = _curves_plot(Path(train_log))
         if curves:
             parts.append(f"<h2>Training curves</h2><img src='data:image/png;base64,{curves}'>")
     if panels:
-        parts.append(
-            f"<h2>Test chips</h2><img src='data:image/png;base64,{_panel_plot(panels, predictor)}'>"
-        )
+        parts.append(f"<h2>Test chips</h2><img src='data:image/png;base64,{_panel_plot(panels, predictor)}'>")
     if credits:
         parts.append(f"<h2>Data credits</h2><p>{html.escape(credits)}</p>")
     parts.append("</body></html>")

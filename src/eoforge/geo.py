@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 
 from affine import Affine
 from rasterio.windows import Window
@@ -117,7 +118,7 @@ def overlap_tiles(height: int, width: int, tile: int, overlap: int) -> Iterator[
 def _cuts(starts: list[int], size: int, length: int) -> list[int]:
     """Boundaries between the cores of consecutive windows: the middle of each pair's overlap."""
     cuts = [0]
-    for a, b in zip(starts[:-1], starts[1:], strict=True):
+    for a, b in pairwise(starts):
         cuts.append((b + a + size) // 2)
     cuts.append(length)
     return cuts

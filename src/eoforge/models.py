@@ -54,7 +54,9 @@ def _smp(cls_name: str) -> ModelFactory:
 
         cls = getattr(smp, cls_name)
         try:
-            return cls(encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes)
+            return cls(
+                encoder_name=encoder, encoder_weights=None, in_channels=in_channels, classes=num_classes
+            )
         except KeyError:
             raise InputError(
                 f"unknown encoder '{encoder}' for {cls_name}; see segmentation-models-pytorch's encoder list "
@@ -86,11 +88,13 @@ def load_weights(model: nn.Module, path: Path) -> None:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise InputError(f"{path}: expected a state dict (name -> tensor); save one with torch.save(m.state_dict())")
+        raise InputError(
+            f"{path}: expected a state dict (name -> tensor); save one with torch.save(m.state_dict())"
+        )
     target: nn.Module = model
     own = model.state_dict()
     if not any(k in own for k in state) and hasattr(model, "encoder"):
-        target = model.encoder
+        target = model.encoder  # type: ignore[assignment]
         own = target.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:

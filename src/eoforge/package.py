@@ -27,6 +27,7 @@ from eoforge.models import create_model
 log = logging.getLogger(__name__)
 
 META = "eoforge.json"
+PRECISIONS = ("fp32", "bf16")
 WEIGHTS = "model.pt"
 
 
@@ -61,7 +62,9 @@ class PackageMeta:
             "nodata": self.nodata,
             "chip_size": self.chip_size,
             "predict": {"tile": self.tile, "overlap": self.overlap},
-            "classes": [{"index": i, "id": c.id, "name": c.name, "color": c.color} for i, c in enumerate(self.classes)],
+            "classes": [
+                {"index": i, "id": c.id, "name": c.name, "color": c.color} for i, c in enumerate(self.classes)
+            ],
         }
 
     @classmethod
@@ -83,10 +86,16 @@ class PackageMeta:
 class Predictor:
     """Maps raw float32 band windows ``(N, C, H, W)`` (NaN at nodata) to class probabilities or indices."""
 
-    def __init__(self, model: nn.Module, meta: PackageMeta, device: str = "cpu") -> None:
+    def __init__(
+        self, model: nn.Module, meta: PackageMeta, device: str = "cpu", precision: str = "fp32"
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise PackageError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
         self.meta = meta
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        self.precision = precision
+        # channels_last: 1.4x (fp32) to 1.7x (bf16) faster convolutions on CPU (shared/PERF-NOTES.md)
+        self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
         self._mean = torch.tensor(meta.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self._std = torch.tensor(meta.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
@@ -110,8 +119,10 @@ class Predictor:
                 f"input has {x.shape[1]} bands but the model was trained on {len(self.meta.bands)} "
                 f"({', '.join(self.meta.bands)}); give the same bands in the same order"
             )
-        out: torch.Tensor = self.model(self.normalize(x))
-        return out
+        t = self.normalize(x).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out: torch.Tensor = self.model(t)
+        return out.float()
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         return torch.softmax(self.logits(x), dim=1).cpu().numpy()
@@ -122,7 +133,11 @@ class Predictor:
 
 
 def save_package(
-    out: str | Path, model: nn.Module, meta: PackageMeta, config: dict[str, Any], metrics: dict[str, Any] | None = None
+    out: str | Path,
+    model: nn.Module,
+    meta: PackageMeta,
+    config: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
 ) -> Path:
     """Write a model package folder atomically."""
     out = Path(out)
@@ -143,14 +158,16 @@ def read_meta(path: str | Path) -> PackageMeta:
     path = Path(path)
     meta_path = path / META
     if not path.is_dir() or not meta_path.is_file():
-        raise PackageError(f"{path}: not a model package (no {META}); give the model/ folder written by training")
+        raise PackageError(
+            f"{path}: not a model package (no {META}); give the model/ folder written by training"
+        )
     try:
         return PackageMeta.from_json(json.loads(meta_path.read_text()))
     except (KeyError, ValueError, TypeError) as exc:
         raise PackageError(f"{meta_path}: malformed package metadata ({exc}); re-run training") from None
 
 
-def load_package(path: str | Path, device: str = "cpu") -> Predictor:
+def load_package(path: str | Path, device: str = "cpu", precision: str = "fp32") -> Predictor:
     """Load a model package folder into a :class:`Predictor`."""
     path = Path(path)
     meta = read_meta(path)
@@ -161,5 +178,7 @@ def load_package(path: str | Path, device: str = "cpu") -> Predictor:
     try:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except (RuntimeError, OSError) as exc:
-        raise PackageError(f"{weights}: weights do not fit {meta.arch}/{meta.encoder} ({str(exc)[:120]})") from None
-    return Predictor(model, meta, device=device)
+        raise PackageError(
+            f"{weights}: weights do not fit {meta.arch}/{meta.encoder} ({str(exc)[:120]})"
+        ) from None
+    return Predictor(model, meta, device=device, precision=precision)

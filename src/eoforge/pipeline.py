@@ -61,7 +61,8 @@ def stage_train(cfg: RunConfig, out: Path, progress: bool = False) -> Path:
         nodata=scene.nodata,
         chip_size=cfg.chips.size,
         classes=[
-            ClassInfo(i, n, c) for i, n, c in zip(scene.class_ids, scene.class_names, scene.colors, strict=True)
+            ClassInfo(i, n, c)
+            for i, n, c in zip(scene.class_ids, scene.class_names, scene.colors, strict=True)
         ],
         tile=cfg.predict.tile or 2 * cfg.chips.size,
         overlap=cfg.predict.overlap,
@@ -72,7 +73,11 @@ def stage_train(cfg: RunConfig, out: Path, progress: bool = False) -> Path:
 def stage_evaluate(cfg: RunConfig, out: Path, credits: str | None = None) -> dict[str, Any]:
     predictor = load_package(out / "model")
     metrics = evaluate(
-        predictor, ChipStore.load(out / "chips"), out, train_log=out / "train" / "metrics.csv", credits=credits
+        predictor,
+        ChipStore.load(out / "chips"),
+        out,
+        train_log=out / "train" / "metrics.csv",
+        credits=credits,
     )
     add_metrics(out / "model", metrics)
     return metrics
@@ -81,7 +86,11 @@ def stage_evaluate(cfg: RunConfig, out: Path, credits: str | None = None) -> dic
 def stage_predict(cfg: RunConfig, out: Path, on_progress: Progress | None = None) -> PredictResult:
     scene = PreparedScene.load(out / "prepared")
     return predict(
-        out / "model", scene.sources, out / "map.tif", batch_size=cfg.predict.batch_size, on_progress=on_progress
+        out / "model",
+        scene.sources,
+        out / "map.tif",
+        batch_size=cfg.predict.batch_size,
+        on_progress=on_progress,
     )
 
 
@@ -98,7 +107,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
 
     def note(stage: str) -> None:
-        log.info("stage: %s", stage)
+        log.debug("stage: %s", stage)
         if on_stage is not None:
             on_stage(stage)
 

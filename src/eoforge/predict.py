@@ -51,13 +51,17 @@ def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return out
 
 
-def _batches(stack: RasterStack, tiles: list[Tile], batch_size: int, h: int, w: int) -> Iterator[tuple[list[Tile], np.ndarray]]:
+def _batches(
+    stack: RasterStack, tiles: list[Tile], batch_size: int, h: int, w: int
+) -> Iterator[tuple[list[Tile], np.ndarray]]:
     for i in range(0, len(tiles), batch_size):
         chunk = tiles[i : i + batch_size]
         yield chunk, np.stack([_pad_to(stack.read(t.read), h, w) for t in chunk])
 
 
-def _prefetch(gen: Iterator[tuple[list[Tile], np.ndarray]], depth: int = 2) -> Iterator[tuple[list[Tile], np.ndarray]]:
+def _prefetch(
+    gen: Iterator[tuple[list[Tile], np.ndarray]], depth: int = 2
+) -> Iterator[tuple[list[Tile], np.ndarray]]:
     """Run ``gen`` in a reader thread, ``depth`` batches ahead of the consumer."""
     q: queue.Queue[object] = queue.Queue(maxsize=depth)
     done = object()
@@ -174,7 +178,13 @@ def predict_scene(
                 if raw_tmp.exists():
                     raw_tmp.unlink()
     secs = time.perf_counter() - t0
-    log.info("predicted %dx%d px in %.1f s (%.0f px/s)", grid.width, grid.height, secs, grid.width * grid.height / secs)
+    log.info(
+        "predicted %dx%d px in %.1f s (%.0f px/s)",
+        grid.width,
+        grid.height,
+        secs,
+        grid.width * grid.height / secs,
+    )
     return PredictResult(path=out, grid=grid, windows=len(tiles), seconds=secs)
 
 
@@ -195,7 +205,8 @@ def predict(
     batch_size: int = 8,
     device: str = "cpu",
     on_progress: Callable[[int, int], None] | None = None,
+    precision: str = "fp32",
 ) -> PredictResult:
     """Load a model package and classify a scene: ``eoforge predict MODEL_DIR IMAGE... -o OUT.tif``."""
-    return predict_scene(load_package(model_dir, device=device), images, out, tile, overlap, batch_size, on_progress)
-
+    predictor = load_package(model_dir, device=device, precision=precision)
+    return predict_scene(predictor, images, out, tile, overlap, batch_size, on_progress)

@@ -168,7 +168,9 @@ def _load_vector(cfg: InputsConfig, grid: Grid, mapper: _ClassMapper) -> gpd.Geo
     except Exception as exc:
         raise DataError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
     if lab.column is None:
-        raise InputError(f"{path}: vector labels need inputs.labels.column (columns: {', '.join(gdf.columns)})")
+        raise InputError(
+            f"{path}: vector labels need inputs.labels.column (columns: {', '.join(gdf.columns)})"
+        )
     if lab.column not in gdf.columns:
         cols = ", ".join(c for c in gdf.columns if c != "geometry")
         raise InputError(
@@ -188,7 +190,7 @@ def _load_vector(cfg: InputsConfig, grid: Grid, mapper: _ClassMapper) -> gpd.Geo
     return gdf[gdf["_cls"] != IGNORE_INDEX]
 
 
-def _label_reader(cfg: InputsConfig, grid: Grid) -> tuple[rasterio.DatasetReader, Any]:
+def _label_reader(cfg: InputsConfig, grid: Grid) -> tuple[Any, Any]:
     """Open a raster label file on the image grid (reprojected with nearest neighbour when needed)."""
     path = cfg.labels.path
     src = open_raster(path)
@@ -202,7 +204,9 @@ def _label_reader(cfg: InputsConfig, grid: Grid) -> tuple[rasterio.DatasetReader
         raise InputError(
             f"{path}: the label raster does not overlap the image; check that labels and image cover the same area"
         )
-    same = src.crs.to_string() == grid.crs and Grid(grid.crs, src.transform, src.height, src.width).same_as(grid)
+    same = src.crs.to_string() == grid.crs and Grid(grid.crs, src.transform, src.height, src.width).same_as(
+        grid
+    )
     if same:
         return src, src
     log.info("%s: reprojecting labels onto the image grid (nearest neighbour)", path)
@@ -233,7 +237,10 @@ def prepare(cfg: InputsConfig, out_dir: str | Path, block: int = 512) -> Prepare
         bands = list(cfg.bands) if cfg.bands else stack.band_labels
         vector = _is_vector(cfg.labels.path)
         gdf = _load_vector(cfg, grid, mapper) if vector else None
-        lab_src, lab_reader = (None, None) if vector else _label_reader(cfg, grid)
+        lab_src: Any = None
+        lab_reader: Any = None
+        if not vector:
+            lab_src, lab_reader = _label_reader(cfg, grid)
         n_cls = len(cfg.classes)
         s1 = np.zeros(stack.count)
         s2 = np.zeros(stack.count)
@@ -261,10 +268,12 @@ def prepare(cfg: InputsConfig, out_dir: str | Path, block: int = 512) -> Prepare
         try:
             with atomic_dir(out_dir / "prepared") as tmp:
                 with (
-                    rasterio.open(tmp / "image.tif", "w", count=stack.count, dtype="float32", nodata=np.nan, **profile)
-                    as dst_img,
-                    rasterio.open(tmp / "labels.tif", "w", count=1, dtype="uint8", nodata=IGNORE_INDEX, **profile)
-                    as dst_lab,
+                    rasterio.open(
+                        tmp / "image.tif", "w", count=stack.count, dtype="float32", nodata=np.nan, **profile
+                    ) as dst_img,
+                    rasterio.open(
+                        tmp / "labels.tif", "w", count=1, dtype="uint8", nodata=IGNORE_INDEX, **profile
+                    ) as dst_lab,
                 ):
                     dst_img.descriptions = tuple(bands)
                     for win in block_windows(grid, block):

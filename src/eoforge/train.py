@@ -32,7 +32,12 @@ class SegmentationTask(L.LightningModule):
     """LightningModule wrapping any registry model for semantic segmentation."""
 
     def __init__(
-        self, model: nn.Module, num_classes: int, lr: float = 1e-3, weight_decay: float = 1e-4, epochs: int = 20
+        self,
+        model: nn.Module,
+        num_classes: int,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        epochs: int = 20,
     ) -> None:
         super().__init__()
         self.model = model
@@ -40,7 +45,9 @@ class SegmentationTask(L.LightningModule):
         self.weight_decay = weight_decay
         self.epochs = epochs
         self.loss = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
-        self.val_iou = MulticlassJaccardIndex(num_classes=num_classes, ignore_index=IGNORE_INDEX, average="macro")
+        self.val_iou = MulticlassJaccardIndex(
+            num_classes=num_classes, ignore_index=IGNORE_INDEX, average="macro"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.model(x)
@@ -92,9 +99,13 @@ def train(
     train_ds = ChipDataset(store, "train", scene.mean, scene.std, augment=True)
     has_val = len(store.splits["val"]) > 0
     monitor, mode = ("val_miou", "max") if has_val else ("train_loss", "min")
-    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size)
+    train_dl = DataLoader(
+        train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size
+    )
     val_dl = (
-        DataLoader(ChipDataset(store, "val", scene.mean, scene.std), batch_size=cfg.batch_size) if has_val else None
+        DataLoader(ChipDataset(store, "val", scene.mean, scene.std), batch_size=cfg.batch_size)
+        if has_val
+        else None
     )
     ckpt = ModelCheckpoint(
         dirpath=out / "checkpoints", filename="best", monitor=monitor, mode=mode, save_last=True
@@ -122,7 +133,12 @@ def train(
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state)
     score = ckpt.best_model_score
-    log.info("trained %d epochs; best %s = %s", trainer.current_epoch, monitor, score)
+    log.info(
+        "trained %d epochs; best %s = %.4f",
+        trainer.current_epoch,
+        monitor,
+        float(score) if score is not None else float("nan"),
+    )
     return TrainResult(
         model=task.model.cpu().eval(),
         best_checkpoint=best,

@@ -83,7 +83,9 @@ class RasterStack:
         for p, s, nd in zip(self.paths, self._srcs, self._nodata, strict=True):
             try:
                 if boundless:
-                    a = s.read(window=window, boundless=True, masked=False, fill_value=nd if nd is not None else 0)
+                    a = s.read(
+                        window=window, boundless=True, masked=False, fill_value=nd if nd is not None else 0
+                    )
                 else:
                     a = s.read(window=window)
             except RasterioIOError as exc:

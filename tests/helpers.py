@@ -1,0 +1,44 @@
+"""Test helpers: a pointwise 'identity-like' model registered under a test name, and its package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from eoforge.models import list_models, register_model
+from eoforge.package import ClassInfo, PackageMeta, save_package
+
+
+class PickBand0(nn.Module):
+    """Predicts class k where band 0 is closest to k: a model whose map reproduces the input layout."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("k", torch.arange(num_classes, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -((x[:, :1] - self.k) ** 2)
+
+
+if "test-pick-band0" not in list_models():
+    register_model("test-pick-band0")(lambda c, k, enc: PickBand0(c, k))
+
+
+def identity_package(
+    path: Path, bands: int = 2, class_ids: tuple[int, ...] = (10, 20, 30), tile: int = 64, overlap: int = 16
+) -> Path:
+    meta = PackageMeta(
+        arch="test-pick-band0",
+        encoder="none",
+        bands=[f"b{i}" for i in range(bands)],
+        mean=[0.0] * bands,
+        std=[1.0] * bands,
+        nodata=None,
+        chip_size=32,
+        classes=[ClassInfo(c, f"class{c}", "#112233") for c in class_ids],
+        tile=tile,
+        overlap=overlap,
+    )
+    return save_package(path, PickBand0(bands, len(class_ids)), meta, {"test": True})

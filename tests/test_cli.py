@@ -1,0 +1,92 @@
+"""The CLI: bad input is one line on stderr, exit code 2, no traceback, no half-written output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import write_tif
+from helpers import identity_package
+
+from eoforge.cli import main
+
+
+def _config(tmp_path: Path, scene: dict, **inputs: object) -> Path:
+    cfg = {
+        "inputs": {
+            "images": [p.name for p in scene["images"]],
+            "labels": {"path": "labels.gpkg", "column": "cover"},
+            "classes": scene["classes"],
+            **inputs,
+        },
+        "chips": {"size": 32, "stride": 16, "split": {"block_size": 32}},
+    }
+    path = scene["dir"] / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_missing_image(tmp_path: Path, scene: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path, scene, images=["band1.tif", "band9.tif"])
+    err = _fails(["prepare", str(cfg), "--out", str(tmp_path / "out")], capsys)
+    assert "band9.tif: file not found" in err
+    assert not (tmp_path / "out" / "prepared").exists()
+
+
+def test_unknown_classes_are_listed(tmp_path: Path, scene: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path, scene, classes={1: "water", 2: "forest"})
+    err = _fails(["prepare", str(cfg), "--out", str(tmp_path / "out")], capsys)
+    assert "labels.gpkg: label values not listed in classes: 'field'" in err
+
+
+def test_missing_label_column(tmp_path: Path, scene: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path, scene, labels={"path": "labels.gpkg", "column": "klass"})
+    err = _fails(["prepare", str(cfg), "--out", str(tmp_path / "out")], capsys)
+    assert "no column 'klass' (columns: cover)" in err
+
+
+def test_config_typos_are_named(tmp_path: Path, scene: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path, scene)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["train"] = {"epoch": 3}
+    cfg.write_text(yaml.safe_dump(raw))
+    err = _fails(["run", str(cfg), "--out", str(tmp_path / "out")], capsys)
+    assert "train.epoch: Extra inputs are not permitted" in err
+
+
+def test_predict_band_mismatch(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img = write_tif(tmp_path / "img.tif", np.zeros((3, 40, 40), np.float32))
+    pkg = identity_package(tmp_path / "model", bands=2)
+    err = _fails(["predict", str(pkg), str(img), "-o", str(tmp_path / "map.tif")], capsys)
+    assert "img.tif: the image stack has 3 bands but the model was trained on 2" in err
+    assert not (tmp_path / "map.tif").exists()
+
+
+def test_unreadable_raster_in_a_real_process(tmp_path: Path, scene: dict) -> None:
+    (scene["dir"] / "broken.tif").write_bytes(b"\x00" * 100)
+    cfg = _config(tmp_path, scene, images=["band1.tif", "broken.tif"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "eoforge.cli", "prepare", str(cfg), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "broken.tif: not a readable raster" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+    assert not (tmp_path / "out" / "prepared").exists()
