@@ -90,3 +90,41 @@ def test_unreadable_raster_in_a_real_process(tmp_path: Path, scene: dict) -> Non
     assert "broken.tif: not a readable raster" in proc.stderr
     assert len(proc.stderr.splitlines()) == 1
     assert not (tmp_path / "out" / "prepared").exists()
+
+
+def test_stages_one_by_one(tmp_path: Path, scene: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    """prepare, chips, train and evaluate as separate commands over one run folder."""
+    cfg = _config(tmp_path, scene)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["chips"] = {
+        "size": 32,
+        "stride": 8,
+        "min_valid": 0.3,
+        "split": {"val": 0.25, "test": 0.25, "block_size": 32},
+    }
+    raw["train"] = {"epochs": 1, "batch_size": 4}
+    cfg.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    main(["-q", "prepare", str(cfg), "--out", str(out)])
+    assert (out / "prepared" / "scene.json").is_file() and (out / "config.yaml").is_file()
+    main(["-q", "chips", str(cfg), "--out", str(out)])
+    assert (out / "chips" / "index.parquet").is_file()
+    main(["-q", "train", str(cfg), "--out", str(out)])
+    assert (out / "model" / "model.pt").is_file() and (out / "train" / "metrics.csv").is_file()
+    capsys.readouterr()
+    main(["-q", "evaluate", str(cfg), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "overall_accuracy" in printed
+    assert (out / "metrics.json").is_file() and (out / "model" / "metrics.json").is_file()
+
+
+def test_stage_out_of_order_says_what_to_run(
+    tmp_path: Path, scene: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _fails(["chips", str(_config(tmp_path, scene)), "--out", str(tmp_path / "empty")], capsys)
+    assert "scene.json: not found; run `eoforge prepare` first" in err
+
+
+def test_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["models"])
+    assert "unet" in capsys.readouterr().out.split()

@@ -105,7 +105,7 @@ def test_run_then_predict_a_new_image(
     new = write_tif(
         tmp_path / "new.tif",
         np.full((3, 40, 50), 120, np.uint16),
-        transform=TRANSFORM * TRANSFORM.translation(7, 3),
+        transform=TRANSFORM @ TRANSFORM.translation(7, 3),
     )
     capsys.readouterr()
     main(["predict", str(out / "model"), str(new), "-o", str(tmp_path / "new_map.tif")])

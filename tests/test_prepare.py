@@ -9,16 +9,23 @@ import pytest
 import rasterio
 from conftest import CRS, TRANSFORM, pixel_box, rows_cols_nodata, write_tif
 
-from eoforge.config import IGNORE_INDEX, parse_config
+from eoforge.config import IGNORE_INDEX, InputsConfig, parse_config
 from eoforge.errors import DataError, InputError
 from eoforge.prepare import PreparedScene, prepare
 
 
-def _cfg(scene: dict, **labels: object) -> object:
-    lab = {"path": str(scene["labels"]), "column": "cover", **labels}
-    return parse_config(
-        {"inputs": {"images": [str(p) for p in scene["images"]], "labels": lab, "classes": scene["classes"]}}
-    ).inputs
+def _cfg(
+    scene: dict, images: list | None = None, classes: dict | None = None, **labels: object
+) -> InputsConfig:
+    """Inputs config for the `scene` fixture; `labels` overrides the label section (vector 'cover' by default)."""
+    lab = {"path": str(scene["labels"]), "column": "cover"} if "path" not in labels else {}
+    lab.update({k: str(v) if isinstance(v, Path) else v for k, v in labels.items()})
+    raw = {
+        "images": [str(p) for p in (images or scene["images"])],
+        "labels": lab,
+        "classes": classes or scene["classes"],
+    }
+    return parse_config({"inputs": raw}).inputs
 
 
 def test_stack_keeps_georeferencing_values_and_nodata(scene: dict, tmp_path: Path) -> None:
@@ -78,30 +85,14 @@ def test_raster_labels_with_nodata_and_ids(scene: dict, tmp_path: Path) -> None:
     lab[:, :10] = -1  # nodata
     lab[30:, 30:] = 3
     path = write_tif(tmp_path / "lab.tif", lab, nodata=-1)
-    cfg = parse_config(
-        {
-            "inputs": {
-                "images": [str(p) for p in scene["images"]],
-                "labels": {"path": str(path)},
-                "classes": scene["classes"],
-            }
-        }
-    ).inputs
+    cfg = _cfg(scene, path=str(path))
     out = rasterio.open(prepare(cfg, tmp_path / "run").labels).read(1)
     assert (out[:, :10] == IGNORE_INDEX).all()
     assert (out[30:, 30:] == 2).all() and (out[10:30, 10:] == 1).all()
 
 
 def test_unknown_label_values_are_listed(scene: dict, tmp_path: Path) -> None:
-    cfg = parse_config(
-        {
-            "inputs": {
-                "images": [str(p) for p in scene["images"]],
-                "labels": {"path": str(scene["labels"]), "column": "cover"},
-                "classes": {1: "water", 2: "forest"},
-            }
-        }
-    ).inputs
+    cfg = _cfg(scene, classes={1: "water", 2: "forest"})
     with pytest.raises(
         InputError, match=r"labels.gpkg: label values not listed in classes: 'field'.*ignore_unknown"
     ):
@@ -114,30 +105,14 @@ def test_unknown_raster_label_values_leave_nothing_behind(scene: dict, tmp_path:
     lab[40:, 40:] = 9
     lab[0, 63] = 7
     path = write_tif(tmp_path / "lab.tif", lab)
-    cfg = parse_config(
-        {
-            "inputs": {
-                "images": [str(p) for p in scene["images"]],
-                "labels": {"path": str(path)},
-                "classes": scene["classes"],
-            }
-        }
-    ).inputs
+    cfg = _cfg(scene, path=str(path))
     with pytest.raises(InputError, match=r"lab.tif: label values not listed in classes: 7, 9;"):
         prepare(cfg, tmp_path / "run")
     assert list((tmp_path / "run").iterdir()) == []  # the temporary folder is gone, no prepared/
 
 
 def test_ignore_unknown_makes_them_unlabelled(scene: dict, tmp_path: Path) -> None:
-    cfg = parse_config(
-        {
-            "inputs": {
-                "images": [str(p) for p in scene["images"]],
-                "labels": {"path": str(scene["labels"]), "column": "cover", "ignore_unknown": True},
-                "classes": {1: "water", 2: "forest"},
-            }
-        }
-    ).inputs
+    cfg = _cfg(scene, classes={1: "water", 2: "forest"}, ignore_unknown=True)
     lab = rasterio.open(prepare(cfg, tmp_path / "run").labels).read(1)
     # the 'field' polygon is dropped: forest below it stays
     assert (lab[8:24, 40:56] == 1).all()
@@ -159,26 +134,10 @@ def test_labels_outside_the_image(scene: dict, tmp_path: Path) -> None:
 def test_missing_and_unreadable_images(scene: dict, tmp_path: Path) -> None:
     bad = tmp_path / "broken.tif"
     bad.write_bytes(b"this is not a tiff")
-    cfg = parse_config(
-        {
-            "inputs": {
-                "images": [str(bad)],
-                "labels": {"path": str(scene["labels"]), "column": "cover"},
-                "classes": scene["classes"],
-            }
-        }
-    ).inputs
+    cfg = _cfg(scene, images=[str(bad)])
     with pytest.raises(DataError, match="broken.tif: not a readable raster"):
         prepare(cfg, tmp_path / "run")
-    cfg = parse_config(
-        {
-            "inputs": {
-                "images": [str(tmp_path / "nope.tif")],
-                "labels": {"path": str(scene["labels"]), "column": "cover"},
-                "classes": scene["classes"],
-            }
-        }
-    ).inputs
+    cfg = _cfg(scene, images=[str(tmp_path / "nope.tif")])
     with pytest.raises(InputError, match="nope.tif: file not found"):
         prepare(cfg, tmp_path / "run")
 
@@ -187,17 +146,9 @@ def test_mismatched_grids_are_refused(scene: dict, tmp_path: Path) -> None:
     other = write_tif(
         tmp_path / "shifted.tif",
         np.ones((64, 64), np.uint16),
-        transform=TRANSFORM * TRANSFORM.translation(3, 0),
+        transform=TRANSFORM @ TRANSFORM.translation(3, 0),
     )
-    cfg = parse_config(
-        {
-            "inputs": {
-                "images": [str(scene["images"][0]), str(other)],
-                "labels": {"path": str(scene["labels"]), "column": "cover"},
-                "classes": scene["classes"],
-            }
-        }
-    ).inputs
+    cfg = _cfg(scene, images=[str(scene["images"][0]), str(other)])
     with pytest.raises(DataError, match="shifted.tif: grid .* differs from"):
         prepare(cfg, tmp_path / "run")
 
@@ -207,3 +158,20 @@ def test_scene_json_records_classes(scene: dict, tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "run" / "prepared" / "scene.json").read_text())
     assert [c["name"] for c in meta["classes"]] == ["water", "forest", "field"]
     assert meta["grid"]["crs"] == CRS
+
+
+def test_raster_labels_outside_the_image(scene: dict, tmp_path: Path) -> None:
+    far = TRANSFORM @ TRANSFORM.translation(500, 0)
+    path = write_tif(tmp_path / "far.tif", np.ones((64, 64), np.uint8), transform=far)
+    with pytest.raises(InputError, match="far.tif: the label raster does not overlap the image"):
+        prepare(_cfg(scene, path=path), tmp_path / "run")
+
+
+def test_raster_labels_on_another_grid_are_warped_with_nearest(scene: dict, tmp_path: Path) -> None:
+    # labels at 5 m (twice the resolution), same origin: class 3 on rows 16..47 of the 10 m grid
+    lab = np.full((128, 128), 1, np.uint8)
+    lab[32:96, :] = 3
+    fine = TRANSFORM @ TRANSFORM.scale(0.5)
+    path = write_tif(tmp_path / "fine.tif", lab, transform=fine)
+    out = rasterio.open(prepare(_cfg(scene, path=path), tmp_path / "run").labels).read(1)
+    assert (out[16:48, 4:] == 2).all() and (out[48:, 4:] == 0).all() and (out[4:16, :] == 0).all()

@@ -27,6 +27,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from eoforge.chips import ChipStore
 from eoforge.config import IGNORE_INDEX
+from eoforge.errors import InputError
 from eoforge.io.atomic import write_text
 from eoforge.package import Predictor
 
@@ -129,7 +130,7 @@ def evaluate(
     images, labels = store.arrays()
     chips, owned = _test_pixels(store)
     if not chips:
-        raise ValueError("the chip store has no test chips; set chips.split.test > 0")
+        raise InputError(f"{store.root}: the chip store has no test chips; set chips.split.test > 0 and re-run chips")
     cm_dl = MulticlassConfusionMatrix(num_classes=k, ignore_index=IGNORE_INDEX)
     cm_rf = MulticlassConfusionMatrix(num_classes=k, ignore_index=IGNORE_INDEX)
     rf = None
