@@ -113,3 +113,47 @@ def test_run_then_predict_a_new_image(
     with rasterio.open(tmp_path / "new_map.tif") as src:
         assert src.shape == (40, 50) and src.transform == TRANSFORM * TRANSFORM.translation(7, 3)
         assert set(np.unique(src.read(1))) <= {1, 2, 3}
+
+
+def test_run_resumes_and_reruns_only_what_the_config_changes(striped: dict, tmp_path: Path) -> None:
+    from eoforge.config import parse_config
+    from eoforge.pipeline import run
+
+    d = striped["dir"]
+    raw = {
+        "inputs": {
+            "images": [str(d / f"band{i}.tif") for i in (1, 2, 3)],
+            "labels": {"path": str(d / "labels.gpkg"), "column": "cover"},
+            "classes": {1: "water", 2: "forest", 3: "field"},
+        },
+        "chips": {"size": 32, "stride": 32, "split": {"val": 0.2, "test": 0.2, "block_size": 64}},
+        "train": {"epochs": 1, "batch_size": 8},
+        "predict": {"tile": 64, "overlap": 16},
+    }
+    out = tmp_path / "run"
+    seen: list[tuple[str, bool]] = []
+    run(parse_config(raw), out, on_stage=lambda s, skipped: seen.append((s, skipped)))
+    assert not any(skipped for _, skipped in seen)
+    stamp = (out / "map.tif").stat().st_mtime_ns
+
+    seen.clear()
+    again = run(parse_config(raw), out, on_stage=lambda s, skipped: seen.append((s, skipped)))
+    assert all(skipped for _, skipped in seen) and len(seen) == 5
+    assert (out / "map.tif").stat().st_mtime_ns == stamp
+    assert again.metrics == json.loads((out / "metrics.json").read_text())
+
+    raw["train"]["lr"] = 0.01  # training changed: data preparation is reused, the rest re-runs
+    seen.clear()
+    run(parse_config(raw), out, on_stage=lambda s, skipped: seen.append((s, skipped)))
+    assert seen == [
+        ("prepare", True),
+        ("chips", True),
+        ("train", False),
+        ("evaluate", False),
+        ("predict", False),
+    ]
+
+    (out / "chips" / "chips.json").unlink()  # a lost output re-runs its stage and every later one
+    seen.clear()
+    run(parse_config(raw), out, on_stage=lambda s, skipped: seen.append((s, skipped)))
+    assert [s for s, skipped in seen if not skipped] == ["chips", "train", "evaluate", "predict"]

@@ -106,7 +106,7 @@ def _headline(out: Path, metrics: dict[str, Any], quiet: bool) -> None:
     out_console.print(f"model:   {out / 'model'}")
 
 
-def _run(cfg: Any, out: Path, ctx: click.Context, credits: str | None = None) -> None:
+def _run(cfg: Any, out: Path, ctx: click.Context, credits: str | None = None, fresh: bool = False) -> None:
     from eoforge.pipeline import run
 
     quiet = ctx.obj["quiet"]
@@ -116,32 +116,45 @@ def _run(cfg: Any, out: Path, ctx: click.Context, credits: str | None = None) ->
             out,
             progress=not quiet,
             credits=credits,
-            on_stage=None if quiet else (lambda s: console.print(f"[bold]» {s}[/bold]")),
+            on_stage=None if quiet else _announce,
             on_progress=update,
+            resume=not fresh,
         )
     _headline(out, result.metrics, quiet)
+
+
+def _announce(stage: str, skipped: bool) -> None:
+    console.print(f"[bold]» {stage}[/bold]" + (" [dim](up to date, skipped)[/dim]" if skipped else ""))
+
+
+_fresh = click.option("--fresh", is_flag=True, help="Re-run every stage even if its outputs are up to date.")
 
 
 @cli.command("run")
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@_fresh
 @click.pass_context
-def run_cmd(ctx: click.Context, config: Path, out: Path) -> None:
-    """Run the whole cycle (prepare, chips, train, evaluate, predict) from a YAML CONFIG."""
+def run_cmd(ctx: click.Context, config: Path, out: Path, fresh: bool) -> None:
+    """Run the whole cycle (prepare, chips, train, evaluate, predict) from a YAML CONFIG.
+
+    Stages whose outputs in OUT were made from the same config are skipped, so an interrupted run continues.
+    """
     from eoforge.config import load_config
 
-    _run(load_config(config), out, ctx)
+    _run(load_config(config), out, ctx, fresh=fresh)
 
 
 @cli.command("demo")
 @click.option("--out", "-o", default=Path("runs/demo"), type=click.Path(path_type=Path), show_default=True)
 @click.option("--epochs", default=40, show_default=True, help="Maximum training epochs.")
+@_fresh
 @click.pass_context
-def demo_cmd(ctx: click.Context, out: Path, epochs: int) -> None:
+def demo_cmd(ctx: click.Context, out: Path, epochs: int, fresh: bool) -> None:
     """Run the whole cycle on the built-in Landsat 7 demo scene (Raleigh, NC; 7 land-cover classes)."""
     from eoforge.demo import CREDITS, demo_config
 
-    _run(demo_config(epochs), out, ctx, credits=CREDITS)
+    _run(demo_config(epochs), out, ctx, credits=CREDITS, fresh=fresh)
 
 
 def _stage(name: str, doc: str) -> None:

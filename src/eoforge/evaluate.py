@@ -130,7 +130,9 @@ def evaluate(
     images, labels = store.arrays()
     chips, owned = _test_pixels(store)
     if not chips:
-        raise InputError(f"{store.root}: the chip store has no test chips; set chips.split.test > 0 and re-run chips")
+        raise InputError(
+            f"{store.root}: the chip store has no test chips; set chips.split.test > 0 and re-run chips"
+        )
     cm_dl = MulticlassConfusionMatrix(num_classes=k, ignore_index=IGNORE_INDEX)
     cm_rf = MulticlassConfusionMatrix(num_classes=k, ignore_index=IGNORE_INDEX)
     rf = None
@@ -157,6 +159,7 @@ def evaluate(
     metrics["model"] = {"arch": predictor.meta.arch, "encoder": predictor.meta.encoder}
     metrics["split"] = "test"
     metrics["test_chips"] = len(chips)
+    metrics["chips"] = {split: len(ids) for split, ids in store.splits.items()}
     if rf is not None:
         metrics["baseline"] = {
             "model": "random_forest (scikit-learn, 100 trees, per-pixel band values)",
@@ -278,7 +281,9 @@ def render_report(
         "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
         "</style></head><body><h1>eoforge evaluation report</h1>",
-        f"<p>Test split: {metrics['test_chips']} chips, {metrics['pixels']} labelled pixels (each counted once). "
+        f"<p>Chips of {predictor.meta.chip_size} px, split by spatial blocks (no pixel shared between splits): "
+        + ", ".join(f"{k} {v}" for k, v in metrics.get("chips", {}).items())
+        + f". Test split: {metrics['pixels']} labelled pixels (each counted once). "
         f"Model: {html.escape(metrics['model']['arch'])} / {html.escape(metrics['model']['encoder'])}, "
         f"bands: {html.escape(', '.join(predictor.meta.bands))}.</p>",
         "<h2>Headline</h2><table><tr><th>model</th><th>overall accuracy</th><th>kappa</th><th>mean IoU</th></tr>",

@@ -6,6 +6,8 @@ Each ``stage_*`` function runs one stage from the config and what earlier stages
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from eoforge import __version__
 from eoforge.chips import ChipStore, make_chips
 from eoforge.config import RunConfig
 from eoforge.evaluate import evaluate
@@ -32,7 +35,7 @@ Progress = Callable[[int, int], None]
 class RunResult:
     out: Path
     metrics: dict[str, Any]
-    map: PredictResult
+    map: Path
 
 
 def save_config(cfg: RunConfig, out: Path) -> None:
@@ -94,31 +97,81 @@ def stage_predict(cfg: RunConfig, out: Path, on_progress: Progress | None = None
     )
 
 
+STAGES = ("prepare", "chips", "train", "evaluate", "predict")
+_SECTIONS = {  # the config sections each stage's output depends on (through earlier stages too)
+    "prepare": ("inputs",),
+    "chips": ("inputs", "chips"),
+    "train": ("inputs", "chips", "model", "train", "predict"),
+    "evaluate": ("inputs", "chips", "model", "train", "predict"),
+    "predict": ("inputs", "chips", "model", "train", "predict"),
+}
+_OUTPUT = {
+    "prepare": "prepared/scene.json",
+    "chips": "chips/chips.json",
+    "train": "model/eoforge.json",
+    "evaluate": "metrics.json",
+    "predict": "map.tif",
+}
+STATE = "stages.json"
+
+
+def stage_hash(cfg: RunConfig, stage: str) -> str:
+    """Hash of what a stage's output depends on: the eoforge version and the config sections up to it."""
+    dump = cfg.dump()
+    payload = {"eoforge": __version__, **{k: dump[k] for k in _SECTIONS[stage]}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _state(out: Path) -> dict[str, str]:
+    try:
+        state = json.loads((out / STATE).read_text())
+        return state if isinstance(state, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def run(
     cfg: RunConfig,
     out: str | Path,
     progress: bool = False,
     credits: str | None = None,
-    on_stage: Callable[[str], None] | None = None,
+    on_stage: Callable[[str, bool], None] | None = None,
     on_progress: Progress | None = None,
+    resume: bool = True,
 ) -> RunResult:
-    """Run prepare → chips → train (+ package) → evaluate → predict into ``out``."""
+    """Run prepare → chips → train (+ package) → evaluate → predict into ``out``.
+
+    With ``resume`` a stage is skipped when its output exists and was made from the same config (and every
+    stage before it was skipped too), so an interrupted run continues where it stopped. ``OUT/stages.json``
+    records the config hash of each finished stage.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-
-    def note(stage: str) -> None:
-        log.debug("stage: %s", stage)
+    done = _state(out) if resume else {}
+    rerun = False
+    metrics: dict[str, Any] | None = None
+    for stage in STAGES:
+        h = stage_hash(cfg, stage)
+        skip = not rerun and done.get(stage) == h and (out / _OUTPUT[stage]).is_file()
+        log.debug("stage %s: %s", stage, "up to date" if skip else "running")
         if on_stage is not None:
-            on_stage(stage)
-
-    note("prepare")
-    stage_prepare(cfg, out)
-    note("chips")
-    stage_chips(cfg, out)
-    note("train")
-    stage_train(cfg, out, progress=progress)
-    note("evaluate")
-    metrics = stage_evaluate(cfg, out, credits=credits)
-    note("predict")
-    result = stage_predict(cfg, out, on_progress=on_progress)
-    return RunResult(out=out, metrics=metrics, map=result)
+            on_stage(stage, skip)
+        if skip:
+            continue
+        rerun = True
+        done.pop(stage, None)
+        if stage == "prepare":
+            stage_prepare(cfg, out)
+        elif stage == "chips":
+            stage_chips(cfg, out)
+        elif stage == "train":
+            stage_train(cfg, out, progress=progress)
+        elif stage == "evaluate":
+            metrics = stage_evaluate(cfg, out, credits=credits)
+        else:
+            stage_predict(cfg, out, on_progress=on_progress)
+        done[stage] = h
+        write_text(out / STATE, json.dumps(done, indent=2))
+    if metrics is None:
+        metrics = json.loads((out / "metrics.json").read_text())
+    return RunResult(out=out, metrics=metrics, map=out / "map.tif")
