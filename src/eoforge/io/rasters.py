@@ -77,25 +77,16 @@ class RasterStack:
             out.extend([p.stem] if s.count == 1 else [f"{p.stem}_b{i}" for i in range(1, s.count + 1)])
         return out
 
-    def read(self, window: Window | None = None, boundless: bool = False) -> np.ndarray:
-        """Read the stack in ``window`` as float32 with NaN at nodata (``boundless`` pads with NaN)."""
+    def read(self, window: Window | None = None) -> np.ndarray:
+        """Read the stack in ``window`` (inside the raster) as float32 with NaN at nodata."""
         parts = []
         for p, s, nd in zip(self.paths, self._srcs, self._nodata, strict=True):
             try:
-                if boundless:
-                    a = s.read(
-                        window=window, boundless=True, masked=False, fill_value=nd if nd is not None else 0
-                    )
-                else:
-                    a = s.read(window=window)
+                a = s.read(window=window).astype(np.float32, copy=False)
             except RasterioIOError as exc:
                 raise DataError(f"{p}: read failed ({exc}); the file may be truncated or corrupt") from None
-            a = a.astype(np.float32, copy=False)
             if nd is not None:
-                bad = np.isnan(a) if np.isnan(nd) else (a == np.float32(nd))
-                a[bad] = np.nan
-            if boundless and window is not None:
-                _nan_outside(a, window, self.grid)
+                a[np.isnan(a) if np.isnan(nd) else (a == np.float32(nd))] = np.nan
             parts.append(a)
         out = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
         invalid = np.isnan(out).any(axis=0)
@@ -114,15 +105,6 @@ class RasterStack:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _nan_outside(a: np.ndarray, window: Window, grid: Grid) -> None:
-    r0, c0 = int(window.row_off), int(window.col_off)
-    h, w = a.shape[-2:]
-    rr = np.arange(r0, r0 + h)
-    cc = np.arange(c0, c0 + w)
-    a[:, (rr < 0) | (rr >= grid.height), :] = np.nan
-    a[:, :, (cc < 0) | (cc >= grid.width)] = np.nan
 
 
 def block_windows(grid: Grid, block: int = 512) -> list[Window]:
