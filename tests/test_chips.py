@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import zarr
 
 from eoforge.chips import ChipStore, assign_splits, make_chips
 from eoforge.config import ChipsConfig, parse_config
@@ -47,6 +48,9 @@ def test_store_holds_the_image_windows_and_footprints(prepared, tmp_path: Path) 
     assert again == store
     images, labels = store.arrays()
     idx = store.index()
+    attrs = dict(zarr.open_group(str(store.zarr_path), mode="r").attrs)
+    assert attrs["crs"] == "EPSG:32633" and attrs["transform"] == list(prepared.grid.transform)[:6]
+    assert attrs["chip_rows_cols"] == idx[["row", "col"]].to_numpy().tolist()
     assert idx.crs.to_string() == "EPSG:32633"
     with rasterio.open(prepared.image) as src, rasterio.open(prepared.labels) as lab:
         for _, r in idx.iterrows():

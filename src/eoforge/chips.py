@@ -134,6 +134,16 @@ def make_chips(scene: PreparedScene, cfg: ChipsConfig, out_dir: str | Path) -> C
     c = len(scene.bands)
     with atomic_dir(out_dir / "chips") as tmp:
         g = zarr.open_group(str(tmp / "chips.zarr"), mode="w")
+        g.attrs.update(
+            {
+                "crs": grid.crs,
+                "transform": list(grid.transform)[:6],
+                "bands": scene.bands,
+                "classes": dict(zip(map(str, scene.class_ids), scene.class_names, strict=True)),
+                "ignore_index": IGNORE_INDEX,
+                "chip_rows_cols": [[int(w.row_off), int(w.col_off)] for w, _ in kept],
+            }
+        )
         img_arr = g.create_array(
             "image", shape=(n, c, size, size), chunks=(1, c, size, size), dtype="float32"
         )

@@ -150,9 +150,11 @@ def evaluate(
         pred = predictor.predict_index(img).astype(np.int64)
         cm_dl.update(torch.from_numpy(pred), torch.from_numpy(target))
         if rf is not None:
-            flat = np.nan_to_num(img.transpose(0, 2, 3, 1).reshape(-1, img.shape[1]))
-            rf_pred = rf.predict(flat).reshape(target.shape).astype(np.int64)
-            cm_rf.update(torch.from_numpy(rf_pred), torch.from_numpy(target))
+            scored = target != IGNORE_INDEX  # the forest only classifies the pixels that are scored
+            if scored.any():
+                pixels = img.transpose(0, 2, 3, 1)[scored]
+                rf_pred = rf.predict(pixels).astype(np.int64)
+                cm_rf.update(torch.from_numpy(rf_pred), torch.from_numpy(target[scored]))
         if len(panels) < 3:
             panels.append((img[0], lab[0], np.where(np.isnan(img[0]).any(axis=0), IGNORE_INDEX, pred[0])))
     metrics = metrics_from_confusion(cm_dl.compute().numpy(), names, ids)
