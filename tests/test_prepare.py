@@ -175,3 +175,23 @@ def test_raster_labels_on_another_grid_are_warped_with_nearest(scene: dict, tmp_
     path = write_tif(tmp_path / "fine.tif", lab, transform=fine)
     out = rasterio.open(prepare(_cfg(scene, path=path), tmp_path / "run").labels).read(1)
     assert (out[16:48, 4:] == 2).all() and (out[48:, 4:] == 0).all() and (out[4:16, :] == 0).all()
+
+
+def test_one_class_outlines_with_a_background(scene: dict, tmp_path: Path) -> None:
+    cfg = _cfg(scene, classes={0: "other", 1: "field"}, column=None, value=1, background=0)
+    lab = rasterio.open(prepare(cfg, tmp_path / "run").labels).read(1)
+    # every polygon is burnt as 'field' (index 1); outside polygons is 'other' (index 0): here all is covered
+    assert (lab[4:, :] == 1).all()
+    gdf = gpd.GeoDataFrame({"cover": ["x"]}, geometry=[pixel_box(8, 40, 24, 56)], crs=CRS)
+    gdf.to_file(tmp_path / "one.gpkg")
+    cfg = _cfg(scene, classes={0: "other", 1: "field"}, path=tmp_path / "one.gpkg", value=1, background=0)
+    lab = rasterio.open(prepare(cfg, tmp_path / "run2").labels).read(1)
+    assert (lab[8:24, 40:56] == 1).all() and (lab == 1).sum() == 256
+    assert (lab[4:, :] != IGNORE_INDEX).all()
+
+
+def test_label_value_must_be_a_class(scene: dict) -> None:
+    with pytest.raises(InputError, match=r"labels.value 5 is not a class id"):
+        _cfg(scene, column=None, value=5)
+    with pytest.raises(InputError, match="give either column or value"):
+        _cfg(scene, value=1)

@@ -27,7 +27,13 @@ class LabelsConfig(_Strict):
     path: Path = Field(description="Vector file (any OGR format) or single-band raster holding the labels.")
     column: str | None = Field(
         default=None,
-        description="Attribute column of a vector file holding class ids or class names (required for vectors).",
+        description="Attribute column of a vector file holding class ids or class names (vectors need this "
+        "or `value`).",
+    )
+    value: int | None = Field(
+        default=None,
+        description="Class id burnt for every polygon of a vector file, instead of a column: outlines of one "
+        "thing (glaciers, buildings); combine with `background` for a binary mask.",
     )
     ignore_unknown: bool = Field(
         default=False,
@@ -41,6 +47,12 @@ class LabelsConfig(_Strict):
         default=False,
         description="Burn every pixel a polygon touches, not only those whose centre is inside.",
     )
+
+    @model_validator(mode="after")
+    def _column_or_value(self) -> LabelsConfig:
+        if self.column is not None and self.value is not None:
+            raise ValueError("give either column or value, not both")
+        return self
 
 
 class InputsConfig(_Strict):
@@ -69,6 +81,14 @@ class InputsConfig(_Strict):
         if any(k < 0 or k > 65534 for k in v):
             raise ValueError("class ids must be between 0 and 65534")
         return dict(sorted(v.items()))
+
+    @model_validator(mode="after")
+    def _label_ids_are_classes(self) -> InputsConfig:
+        for key in ("value", "background"):
+            v = getattr(self.labels, key)
+            if v is not None and v not in self.classes:
+                raise ValueError(f"labels.{key} {v} is not a class id; use one of {list(self.classes)}")
+        return self
 
 
 class SplitConfig(_Strict):

@@ -167,11 +167,12 @@ def _load_vector(cfg: InputsConfig, grid: Grid, mapper: _ClassMapper) -> gpd.Geo
         gdf = gpd.read_file(path)
     except Exception as exc:
         raise DataError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
-    if lab.column is None:
+    if lab.column is None and lab.value is None:
+        cols = ", ".join(c for c in gdf.columns if c != "geometry")
         raise InputError(
-            f"{path}: vector labels need inputs.labels.column (columns: {', '.join(gdf.columns)})"
+            f"{path}: vector labels need inputs.labels.column (columns: {cols}) or inputs.labels.value (one class)"
         )
-    if lab.column not in gdf.columns:
+    if lab.column is not None and lab.column not in gdf.columns:
         cols = ", ".join(c for c in gdf.columns if c != "geometry")
         raise InputError(
             f"{path}: no column '{lab.column}' (columns: {cols}); set inputs.labels.column to one of them"
@@ -185,7 +186,8 @@ def _load_vector(cfg: InputsConfig, grid: Grid, mapper: _ClassMapper) -> gpd.Geo
             f"{path}: no label geometry overlaps the image bounds {tuple(round(b, 2) for b in grid.bounds)} "
             f"({grid.crs}); check that labels and image cover the same area"
         )
-    gdf = gdf.assign(_cls=[mapper.value(v) for v in gdf[lab.column]])
+    values = gdf[lab.column] if lab.column is not None else [lab.value] * len(gdf)
+    gdf = gdf.assign(_cls=[mapper.value(v) for v in values])
     mapper.check(path)
     return gdf[gdf["_cls"] != IGNORE_INDEX]
 
@@ -247,12 +249,7 @@ def prepare(cfg: InputsConfig, out_dir: str | Path, block: int = 512) -> Prepare
         n = 0
         counts = np.zeros(n_cls, dtype=np.int64)
         bg = IGNORE_INDEX
-        if cfg.labels.background is not None:
-            if cfg.labels.background not in cfg.classes:
-                raise InputError(
-                    f"{cfg.labels.path}: inputs.labels.background {cfg.labels.background} is not a class id; "
-                    "use one of the ids in inputs.classes"
-                )
+        if cfg.labels.background is not None:  # validated against classes by the config
             bg = list(cfg.classes).index(cfg.labels.background)
         profile = {
             "driver": "GTiff",
