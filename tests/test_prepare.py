@@ -195,3 +195,11 @@ def test_label_value_must_be_a_class(scene: dict) -> None:
         _cfg(scene, column=None, value=5)
     with pytest.raises(InputError, match="give either column or value"):
         _cfg(scene, value=1)
+
+
+def test_shapefile_labels(scene: dict, tmp_path: Path) -> None:
+    gpd.read_file(scene["labels"]).to_file(tmp_path / "labels.shp")
+    lab = rasterio.open(
+        prepare(_cfg(scene, path=tmp_path / "labels.shp", column="cover"), tmp_path / "r").labels
+    )
+    assert (lab.read(1)[8:24, 40:56] == 2).all()

@@ -15,6 +15,7 @@ from typing import Any
 
 import geopandas as gpd
 import numpy as np
+import pyogrio
 import rasterio
 from affine import Affine
 from rasterio import features
@@ -33,6 +34,7 @@ from eoforge.io.rasters import RasterStack, block_windows, open_raster
 log = logging.getLogger(__name__)
 
 VECTOR_SUFFIXES = {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".kml", ".gml", ".parquet", ".zip"}
+RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".nc", ".hdf", ".h5", ".png", ".asc"}
 PALETTE = ["#e41a1c", "#ffff33", "#a6d854", "#984ea3", "#1b7837", "#377eb8", "#bf812d", "#f781bf", "#999999"]
 
 
@@ -155,7 +157,16 @@ def _colors(cfg: InputsConfig) -> list[str]:
 
 
 def _is_vector(path: Path) -> bool:
-    return path.suffix.lower() in VECTOR_SUFFIXES
+    """Known vector suffixes are vectors; for others, whatever OGR can open (e.g. a .csv with WKT) is one."""
+    if path.suffix.lower() in VECTOR_SUFFIXES:
+        return True
+    if path.suffix.lower() in RASTER_SUFFIXES or not path.exists():
+        return False
+    try:
+        pyogrio.read_info(path)
+    except Exception:
+        return False
+    return True
 
 
 def _load_vector(cfg: InputsConfig, grid: Grid, mapper: _ClassMapper) -> gpd.GeoDataFrame:
