@@ -215,7 +215,8 @@ def _curves_plot(train_log: Path) -> str | None:
         if col in g:
             a1.plot(g.index, g[col], label=col)
     a1.set_xlabel("epoch")
-    a1.set_title("loss")
+    a1.set_title("loss (log scale)")
+    a1.set_yscale("log")
     a1.legend()
     if "val_miou" in g:
         a2.plot(g.index, g["val_miou"], color="tab:green")
