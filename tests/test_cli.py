@@ -102,7 +102,7 @@ def test_stages_one_by_one(tmp_path: Path, scene: dict, capsys: pytest.CaptureFi
         "min_valid": 0.3,
         "split": {"val": 0.25, "test": 0.25, "block_size": 32},
     }
-    raw["train"] = {"epochs": 1, "batch_size": 4}
+    raw["train"] = {"epochs": 1, "batch_size": 4, "precision": "bf16-mixed"}  # the CPU AMX path
     cfg.write_text(yaml.safe_dump(raw))
     out = tmp_path / "out"
     main(["-q", "prepare", str(cfg), "--out", str(out)])

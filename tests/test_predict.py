@@ -76,3 +76,14 @@ def test_not_a_package(tmp_path: Path) -> None:
 def test_class_ids_above_254_use_uint16() -> None:
     assert output_dtype([1, 2, 254]) == ("uint8", 255)
     assert output_dtype([1, 255]) == ("uint16", 65535)
+
+
+def test_bf16_predictor_gives_the_same_map_for_exact_inputs(tmp_path: Path) -> None:
+    idx = np.random.default_rng(3).integers(0, 3, (70, 90))
+    img = write_tif(tmp_path / "img.tif", np.stack([idx, idx]).astype(np.float32))
+    pkg = identity_package(tmp_path / "model")
+    a = rasterio.open(predict(pkg, [img], tmp_path / "a.tif").path).read(1)
+    b = rasterio.open(predict(pkg, [img], tmp_path / "b.tif", precision="bf16").path).read(1)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(PackageError, match="unknown precision 'fp8'; choose one of: fp32, bf16"):
+        predict(pkg, [img], tmp_path / "c.tif", precision="fp8")
