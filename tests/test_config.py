@@ -58,3 +58,13 @@ def test_globs_are_sorted_and_must_match(tmp_path: Path) -> None:
     assert [p.name for p in resolve_images([str(tmp_path / "B0*.tif")])] == ["B01.tif", "B02.tif", "B03.tif"]
     with pytest.raises(InputError, match=r"B9\*.tif: no file matches"):
         resolve_images([str(tmp_path / "B9*.tif")])
+
+
+def test_weights_paths_resolve_and_urls_stay(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text(CONTRACT.replace("encoder: resnet18}", "encoder: resnet18, weights: w/enc.pt}"))
+    assert load_config(path).model.weights == str(tmp_path / "w" / "enc.pt")
+    path.write_text(
+        CONTRACT.replace("encoder: resnet18}", "encoder: resnet18, weights: 'https://h.org/e.pt'}")
+    )
+    assert load_config(path).model.weights == "https://h.org/e.pt"

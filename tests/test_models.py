@@ -38,3 +38,61 @@ def test_bad_weights_file(tmp_path: Path) -> None:
         create_model("unet", 3, 2, weights=bad)
     with pytest.raises(InputError, match="missing.pt: weights file not found"):
         create_model("unet", 3, 2, weights=tmp_path / "missing.pt")
+
+
+@pytest.fixture
+def http_dir(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A folder served over HTTP on 127.0.0.1 (no internet needed)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_weights_download_once_with_hash_check(
+    http_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    from eoforge.models import cache_dir, fetch_weights
+
+    monkeypatch.setenv("EOFORGE_CACHE", str(tmp_path / "cache"))
+    root, url = http_dir
+    src = create_model("unet", 3, 2, "resnet18")
+    torch.save(src.encoder.state_dict(), root / "enc.pt")
+    digest = hashlib.sha256((root / "enc.pt").read_bytes()).hexdigest()
+
+    dst = create_model("unet", 3, 2, "resnet18", weights=f"{url}/enc.pt", weights_sha256=digest[:16])
+    assert torch.equal(src.encoder.state_dict()["conv1.weight"], dst.encoder.state_dict()["conv1.weight"])
+    cached = list(cache_dir().iterdir())
+    assert len(cached) == 1 and cached[0].name.endswith("enc.pt")
+
+    (root / "enc.pt").unlink()  # the second use comes from the cache
+    assert fetch_weights(f"{url}/enc.pt", digest) == cached[0]
+
+    with pytest.raises(InputError, match=r"missing.pt: could not download the weights \(HTTP Error 404"):
+        fetch_weights(f"{url}/missing.pt")
+
+
+def test_downloaded_weights_with_a_wrong_hash_are_refused(
+    http_dir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from eoforge.models import cache_dir, fetch_weights
+
+    monkeypatch.setenv("EOFORGE_CACHE", str(tmp_path / "cache"))
+    root, url = http_dir
+    (root / "w.pt").write_bytes(b"not the weights you expect")
+    with pytest.raises(InputError, match="w.pt: downloaded weights fail the check"):
+        fetch_weights(f"{url}/w.pt", "0" * 64)
+    assert not any(cache_dir().iterdir())  # nothing half-written in the cache
+    with pytest.raises(InputError, match="only http"):
+        fetch_weights("ftp://example.org/w.pt")

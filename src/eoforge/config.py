@@ -130,10 +130,14 @@ class ChipsConfig(_Strict):
 class ModelConfig(_Strict):
     arch: str = Field(default="unet", description="Model name in the registry (`eoforge models` lists them).")
     encoder: str = Field(default="resnet18", description="Encoder name (segmentation-models-pytorch).")
-    weights: Path | None = Field(
+    weights: str | None = Field(
         default=None,
-        description="Local file of pretrained weights (a state dict of the encoder or of the whole model); "
-        "none by default.",
+        description="Pretrained weights: a local file or an http(s) URL (downloaded once into the cache, "
+        "$EOFORGE_CACHE or ~/.cache/eoforge). A state dict of the encoder or of the whole model; none by default.",
+    )
+    weights_sha256: str | None = Field(
+        default=None,
+        description="Expected SHA-256 (or a prefix of it) of the weights file; checked when given.",
     )
 
 
@@ -203,7 +207,13 @@ def _absolutise(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(labels, dict) and "path" in labels and not Path(str(labels["path"])).is_absolute():
             labels["path"] = str(base / str(labels["path"]))
     model = raw.get("model")
-    if isinstance(model, dict) and model.get("weights") and not Path(str(model["weights"])).is_absolute():
+    weights = model.get("weights") if isinstance(model, dict) else None
+    if (
+        isinstance(model, dict)
+        and weights
+        and "://" not in str(weights)
+        and not Path(str(weights)).is_absolute()
+    ):
         model["weights"] = str(base / str(model["weights"]))
     return raw
 

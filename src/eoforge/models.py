@@ -5,7 +5,11 @@ Every model maps ``(N, C, H, W)`` float tensors to ``(N, K, H, W)`` logits.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import urllib.error
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,15 +41,67 @@ def list_models() -> list[str]:
 
 
 def create_model(
-    name: str, in_channels: int, num_classes: int, encoder: str = "resnet18", weights: Path | None = None
+    name: str,
+    in_channels: int,
+    num_classes: int,
+    encoder: str = "resnet18",
+    weights: str | Path | None = None,
+    weights_sha256: str | None = None,
 ) -> nn.Module:
-    """Build a registered model; ``weights`` is an optional local state-dict file (model or encoder)."""
+    """Build a registered model; ``weights`` is an optional state-dict file or URL (model or encoder)."""
     if name not in _REGISTRY:
         raise InputError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
     model = _REGISTRY[name](in_channels, num_classes, encoder)
     if weights is not None:
-        load_weights(model, weights)
+        load_weights(model, fetch_weights(weights, weights_sha256))
     return model
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EOFORGE_CACHE") or Path.home() / ".cache" / "eoforge") / "weights"
+
+
+def fetch_weights(source: str | Path, sha256: str | None = None) -> Path:
+    """A local weights file, or an http(s) URL downloaded once into :func:`cache_dir` (hash-checked)."""
+    text = str(source)
+    if "://" not in text:
+        path = Path(text)
+        if not path.is_file():
+            raise InputError(f"{path}: weights file not found; check model.weights")
+        if sha256 and not _sha256(path).startswith(sha256.lower()):
+            raise InputError(f"{path}: SHA-256 differs from model.weights_sha256 {sha256}; check the file")
+        return path
+    if not text.startswith(("http://", "https://")):
+        raise InputError(f"{text}: only http(s) URLs or local files are supported for model.weights")
+    name = Path(urllib.parse.urlparse(text).path).name or "weights.pt"
+    key = hashlib.sha256(text.encode()).hexdigest()[:12]
+    target = cache_dir() / f"{key}-{name}"
+    if target.is_file() and (not sha256 or _sha256(target).startswith(sha256.lower())):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s to %s", text, target)
+    try:
+        # writes to a temporary file and moves it into place only when the hash (if given) matches
+        torch.hub.download_url_to_file(
+            text, str(target), hash_prefix=sha256.lower() if sha256 else None, progress=False
+        )
+    except RuntimeError as exc:
+        raise InputError(
+            f"{text}: downloaded weights fail the check ({exc}); check model.weights_sha256"
+        ) from None
+    except (OSError, urllib.error.URLError) as exc:
+        raise InputError(
+            f"{text}: could not download the weights ({exc}); check the address or give a local file"
+        ) from None
+    return target
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _smp(cls_name: str) -> ModelFactory:
@@ -79,8 +135,6 @@ def load_weights(model: nn.Module, path: Path) -> None:
     skipped and logged, so weights trained on RGB still initialise the rest of an N-band model.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: weights file not found; check model.weights")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

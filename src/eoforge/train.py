@@ -94,7 +94,14 @@ def train(
     out = Path(out_dir) / "train"
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     n_cls = len(scene.class_ids)
-    model = create_model(model_cfg.arch, len(scene.bands), n_cls, model_cfg.encoder, model_cfg.weights)
+    model = create_model(
+        model_cfg.arch,
+        len(scene.bands),
+        n_cls,
+        model_cfg.encoder,
+        model_cfg.weights,
+        model_cfg.weights_sha256,
+    )
     task = SegmentationTask(model, n_cls, cfg.lr, cfg.weight_decay, cfg.epochs)
     train_ds = ChipDataset(store, "train", scene.mean, scene.std, augment=True)
     has_val = len(store.splits["val"]) > 0
