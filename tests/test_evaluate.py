@@ -10,7 +10,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from eoforge.evaluate import _owned_masks, metrics_from_confusion
+from eoforge.evaluate.metrics import metrics_from_confusion
+from eoforge.evaluate.scoring import _owned_masks
 
 
 def test_metrics_match_scikit_learn() -> None:

@@ -165,12 +165,38 @@ class PredictConfig(_Strict):
     batch_size: int = Field(default=8, ge=1, description="Windows per model call.")
 
 
+class ComputeConfig(_Strict):
+    scheduler: str | None = Field(
+        default=None,
+        description="Address of a running dask.distributed scheduler (tcp://host:8786) for prepare, chips and "
+        "predict; results are identical whichever scheduler runs them.",
+    )
+    workers: int | None = Field(
+        default=None, ge=1, description="Start a local Dask cluster of this many worker processes."
+    )
+    threads_per_worker: int = Field(default=1, ge=1, description="Threads of each local Dask worker.")
+    connect_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds to wait for compute.scheduler before failing."
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ComputeConfig:
+        if self.scheduler is not None and self.workers is not None:
+            raise ValueError(
+                "give compute.scheduler (a running cluster) or compute.workers (a local one), not both"
+            )
+        return self
+
+
 class RunConfig(_Strict):
     inputs: InputsConfig
     chips: ChipsConfig = Field(default_factory=ChipsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
+    compute: ComputeConfig = Field(
+        default_factory=ComputeConfig, description="Dask scheduler used by the stages that scale out."
+    )
 
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
