@@ -83,21 +83,27 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     _setup_logging(verbose, quiet, needs_lightning=ctx.invoked_subcommand in {"run", "demo", "train"})
 
 
+def _ci(m: dict[str, Any], key: str) -> str:
+    v = m.get(key)
+    if v is None:
+        return "n/a"
+    ci = (m.get("ci95") or {}).get(key)
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
+
+
+def _print_warnings(metrics: dict[str, Any]) -> None:
+    for w in metrics.get("warnings", []):
+        console.print(f"[yellow]warning ({w['code']}):[/yellow] {w['message']}", highlight=False)
+
+
 def _headline(out: Path, metrics: dict[str, Any], quiet: bool) -> None:
-    table = Table(title="test split")
-    for col in ("model", "overall accuracy", "kappa", "mean IoU"):
+    _print_warnings(metrics)
+    table = Table(title="test split: the delivered map, 95 % intervals over spatial blocks")
+    for col in ("model", "kappa", "mean IoU", "overall accuracy"):
         table.add_column(col)
-    table.add_row(
-        metrics["model"]["arch"],
-        f"{metrics['overall_accuracy']:.3f}",
-        f"{metrics['kappa']:.3f}",
-        f"{metrics['mean_iou']:.3f}",
-    )
-    if "baseline" in metrics:
-        b = metrics["baseline"]
-        table.add_row(
-            "random forest", f"{b['overall_accuracy']:.3f}", f"{b['kappa']:.3f}", f"{b['mean_iou']:.3f}"
-        )
+    rows = [(metrics["model"]["arch"], metrics)] + [(b["name"], b) for b in metrics.get("baselines", [])]
+    for name, m in rows:
+        table.add_row(name, _ci(m, "kappa"), _ci(m, "mean_iou"), _ci(m, "overall_accuracy"))
     if not quiet:
         out_console.print(table)
     out_console.print(f"map:     {out / 'map.tif'}")
@@ -181,13 +187,18 @@ def _stage(name: str, doc: str) -> None:
             out_console.print(f"model package: {path}")
         elif name == "evaluate":
             metrics = pipeline.stage_evaluate(cfg, out)
-            out_console.print(json.dumps({k: metrics[k] for k in ("overall_accuracy", "kappa", "mean_iou")}))
+            _print_warnings(metrics)
+            out_console.print(json.dumps({k: metrics[k] for k in ("kappa", "mean_iou", "overall_accuracy")}))
 
 
 _stage("prepare", "Stack bands, rasterize labels and compute band statistics into OUT/prepared.")
 _stage("chips", "Cut chips and split them by spatial blocks into OUT/chips (needs OUT/prepared).")
 _stage("train", "Train the model on OUT/chips and write the package OUT/model.")
-_stage("evaluate", "Score OUT/model on the test chips; write OUT/metrics.json and OUT/report.html.")
+_stage(
+    "evaluate",
+    "Score the delivered map OUT/map.tif (predicted first if missing) and the baselines on the test pixels; "
+    "write OUT/metrics.json, OUT/report.html and OUT/eval/.",
+)
 
 
 @cli.command("predict")

@@ -188,18 +188,122 @@ class ComputeConfig(_Strict):
         return self
 
 
+class MapBaseline(_Strict):
+    map: Path = Field(
+        description="A class-map raster made by anything (another tool, an earlier run) whose pixel values are "
+        "class ids; scored on exactly the same test pixels as the model (warped onto the scene grid, nearest)."
+    )
+    name: str | None = Field(default=None, description="Name in the report (default: the file name).")
+
+
+class IndexRule(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    index: str = Field(
+        description="A spectral index of the Awesome Spectral Indices catalogue (spyndex), e.g. NDVI, MNDWI; "
+        "computed from the bands named by STAC common names (blue, green, red, nir, swir16, ...)."
+    )
+    above: float = Field(description="Threshold: pixels whose index is above it get `then`.")
+    then: int | str = Field(description="Class (id or name) where the index is above the threshold.")
+    otherwise: int | str = Field(alias="else", description="Class (id or name) elsewhere (YAML key `else`).")
+    name: str | None = Field(default=None, description="Name in the report (default: 'INDEX > above').")
+
+    @field_validator("index")
+    @classmethod
+    def _known_index(cls, v: str) -> str:
+        import difflib
+
+        import spyndex
+
+        names = list(spyndex.indices)
+        if v in names:
+            return v
+        by_upper = {n.upper(): n for n in names}
+        if v.upper() in by_upper:
+            return by_upper[v.upper()]
+        close = difflib.get_close_matches(v.upper(), list(by_upper), n=5)
+        hint = (
+            f"did you mean {', '.join(by_upper[c] for c in close)}?"
+            if close
+            else "e.g. NDVI, NDWI, MNDWI, NBR"
+        )
+        raise ValueError(f"unknown spectral index '{v}' (Awesome Spectral Indices names); {hint}")
+
+
+class EvaluateConfig(_Strict):
+    baselines: list[MapBaseline | IndexRule] = Field(
+        default_factory=list,
+        description="Your own baselines, scored on the same test pixels as the model: class-map rasters "
+        "(`{map: path}`) and simple index rules (`{index: MNDWI, above: 0.0, then: water, else: land}`).",
+    )
+    random_forest: bool = Field(
+        default=True, description="Train and score the per-pixel random-forest baseline."
+    )
+    rf_pixels: int = Field(
+        default=100_000, ge=100, description="Training pixels sampled for the random forest."
+    )
+    bootstrap: int = Field(
+        default=1000,
+        ge=0,
+        description="Bootstrap resamples of the test blocks for the 95 % confidence intervals (0: none).",
+    )
+    seed: int = Field(default=0, description="Seed of the bootstrap and the random forest.")
+
+
 class RunConfig(_Strict):
     inputs: InputsConfig
     chips: ChipsConfig = Field(default_factory=ChipsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
+    evaluate: EvaluateConfig = Field(
+        default_factory=EvaluateConfig, description="Baselines and confidence intervals of the evaluation."
+    )
     compute: ComputeConfig = Field(
         default_factory=ComputeConfig, description="Dask scheduler used by the stages that scale out."
     )
 
+    @model_validator(mode="after")
+    def _rule_classes(self) -> RunConfig:
+        for rule in self.evaluate.baselines:
+            if isinstance(rule, IndexRule):
+                for key, v in (("then", rule.then), ("else", rule.otherwise)):
+                    if class_index(self.inputs.classes, v) is None:
+                        raise ValueError(
+                            f"evaluate.baselines {rule.index}: {key} '{v}' is not a class; "
+                            f"use one of {list(self.inputs.classes.values())}"
+                        )
+        return self
+
     def dump(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def class_index(classes: dict[int, str], value: int | str) -> int | None:
+    """Index (0..K-1) of a class given by id or by name (case-insensitive), or None."""
+    ids = list(classes)
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
+        v = int(value)
+        return ids.index(v) if v in classes else None
+    names = [n.strip().lower() for n in classes.values()]
+    key = value.strip().lower()
+    return names.index(key) if key in names else None
+
+
+def config_warnings(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Problems a config can already show before anything runs, as ``(code, message)`` pairs."""
+    out: list[tuple[str, str]] = []
+    tile = cfg.predict.tile or 2 * cfg.chips.size
+    if tile > 2 * cfg.chips.size:
+        out.append(
+            (
+                "window_much_larger_than_chip",
+                f"predict.tile {tile} px is more than 2x the training chip ({cfg.chips.size} px): the model "
+                "sees far more context at predict time than in training, which can change its output; "
+                f"use a tile of at most {2 * cfg.chips.size} px or train on larger chips",
+            )
+        )
+    return out
 
 
 def resolve_images(patterns: list[str]) -> list[Path]:
@@ -232,6 +336,11 @@ def _absolutise(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         labels = inputs.get("labels")
         if isinstance(labels, dict) and "path" in labels and not Path(str(labels["path"])).is_absolute():
             labels["path"] = str(base / str(labels["path"]))
+    ev = raw.get("evaluate")
+    if isinstance(ev, dict) and isinstance(ev.get("baselines"), list):
+        for b in ev["baselines"]:
+            if isinstance(b, dict) and "map" in b and not Path(str(b["map"])).is_absolute():
+                b["map"] = str(base / str(b["map"]))
     model = raw.get("model")
     weights = model.get("weights") if isinstance(model, dict) else None
     if (

@@ -18,7 +18,7 @@ import yaml
 
 from eoforge import __version__
 from eoforge.chips import ChipStore, make_chips
-from eoforge.config import RunConfig
+from eoforge.config import RunConfig, config_warnings
 from eoforge.evaluate import evaluate
 from eoforge.io.atomic import write_text
 from eoforge.package import ClassInfo, PackageMeta, add_metrics, load_package, save_package
@@ -74,13 +74,25 @@ def stage_train(cfg: RunConfig, out: Path, progress: bool = False) -> Path:
 
 
 def stage_evaluate(cfg: RunConfig, out: Path, credits: str | None = None) -> dict[str, Any]:
+    """Score the delivered map ``OUT/map.tif`` (predicted first when missing or older than the model)."""
+    map_path = out / "map.tif"
+    model_meta = out / "model" / "eoforge.json"
+    if not map_path.is_file() or (
+        model_meta.is_file() and map_path.stat().st_mtime < model_meta.stat().st_mtime
+    ):
+        stage_predict(cfg, out)
     predictor = load_package(out / "model")
     metrics = evaluate(
         predictor,
         ChipStore.load(out / "chips"),
+        PreparedScene.load(out / "prepared"),
+        map_path,
         out,
+        cfg=cfg.evaluate,
         train_log=out / "train" / "metrics.csv",
         credits=credits,
+        warnings=config_warnings(cfg),
+        config=cfg.dump(),
     )
     add_metrics(out / "model", metrics)
     return metrics
@@ -97,20 +109,20 @@ def stage_predict(cfg: RunConfig, out: Path, on_progress: Progress | None = None
     )
 
 
-STAGES = ("prepare", "chips", "train", "evaluate", "predict")
+STAGES = ("prepare", "chips", "train", "predict", "evaluate")
 _SECTIONS = {  # the config sections each stage's output depends on (through earlier stages too)
     "prepare": ("inputs",),
     "chips": ("inputs", "chips"),
     "train": ("inputs", "chips", "model", "train", "predict"),
-    "evaluate": ("inputs", "chips", "model", "train", "predict"),
     "predict": ("inputs", "chips", "model", "train", "predict"),
+    "evaluate": ("inputs", "chips", "model", "train", "predict", "evaluate"),
 }
 _OUTPUT = {
     "prepare": "prepared/scene.json",
     "chips": "chips/chips.json",
     "train": "model/eoforge.json",
-    "evaluate": "metrics.json",
     "predict": "map.tif",
+    "evaluate": "metrics.json",
 }
 STATE = "stages.json"
 
@@ -139,7 +151,7 @@ def run(
     on_progress: Progress | None = None,
     resume: bool = True,
 ) -> RunResult:
-    """Run prepare → chips → train (+ package) → evaluate → predict into ``out``.
+    """Run prepare → chips → train (+ package) → predict → evaluate (scores the map) into ``out``.
 
     With ``resume`` a stage is skipped when its output exists and was made from the same config (and every
     stage before it was skipped too), so an interrupted run continues where it stopped. ``OUT/stages.json``
