@@ -260,3 +260,27 @@ def test_conclusion_warnings() -> None:
         baselines=[{"name": "random forest", "kind": "random_forest", "kappa": 0.7, "overall_accuracy": 0.85}]
     )
     assert codes(rf_better) == ["baseline_better"]
+
+
+def test_a_window_much_larger_than_the_chip_is_a_config_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from eoforge.cli import main
+    from eoforge.config import config_warnings
+
+    base = {"inputs": {"images": ["a.tif"], "labels": {"path": "l.tif"}, "classes": {1: "a", 2: "b"}}}
+    ok = parse_config({**base, "chips": {"size": 64}, "predict": {"tile": 128}})
+    assert config_warnings(ok) == []
+    big = parse_config({**base, "chips": {"size": 32}, "predict": {"tile": 128}})
+    [(code, message)] = config_warnings(big)
+    assert code == "window_much_larger_than_chip" and "128 px" in message and "32 px" in message
+    import yaml
+
+    img = write_tif(tmp_path / "a.tif", np.ones((1, 40, 40), np.uint8))
+    write_tif(tmp_path / "l.tif", np.ones((1, 40, 40), np.uint8))
+    (tmp_path / "c.yaml").write_text(
+        yaml.safe_dump({**base, "chips": {"size": 32}, "predict": {"tile": 128}})
+    )
+    main(["-q", "prepare", str(tmp_path / "c.yaml"), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert "window_much_larger_than_chip" in err and img.exists()

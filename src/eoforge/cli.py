@@ -112,9 +112,18 @@ def _headline(out: Path, metrics: dict[str, Any], quiet: bool) -> None:
     out_console.print(f"model:   {out / 'model'}")
 
 
+def _config_warnings(cfg: Any) -> None:
+    """Warnings a config shows before anything runs (they are repeated in the report)."""
+    from eoforge.config import config_warnings
+
+    for code, message in config_warnings(cfg):
+        console.print(f"[yellow]warning ({code}):[/yellow] {message}", highlight=False)
+
+
 def _run(cfg: Any, out: Path, ctx: click.Context, credits: str | None = None, fresh: bool = False) -> None:
     from eoforge.pipeline import run
 
+    _config_warnings(cfg)
     quiet = ctx.obj["quiet"]
     with _progress("predict", quiet) as update:
         result = run(
@@ -173,6 +182,7 @@ def _stage(name: str, doc: str) -> None:
         from eoforge.config import load_config
 
         cfg = load_config(config)
+        _config_warnings(cfg)
         out.mkdir(parents=True, exist_ok=True)
         if name == "prepare":
             scene = pipeline.stage_prepare(cfg, out)
