@@ -76,14 +76,18 @@ def conclusion_warnings(
         counts: dict[str, int] = metrics["class_pixels"][split]
         absent = [n for n, c in counts.items() if c == 0]
         few = [f"{n!r} ({c} px)" for n, c in counts.items() if 0 < c < MIN_CLASS_PIXELS]
-        what = "test metrics" if split == "test" else "checkpoint selection (validation mIoU)"
         if absent:
+            one = len(absent) == 1
+            consequence = (
+                f"{'its' if one else 'their'} test accuracy is unknown (n/a, left out of mean IoU and macro F1)"
+                if split == "test"
+                else f"the checkpoint was selected without {'it' if one else 'them'} (left out of validation mIoU)"
+            )
             out.append(
                 (
                     f"class_absent_{split}",
-                    f"{', '.join(repr(n) for n in absent)} {'has' if len(absent) == 1 else 'have'} no {split} "
-                    f"pixels: {'its' if len(absent) == 1 else 'their'} accuracy is unknown (n/a, excluded from "
-                    f"mean IoU and macro F1 and from {what}); add labels or change the split",
+                    f"{', '.join(repr(n) for n in absent)} {'has' if one else 'have'} no {split} pixels: "
+                    f"{consequence}; add labels or change the split",
                 )
             )
         if few:
