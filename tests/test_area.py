@@ -8,13 +8,13 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
+from conftest import write_tif
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eoforge.errors import InputError
 from eoforge.evaluate.area import area_estimate, estimate_area
 from eoforge.evaluate.sampling import allocate, count_classes, sample_design
-from tests.conftest import write_tif
 
 # Olofsson et al. 2014, RSE 148:42-57, section 5 (Tables 8-9): rows = map class, columns = reference class;
 # classes: deforestation, forest gain, stable forest, stable non-forest; 30 m pixels (0.09 ha).

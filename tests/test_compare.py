@@ -9,6 +9,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 from affine import Affine
+from conftest import CRS, TRANSFORM, pixel_box, write_tif
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
@@ -22,7 +23,6 @@ from sklearn.metrics import (
 from eoforge.errors import InputError
 from eoforge.evaluate.compare import compare_map, evaluate_map
 from eoforge.evaluate.curves import CurveAccumulator, averaged_metrics, plot_pr, plot_reliability, plot_roc
-from tests.conftest import CRS, TRANSFORM, pixel_box, write_tif
 
 
 def _classes() -> np.ndarray:
