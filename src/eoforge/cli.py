@@ -307,6 +307,32 @@ def sample_design_cmd(map_path: Path, total: int, min_per_class: int, seed: int,
     out_console.print(f"points: {des.path} (fill the 'reference' column, then run `eoforge area`)")
 
 
+@cli.command("explain")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--window", required=True, help="col,row,width,height of the window to explain, in pixels.")
+@click.option("--layers", default="", help="Comma-separated layer names whose feature maps to write.")
+@click.option("--cam-layer", default=None, help="Layer for Grad-CAM (default: the last before the head).")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output folder.")
+def explain_cmd(
+    model_dir: Path, images: tuple[Path, ...], window: str, layers: str, cam_layer: str | None, out: Path
+) -> None:
+    """Grad-CAM per class and feature maps of named layers for a window of IMAGES (GeoTIFFs and PNGs)."""
+    from eoforge.evaluate.explain import explain, parse_window
+
+    res = explain(
+        model_dir,
+        list(images),
+        parse_window(window),
+        out,
+        [s.strip() for s in layers.split(",") if s.strip()],
+        cam_layer,
+    )
+    out_console.print(f"Grad-CAM layer: {res.cam_layer}")
+    for f in res.files:
+        out_console.print(f"wrote {f}")
+
+
 def _fmt(v: float | None, spec: str) -> str:
     return "n/a" if v is None else format(v, spec)
 
