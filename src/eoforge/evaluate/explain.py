@@ -212,18 +212,21 @@ class ExplainResult:
 
 
 def _write_tif(path: Path, data: np.ndarray, crs: str, transform: Affine, names: Sequence[str]) -> Path:
-    with atomic_path(path) as tmp, rasterio.open(
-        tmp,
-        "w",
-        driver="GTiff",
-        width=data.shape[2],
-        height=data.shape[1],
-        count=data.shape[0],
-        dtype="float32",
-        crs=crs,
-        transform=transform,
-        compress="deflate",
-    ) as dst:
+    with (
+        atomic_path(path) as tmp,
+        rasterio.open(
+            tmp,
+            "w",
+            driver="GTiff",
+            width=data.shape[2],
+            height=data.shape[1],
+            count=data.shape[0],
+            dtype="float32",
+            crs=crs,
+            transform=transform,
+            compress="deflate",
+        ) as dst,
+    ):
         dst.write(data.astype(np.float32))
         dst.descriptions = tuple(names)
     return path
