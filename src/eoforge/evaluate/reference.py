@@ -161,7 +161,19 @@ class RasterReference(Reference):
         if a.dtype.kind == "f":
             ok &= ~np.isnan(a)
         out = np.full(a.shape, NO_CLASS, dtype=np.int64)
-        if ok.any():
+        if ok.any() and a.dtype.kind in "ui" and a.dtype.itemsize <= 2 and a.min() >= 0:
+            # small integer ids: a lookup table indexed by value (a bincount finds the values present)
+            present = np.flatnonzero(np.bincount(a[ok].ravel()))
+            new_vals = [int(v) for v in present if float(v) not in self._lut]
+            if new_vals:
+                self._lut.update(
+                    zip(map(float, new_vals), self.classes.match(new_vals, self.path).tolist(), strict=True)
+                )
+            lut = np.full(max(int(a.max()), int(present[-1])) + 1, NO_CLASS, dtype=np.int64)
+            lut[present] = [self._lut[float(v)] for v in present]
+            out = lut[a]
+            out[~ok] = NO_CLASS
+        elif ok.any():
             u, inv = np.unique(a[ok], return_inverse=True)
             new = [v for v in u.tolist() if v not in self._lut]
             if new:
@@ -174,6 +186,8 @@ class RasterReference(Reference):
     ) -> tuple[np.ndarray, np.ndarray]:
         ref = self.read(window)
         ok = map_valid & (ref != NO_CLASS)
+        if ok.all():
+            return map_values.ravel().astype(np.int64), ref.ravel()
         return map_values[ok].astype(np.int64), ref[ok]
 
     def close(self) -> None:
