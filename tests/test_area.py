@@ -133,3 +133,17 @@ def test_area_from_map_and_labelled_points(tmp_path: Path) -> None:
     assert crop["area_ha"] == pytest.approx(crop["map_pixels"] * 0.01)
     assert crop["users_accuracy"] == 1.0 and crop["area_ci95_ha"] == 0.0
     assert (tmp_path / "out" / "area.json").is_file()
+
+
+def test_geographic_map_gives_pixels_only(tmp_path: Path) -> None:
+    from affine import Affine
+
+    a = np.ones((20, 20), np.uint8)
+    a[:, 10:] = 2
+    m = write_tif(tmp_path / "geo.tif", a, transform=Affine(0.001, 0, 10, 0, -0.001, 50), crs="EPSG:4326")
+    pts = gpd.read_file(sample_design(m, tmp_path / "p.geojson", total=10, seed=0).path)
+    pts["ref"] = pts["map_class"]
+    pts.to_file(tmp_path / "l.geojson")
+    est = area_estimate(m, tmp_path / "l.geojson", "ref")
+    assert est.pixel_area_ha is None and est.classes[0].area_ha is None
+    assert est.classes[0].area_pixels == pytest.approx(200)

@@ -162,3 +162,21 @@ def test_curves_and_calibration_match_scikit_learn() -> None:
     assert set(doc["roc_auc"]) == set(names) and len(doc["roc"]["a"]["x"]) <= 101
     for png in (plot_roc(roc, names), plot_pr(pr, names), plot_reliability(cal)):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lines_and_missing_columns_are_refused(tmp_path: Path) -> None:
+    from shapely.geometry import LineString
+
+    m = write_tif(tmp_path / "map.tif", _classes())
+    x0, y0 = TRANSFORM * (1, 1)
+    x1, y1 = TRANSFORM * (30, 30)
+    gpd.GeoDataFrame({"c": [1]}, geometry=[LineString([(x0, y0), (x1, y1)])], crs=CRS).to_file(
+        tmp_path / "l.gpkg"
+    )
+    with pytest.raises(InputError, match="give polygons or points"):
+        compare_map(m, tmp_path / "l.gpkg", column="c")
+    with pytest.raises(InputError, match="need --column"):
+        compare_map(m, tmp_path / "l.gpkg")
+    multi = write_tif(tmp_path / "multi.tif", np.zeros((2, 8, 8), np.uint8))
+    with pytest.raises(InputError, match="one band of integer class ids"):
+        compare_map(multi, m)
