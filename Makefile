@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo demo-evaluate test lint clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,13 @@ $(STAMP): requirements.lock requirements-data.txt pyproject.toml
 
 demo: setup
 	$(BIN)/eoforge demo --out runs/demo
+
+# the demo's map against the demo's full reference raster (strata.tif), from the CLI
+demo-evaluate: demo
+	$(BIN)/eoforge evaluate --map runs/demo/map.tif \
+	  --reference "$$($(BIN)/python -c 'from eoforge.demo import data_dir, LABELS; print(data_dir() / LABELS)')" \
+	  --classes "$$($(BIN)/python -c 'from eoforge.demo import CLASSES; print(",".join(f"{k}={v}" for k, v in CLASSES.items()))')" \
+	  -o runs/demo/map-vs-strata
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -195,20 +195,209 @@ def _stage(name: str, doc: str) -> None:
         elif name == "train":
             path = pipeline.stage_train(cfg, out, progress=not ctx.obj["quiet"])
             out_console.print(f"model package: {path}")
-        elif name == "evaluate":
-            metrics = pipeline.stage_evaluate(cfg, out)
-            _print_warnings(metrics)
-            out_console.print(json.dumps({k: metrics[k] for k in ("kappa", "mean_iou", "overall_accuracy")}))
 
 
 _stage("prepare", "Stack bands, rasterize labels and compute band statistics into OUT/prepared.")
 _stage("chips", "Cut chips and split them by spatial blocks into OUT/chips (needs OUT/prepared).")
 _stage("train", "Train the model on OUT/chips and write the package OUT/model.")
-_stage(
-    "evaluate",
-    "Score the delivered map OUT/map.tif (predicted first if missing) and the baselines on the test pixels; "
-    "write OUT/metrics.json, OUT/report.html and OUT/eval/.",
+
+_classes_opt = click.option(
+    "--classes",
+    multiple=True,
+    help="Classes as ID=NAME (repeat or comma-separate), to match reference values by name and name the rows.",
 )
+
+
+def _map_table(metrics: dict[str, Any], title: str) -> None:
+    from eoforge.evaluate.metrics import fmt
+
+    table = Table(title=title)
+    for col in ("class", "precision", "recall", "F1", "IoU", "support"):
+        table.add_column(col, justify="right")
+    for name, c in metrics["per_class"].items():
+        table.add_row(name, *(fmt(c[k]) for k in ("precision", "recall", "f1", "iou")), str(c["support"]))
+    out_console.print(table)
+    out_console.print(
+        f"overall accuracy {fmt(metrics['overall_accuracy'])}, balanced accuracy "
+        f"{fmt(metrics['balanced_accuracy'])}, kappa {fmt(metrics['kappa'])}, mean IoU {fmt(metrics['mean_iou'])} "
+        f"over {metrics['pixels']} {metrics['units']}"
+    )
+
+
+@cli.command("evaluate")
+@click.argument("target", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Run or output directory.")
+@click.option("--map", "map_path", type=click.Path(path_type=Path), help="A class map to score (any source).")
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Image(s) to predict with TARGET.",
+)
+@click.option("--reference", type=click.Path(path_type=Path), help="Reference raster, polygons or points.")
+@click.option("--column", help="Class column of a vector reference.")
+@_classes_opt
+@click.pass_context
+def evaluate_cmd(
+    ctx: click.Context,
+    target: Path | None,
+    out: Path,
+    map_path: Path | None,
+    images: tuple[Path, ...],
+    reference: Path | None,
+    column: str | None,
+    classes: tuple[str, ...],
+) -> None:
+    """Score a model or a map.
+
+    \b
+    eoforge evaluate CONFIG -o RUN      the run's delivered map on its test pixels (metrics.json, report.html)
+    eoforge evaluate --map MAP.tif --reference REF -o DIR      any map against any reference
+    eoforge evaluate MODEL_DIR --image IMG... --reference REF -o DIR   predict DIR/map.tif, then score it
+    """
+    from eoforge.errors import InputError
+
+    if map_path is not None or images:
+        if reference is None:
+            raise InputError(
+                "--reference is required with --map or --image; give a raster, polygons or points"
+            )
+        from eoforge.evaluate.compare import evaluate_map
+
+        if map_path is not None:
+            if target is not None or images:
+                raise InputError(f"--map {map_path}: give either --map or MODEL_DIR --image ..., not both")
+        else:
+            if target is None:
+                raise InputError("--image needs the MODEL_DIR argument (a model package folder)")
+            from eoforge.package import load_package
+            from eoforge.predict import predict
+
+            predictor = load_package(target)
+            if not classes:
+                classes = tuple(f"{c.id}={c.name}" for c in predictor.meta.classes)
+            with _progress("predict", ctx.obj["quiet"]) as update:
+                map_path = predict(target, list(images), out / "map.tif", on_progress=update).path
+        metrics = evaluate_map(map_path, reference, out, column=column, classes=classes)
+        if not ctx.obj["quiet"]:
+            _map_table(metrics, f"{map_path.name} vs {reference.name}")
+        out_console.print(f"metrics: {out / 'metrics.json'}")
+        return
+    if target is None:
+        raise InputError("give a CONFIG (evaluate a run), or --map/--image with --reference; see --help")
+    if reference is not None or column is not None or classes:
+        raise InputError("--reference/--column/--classes need --map or --image; a run uses its test chips")
+    from eoforge import pipeline
+    from eoforge.config import load_config
+
+    cfg = load_config(target)
+    _config_warnings(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = pipeline.stage_evaluate(cfg, out)
+    _print_warnings(metrics)
+    out_console.print(json.dumps({k: metrics[k] for k in ("kappa", "mean_iou", "overall_accuracy")}))
+
+
+@cli.command("sample-design")
+@click.argument("map_path", metavar="MAP", type=click.Path(path_type=Path))
+@click.option("--total", required=True, type=click.IntRange(min=1), help="Number of sample points.")
+@click.option(
+    "--min-per-class",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="At least this many points per map class (rare classes), the rest proportional to area.",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
+@click.option(
+    "--output", "-o", required=True, type=click.Path(path_type=Path), help="Points (.gpkg/.geojson/.fgb)."
+)
+def sample_design_cmd(map_path: Path, total: int, min_per_class: int, seed: int, output: Path) -> None:
+    """Propose a stratified random sample of MAP (strata = map classes) as points to label."""
+    from eoforge.evaluate.sampling import sample_design
+
+    des = sample_design(map_path, output, total, min_per_class, seed)
+    table = Table(title="sample design")
+    for col in ("map class", "map pixels", "points"):
+        table.add_column(col, justify="right")
+    for cid, npx, k in zip(des.classes.ids, des.classes.pixels, des.allocation, strict=True):
+        table.add_row(str(cid), str(npx), str(k))
+    out_console.print(table)
+    out_console.print(f"points: {des.path} (fill the 'reference' column, then run `eoforge area`)")
+
+
+@cli.command("explain")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--window", required=True, help="col,row,width,height of the window to explain, in pixels.")
+@click.option("--layers", default="", help="Comma-separated layer names whose feature maps to write.")
+@click.option("--cam-layer", default=None, help="Layer for Grad-CAM (default: the last before the head).")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output folder.")
+def explain_cmd(
+    model_dir: Path, images: tuple[Path, ...], window: str, layers: str, cam_layer: str | None, out: Path
+) -> None:
+    """Grad-CAM per class and feature maps of named layers for a window of IMAGES (GeoTIFFs and PNGs)."""
+    from eoforge.evaluate.explain import explain, parse_window
+
+    res = explain(
+        model_dir,
+        list(images),
+        parse_window(window),
+        out,
+        [s.strip() for s in layers.split(",") if s.strip()],
+        cam_layer,
+    )
+    out_console.print(f"Grad-CAM layer: {res.cam_layer}")
+    for f in res.files:
+        out_console.print(f"wrote {f}")
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+@cli.command("area")
+@click.argument("map_path", metavar="MAP", type=click.Path(path_type=Path))
+@click.option("--reference", required=True, type=click.Path(path_type=Path), help="Labelled sample points.")
+@click.option("--column", required=True, help="Column of the points holding the reference class.")
+@_classes_opt
+@click.option(
+    "--out", "-o", required=True, type=click.Path(path_type=Path), help="Output folder (area.json)."
+)
+def area_cmd(map_path: Path, reference: Path, column: str, classes: tuple[str, ...], out: Path) -> None:
+    """Error-adjusted area per class with 95 % CI and accuracies with SE (Olofsson et al. 2014)."""
+    from eoforge.evaluate.area import area_estimate
+
+    est = area_estimate(map_path, reference, column, out, classes=list(classes))
+    ha = est.pixel_area_ha is not None
+    table = Table(title=f"area estimate: {map_path.name}")
+    for col in (
+        "class",
+        "map px",
+        "samples",
+        "area " + ("ha" if ha else "px"),
+        "± 95 %",
+        "UA ± SE",
+        "PA ± SE",
+    ):
+        table.add_column(col, justify="right")
+    for c in est.classes:
+        area, ci = (c.area_ha, c.area_ci95_ha) if ha else (c.area_pixels, c.area_ci95_pixels)
+        table.add_row(
+            c.name,
+            str(c.map_pixels),
+            str(c.sample_count),
+            _fmt(area, ",.1f"),
+            _fmt(ci, ",.1f"),
+            f"{_fmt(c.users_accuracy, '.3f')} ± {_fmt(c.users_accuracy_se, '.3f')}",
+            f"{_fmt(c.producers_accuracy, '.3f')} ± {_fmt(c.producers_accuracy_se, '.3f')}",
+        )
+    out_console.print(table)
+    out_console.print(
+        f"overall accuracy {est.overall_accuracy:.3f} ± {_fmt(est.overall_accuracy_se, '.3f')} (SE); "
+        f"written {out / 'area.json'}"
+    )
 
 
 @cli.command("predict")

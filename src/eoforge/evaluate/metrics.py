@@ -14,6 +14,11 @@ import numpy as np
 HEADLINE = ("kappa", "mean_iou", "overall_accuracy")
 
 
+def fmt(v: float | None) -> str:
+    """A metric for people: three decimals, or n/a where it is undefined (a class absent from the reference)."""
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _scores(cm: np.ndarray) -> dict[str, np.ndarray | float]:
     """Vectorised core over a stack of confusion matrices ``(..., K, K)`` (true class on rows)."""
     cm = cm.astype(np.float64)

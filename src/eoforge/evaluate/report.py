@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from eoforge.config import IGNORE_INDEX
+from eoforge.evaluate.metrics import fmt
 from eoforge.package import Predictor
 
 # --- plots --------------------------------------------------------------------------------------------
@@ -43,10 +44,6 @@ class Panel:
     prediction: np.ndarray
 
 
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
-
-
 def _cm_plot(metrics: dict[str, Any]) -> str:
     sets = [(metrics["model"]["arch"], metrics)]
     if "baseline" in metrics:
@@ -65,7 +62,7 @@ def _cm_plot(metrics: dict[str, Any]) -> str:
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("reference")
-        ax.set_title(f"{title}: kappa {_fmt(m['kappa'])}, OA {_fmt(m['overall_accuracy'])}")
+        ax.set_title(f"{title}: kappa {fmt(m['kappa'])}, OA {fmt(m['overall_accuracy'])}")
     return _png(fig)
 
 
@@ -131,12 +128,12 @@ _ENV = jinja2.Environment(
     autoescape=jinja2.select_autoescape(["html", "j2"]),
     undefined=jinja2.StrictUndefined,
 )
-_ENV.filters["f3"] = _fmt
+_ENV.filters["f3"] = fmt
 
 
 def _interval(m: dict[str, Any], key: str) -> str:
     ci = (m.get("ci95") or {}).get(key)
-    return f"{_fmt(m[key])} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else _fmt(m[key])
+    return f"{fmt(m[key])} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else fmt(m[key])
 
 
 _ENV.filters["ci"] = _interval
