@@ -70,6 +70,9 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
 
     try:
         yield update
+    except BaseException:
+        bar.live.transient = True  # an error is one line: the bar goes
+        raise
     finally:
         if bar.live.is_started:
             bar.stop()
@@ -222,10 +225,12 @@ def predict_cmd(
     precision: str,
 ) -> None:
     """Classify IMAGES (files stacked band-wise, in training band order) with MODEL_DIR into a COG."""
+    from eoforge.io.atomic import sweep_temporaries
     from eoforge.io.guard import check_output_file
     from eoforge.predict import predict
 
     check_output_file(output, [model_dir, *images], nbytes=_map_bytes(images))
+    sweep_temporaries(output.parent, depth=0, name=output.name)  # what a killed predict left
 
     with _progress("predict", ctx.obj["quiet"]) as update:
         res = predict(

@@ -150,10 +150,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_temporaries(folder: str | Path, depth: int = 1) -> list[Path]:
+def sweep_temporaries(folder: str | Path, depth: int = 1, name: str | None = None) -> list[Path]:
     """Remove ``.NAME.PID.*.tmp`` entries left in ``folder`` (and ``depth`` levels below) by dead processes.
 
-    Entries of a process that is still running (or of this one) are kept. Returns what was removed.
+    Entries of a process that is still running (or of this one) are kept; with ``name`` only the
+    temporaries of that output name. Returns what was removed.
     """
     folder = Path(folder)
     removed: list[Path] = []
@@ -165,7 +166,7 @@ def sweep_temporaries(folder: str | Path, depth: int = 1) -> list[Path]:
         return removed
     for entry in entries:
         m = _TEMP.match(entry.name)
-        if m is not None and not _alive(int(m["pid"])):
+        if m is not None and name in (None, m["name"]) and not _alive(int(m["pid"])):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
@@ -173,5 +174,5 @@ def sweep_temporaries(folder: str | Path, depth: int = 1) -> list[Path]:
             removed.append(entry)
             log.info("removed %s, left by an interrupted run", entry)
         elif m is None and depth > 0 and entry.is_dir() and not entry.is_symlink():
-            removed.extend(sweep_temporaries(entry, depth - 1))
+            removed.extend(sweep_temporaries(entry, depth - 1, name))
     return removed
