@@ -440,3 +440,48 @@ def test_run_resumes_on_fingerprints_and_predict_changes_do_not_retrain(tmp_path
     index.write_bytes(index.read_bytes()[:50])
     assert again() == ["chips", "train", "evaluate", "predict"]
     assert _temporaries(out) == []
+
+
+def test_disk_full_while_lightning_writes_a_checkpoint(
+    tmp_path: Path, scene: dict, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OUT/train is written in place by Lightning: ENOSPC there is one line too, and no model/ appears."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    cfg = _config(scene)
+    out = tmp_path / "out"
+    main(["-q", "prepare", str(cfg), "-o", str(out)])
+    main(["-q", "chips", str(cfg), "-o", str(out)])
+
+    def full(self: object, trainer: object, filepath: str) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(ModelCheckpoint, "_save_checkpoint", full)
+    err = _fails(["train", str(cfg), "-o", str(out)], capsys)
+    assert f"{out}: No space left on device; the disk is full" in err
+    assert not (out / "model").exists() and list(_state(out)) == ["prepare", "chips"]
+
+
+def test_other_os_errors_naming_a_path_are_one_line(
+    tmp_path: Path, scene: dict, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import eoforge.pipeline
+
+    def denied(cfg: object, out: Path) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "labels.gpkg"))
+
+    monkeypatch.setattr(eoforge.pipeline, "stage_prepare", denied)
+    err = _fails(["prepare", str(_config(scene)), "-o", str(tmp_path / "out")], capsys)
+    assert (
+        err
+        == f"error: {tmp_path / 'labels.gpkg'}: Permission denied; fix the permissions of the file or its folder, or choose another path"
+    )
+
+    def bug(cfg: object, out: Path) -> None:
+        raise OSError(
+            errno.EINVAL, "Invalid argument"
+        )  # no path, not about a disk: a bug keeps its traceback
+
+    monkeypatch.setattr(eoforge.pipeline, "stage_prepare", bug)
+    with pytest.raises(OSError, match="Invalid argument"):
+        main(["prepare", str(_config(scene)), "-o", str(tmp_path / "out")])

@@ -6,10 +6,11 @@ Each ``stage_*`` function runs one stage from the config and what earlier stages
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,9 @@ import yaml
 from eoforge import __version__
 from eoforge.chips import ChipStore, make_chips
 from eoforge.config import RunConfig, check_devices
-from eoforge.errors import InputError
+from eoforge.errors import EoforgeError, InputError, output_error
 from eoforge.evaluate import evaluate
-from eoforge.io.atomic import sweep_temporaries, write_text
+from eoforge.io.atomic import OUTPUT_ERRNOS, sweep_temporaries, write_text
 from eoforge.io.guard import check_run_folder
 from eoforge.io.state import changed_inputs, fingerprint, load_state, paths_in, run_lock, tree_digest
 from eoforge.package import ClassInfo, PackageMeta, add_metrics, load_package, save_package
@@ -174,6 +175,18 @@ def _record(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path, stage: 
     write_text(out / STATE, json.dumps({s: state[s] for s in STAGES if s in state}, indent=2))
 
 
+@contextlib.contextmanager
+def _output_errors(out: Path) -> Iterator[None]:
+    """A full, read-only or over-quota disk met by a library writing in place (Lightning's OUT/train, Zarr):
+    one line naming the file (or the run folder) instead of a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, EoforgeError) or exc.errno not in OUTPUT_ERRNOS:
+            raise
+        raise output_error(exc, exc.filename or out) from None
+
+
 def _run_stage(
     cfg: RunConfig,
     out: Path,
@@ -227,7 +240,8 @@ def run_stage(
                 first = out / _OUTPUTS[before][0]
                 problem = "not found" if not first.is_file() else f"out of date ({why})"
                 raise InputError(f"{first}: {problem}; run `eoforge {before}` first")
-        result = _run_stage(cfg, out, stage, progress, credits, on_progress)
+        with _output_errors(out):
+            result = _run_stage(cfg, out, stage, progress, credits, on_progress)
         _record(state, cfg, out, stage)
         return result
 
@@ -266,7 +280,8 @@ def run(
                 log.info("%s runs again: %s", stage, why)
             rerun = True
             state.pop(stage, None)
-            result = _run_stage(cfg, out, stage, progress, credits, on_progress)
+            with _output_errors(out):
+                result = _run_stage(cfg, out, stage, progress, credits, on_progress)
             if stage == "evaluate":
                 metrics = result
             _record(state, cfg, out, stage)

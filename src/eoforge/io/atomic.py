@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<rand>[^.]+)\.tmp(\..*)?$")
 # errnos that are about the output whatever file the failing call named
-_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
 def current_umask() -> int:
@@ -50,7 +50,7 @@ def _is_output_error(exc: OSError, *paths: Path) -> bool:
     """Whether ``exc`` is about the output: a disk-wide errno, or a failing call on one of ``paths``."""
     if isinstance(exc, EoforgeError):
         return False
-    if exc.errno in _OUTPUT_ERRNOS:
+    if exc.errno in OUTPUT_ERRNOS:
         return True
     name = exc.filename
     if name is None:
