@@ -84,7 +84,8 @@ def _files(path: Path) -> list[Path]:
     side = set(path.parent.glob(glob.escape(path.stem) + ".*")) | set(
         path.parent.glob(glob.escape(path.name) + ".*")
     )
-    return sorted({path, *(p for p in side if p.is_file())})
+    transient = ("-wal", "-shm", "-journal", ".lock")  # SQLite/GeoPackage and lock files come and go
+    return sorted({path, *(p for p in side if p.is_file() and not p.name.endswith(transient))})
 
 
 def paths_in(section: Any) -> list[Path]:
