@@ -9,7 +9,6 @@ the message. A fingerprint is ``[size, mtime_ns, sha256]`` per file (the content
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import hashlib
 import json
@@ -19,6 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from eoforge.errors import InputError, output_error
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs there are not locked
+    fcntl = None  # type: ignore[assignment]
 
 LOCK = ".eoforge.lock"
 HASH_LIMIT = 16 * 2**20
@@ -34,7 +38,7 @@ def run_lock(out: str | Path) -> Iterator[None]:
     key = Path(out).resolve()
     # Lightning's multi-device launcher re-runs the command in child processes (LOCAL_RANK > 0) while the
     # parent holds the lock: they work under the parent's lock.
-    if key in _held or os.environ.get("LOCAL_RANK", "0") != "0":
+    if fcntl is None or key in _held or os.environ.get("LOCAL_RANK", "0") != "0":
         yield
         return
     path = key / LOCK
