@@ -22,7 +22,7 @@ from conftest import write_tif
 from helpers import identity_package
 
 from eoforge.cli import main
-from eoforge.io.atomic import atomic_dir, atomic_path, sweep_temporaries, write_text
+from eoforge.io.atomic import atomic_dir, atomic_path, current_umask, sweep_temporaries, write_text
 
 TINY = {"arch": "test-tiny", "encoder": "none"}
 
@@ -375,6 +375,9 @@ def test_stage_commands_record_state_and_refuse_stale_intermediates(
     assert size == scene["labels"].stat().st_size and len(sha) == 64
     main(["-q", "chips", str(cfg), "-o", str(out)])
     assert list(_state(out)) == ["prepare", "chips"]
+    mask = current_umask()  # folders and files written through the atomic helpers follow it
+    assert stat.S_IMODE((out / "prepared").stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((out / "stages.json").stat().st_mode) == 0o666 & ~mask
 
     # OUT/config.yaml follows the config of the latest command
     raw = yaml.safe_load(cfg.read_text())
