@@ -21,6 +21,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -304,12 +305,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="eoforge", standalone_mode=False)
     except EoforgeError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(2)
     except OSError as exc:
         if exc.filename is None and errno.errorcode.get(exc.errno or 0) not in _OS_ERRNOS:
             raise  # not about a path the user gave: a bug, keep the traceback
-        console.print(f"[red]error:[/red] {os_error_line(exc)}", highlight=False, markup=True, soft_wrap=True)
+        line = escape(os_error_line(exc))
+        console.print(f"[red]error:[/red] {line}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(2)
     except (click.exceptions.Abort, KeyboardInterrupt, Terminated):
         if not _signalled:
