@@ -205,3 +205,10 @@ def test_every_field_refuses_out_of_range_values() -> None:
             with pytest.raises(InputError) as exc:
                 parse_config(_with(key, value), source="cfg")
             assert key.split(".")[-1] in str(exc.value), (key, value, str(exc.value))
+
+
+def test_cli_prints_brackets_in_messages(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "run [v2].yaml"
+    path.write_text(yaml.safe_dump(_with("inputs.colors", {7: "#112233"})))
+    err = _fails(["prepare", str(path), "-o", str(tmp_path / "out")], capsys)
+    assert f"{path}: invalid config (" in err and "colors for [7], which are not class ids" in err
