@@ -31,7 +31,7 @@ lint: setup
 	$(BIN)/mypy src
 
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --cov=eoforge --cov-report=term
 
 clean:
 	rm -rf $(VENV) runs

@@ -89,3 +89,19 @@ def package_for(
         else PickBand0(len(bands), len(classes))
     )
     return save_package(path, model, meta, {"test": True})
+
+
+class TinyConv(nn.Module):
+    """One 3x3 convolution: a trainable model that fits and runs in milliseconds (fault and resume tests)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, num_classes, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.conv(x)
+        return out
+
+
+if "test-tiny" not in list_models():
+    register_model("test-tiny")(lambda c, k, enc: TinyConv(c, k))

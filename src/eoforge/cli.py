@@ -6,9 +6,12 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,11 +21,12 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from eoforge import __version__
-from eoforge.errors import EoforgeError
+from eoforge.errors import EoforgeError, os_error_line
 
 console = Console(stderr=True)
 out_console = Console(soft_wrap=True)
@@ -67,6 +71,9 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
 
     try:
         yield update
+    except BaseException:
+        bar.live.transient = True  # an error is one line: the bar goes
+        raise
     finally:
         if bar.live.is_started:
             bar.stop()
@@ -183,18 +190,17 @@ def _stage(name: str, doc: str) -> None:
 
         cfg = load_config(config)
         _config_warnings(cfg)
-        out.mkdir(parents=True, exist_ok=True)
+        result = pipeline.run_stage(cfg, out, name, progress=not ctx.obj["quiet"])
         if name == "prepare":
-            scene = pipeline.stage_prepare(cfg, out)
+            scene = result
             out_console.print(
                 f"prepared {scene.grid.width}x{scene.grid.height} px, {len(scene.bands)} bands: {scene.root}"
             )
         elif name == "chips":
-            store = pipeline.stage_chips(cfg, out)
+            store = result
             out_console.print(f"chips: { {k: len(v) for k, v in store.splits.items()} } in {store.root}")
         elif name == "train":
-            path = pipeline.stage_train(cfg, out, progress=not ctx.obj["quiet"])
-            out_console.print(f"model package: {path}")
+            out_console.print(f"model package: {result}")
 
 
 _stage("prepare", "Stack bands, rasterize labels and compute band statistics into OUT/prepared.")
@@ -293,8 +299,8 @@ def evaluate_cmd(
 
     cfg = load_config(target)
     _config_warnings(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = pipeline.stage_evaluate(cfg, out)
+    with _progress("predict", ctx.obj["quiet"]) as update:
+        metrics = pipeline.run_stage(cfg, out, "evaluate", on_progress=update)
     _print_warnings(metrics)
     out_console.print(json.dumps({k: metrics[k] for k in ("kappa", "mean_iou", "overall_accuracy")}))
 
@@ -430,7 +436,12 @@ def predict_cmd(
     precision: str,
 ) -> None:
     """Classify IMAGES (files stacked band-wise, in training band order) with MODEL_DIR into a COG."""
+    from eoforge.io.atomic import sweep_temporaries
+    from eoforge.io.guard import check_output_file
     from eoforge.predict import predict
+
+    check_output_file(output, [model_dir, *images], nbytes=_map_bytes(images))
+    sweep_temporaries(output.parent, depth=0, name=output.name)  # what a killed predict left
 
     with _progress("predict", ctx.obj["quiet"]) as update:
         res = predict(
@@ -450,6 +461,17 @@ def predict_cmd(
     )
 
 
+def _map_bytes(images: tuple[Path, ...]) -> int:
+    """Disk space a class map of ``images`` may take while written (raw tiled copy + COG), 0 if unknown."""
+    import rasterio
+
+    try:
+        with rasterio.open(images[0]) as src:
+            return 2 * 2 * src.width * src.height  # at most uint16, uncompressed, two copies
+    except (rasterio.errors.RasterioError, OSError, IndexError):
+        return 0  # predict itself reports an unreadable image
+
+
 @cli.command("models")
 def models_cmd() -> None:
     """List the registered model architectures."""
@@ -459,18 +481,65 @@ def models_cmd() -> None:
         out_console.print(m)
 
 
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so `finally` blocks (temporary files, locks) run before exit."""
+
+
+_signalled: list[int] = []
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    _signalled.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated
+
+
+def _signal_exit() -> None:
+    """Exit for a signal received during the command: 130 (`aborted`) for SIGINT, 143 for SIGTERM."""
+    if _signalled[-1] == signal.SIGTERM:
+        console.print("terminated")
+        sys.exit(128 + signal.SIGTERM)
+    console.print("aborted")
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: eoforge errors and OS errors naming a path are one line and exit code 2; SIGINT exits 130
+    with `aborted`, SIGTERM 143 with `terminated`, both after cleaning up what was half-written."""
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, _on_signal)
+    _signalled.clear()
     try:
         cli.main(args=argv, prog_name="eoforge", standalone_mode=False)
     except EoforgeError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        console.print("aborted")
-        sys.exit(130)
+    except OSError as exc:
+        if exc.filename is None and errno.errorcode.get(exc.errno or 0) not in _OS_ERRNOS:
+            raise  # not about a path the user gave: a bug, keep the traceback
+        line = escape(os_error_line(exc))
+        console.print(f"[red]error:[/red] {line}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt, Terminated):
+        if not _signalled:
+            _signalled.append(signal.SIGINT)
+        _signal_exit()
+    except SystemExit:
+        if _signalled:  # Lightning turns Ctrl-C during fit into sys.exit(1)
+            _signal_exit()
+        raise
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+
+
+_OS_ERRNOS = {"ENOSPC", "EDQUOT", "EROFS", "EFBIG", "EACCES", "EPERM"}
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ file are resolved against the file's folder. The resolved config is saved with e
 from __future__ import annotations
 
 import glob
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,12 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from eoforge.errors import InputError
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 IGNORE_INDEX = 255
 """Class index of unlabelled pixels in prepared labels, chips and training targets."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `lr: .inf` or `.nan` anywhere is refused at load time (fields that mean NaN opt in)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
 class LabelsConfig(_Strict):
@@ -63,7 +69,9 @@ class InputsConfig(_Strict):
         default=None, description="Band names in stack order (STAC eo common names where known)."
     )
     nodata: float | None = Field(
-        default=None, description="Nodata value for every input band; by default each file's own nodata."
+        default=None,
+        allow_inf_nan=True,
+        description="Nodata value for every input band; by default each file's own nodata.",
     )
     labels: LabelsConfig = Field(description="Where the training labels are.")
     classes: dict[int, str] = Field(description="Class id -> class name, for every class in the labels.")
@@ -80,7 +88,25 @@ class InputsConfig(_Strict):
             raise ValueError(f"at most {IGNORE_INDEX - 1} classes are supported")
         if any(k < 0 or k > 65534 for k in v):
             raise ValueError("class ids must be between 0 and 65534")
+        seen: dict[str, int] = {}
+        for k, name in v.items():
+            if not name.strip():
+                raise ValueError(f"class {k} has an empty name; give every class a name")
+            if name.strip().casefold() in seen:
+                raise ValueError(
+                    f"classes {seen[name.strip().casefold()]} and {k} are both named '{name}' (names are "
+                    "compared ignoring case); give each class its own name"
+                )
+            seen[name.strip().casefold()] = k
         return dict(sorted(v.items()))
+
+    @field_validator("colors")
+    @classmethod
+    def _check_colors(cls, v: dict[int, str] | None) -> dict[int, str] | None:
+        for k, c in (v or {}).items():
+            if not _COLOR.match(c):
+                raise ValueError(f"colour of class {k} is '{c}'; write colours as '#rrggbb' (e.g. '#1f78b4')")
+        return v
 
     @model_validator(mode="after")
     def _label_ids_are_classes(self) -> InputsConfig:
@@ -88,6 +114,9 @@ class InputsConfig(_Strict):
             v = getattr(self.labels, key)
             if v is not None and v not in self.classes:
                 raise ValueError(f"labels.{key} {v} is not a class id; use one of {list(self.classes)}")
+        unknown = sorted(set(self.colors or {}) - set(self.classes))
+        if unknown:
+            raise ValueError(f"colors for {unknown}, which are not class ids; use ids of `classes`")
         return self
 
 
@@ -144,8 +173,8 @@ class ModelConfig(_Strict):
 class TrainConfig(_Strict):
     epochs: int = Field(default=20, ge=1, description="Maximum number of epochs.")
     batch_size: int = Field(default=16, ge=1, description="Chips per batch.")
-    lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate.")
-    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay.")
+    lr: float = Field(default=1e-3, gt=0, le=1.0, description="AdamW learning rate (0 < lr <= 1).")
+    weight_decay: float = Field(default=1e-4, ge=0, le=1.0, description="AdamW weight decay.")
     patience: int = Field(
         default=10, ge=1, description="Early stopping: epochs without val mIoU improvement."
     )
@@ -156,6 +185,22 @@ class TrainConfig(_Strict):
     devices: int | str = Field(default=1, description="Lightning devices (1, 2, 'auto').")
     seed: int = Field(default=0, description="Seed of weights init, shuffling and augmentation.")
 
+    @field_validator("accelerator")
+    @classmethod
+    def _accelerator(cls, v: str) -> str:
+        if v not in ACCELERATORS:
+            raise ValueError(f"unknown accelerator '{v}'; choose one of: {', '.join(ACCELERATORS)}")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"devices must be at least 1 (or 'auto'), got {v}")
+        if isinstance(v, str) and v != "auto":
+            raise ValueError(f"devices must be a number of devices or 'auto', got '{v}'")
+        return v
+
 
 class PredictConfig(_Strict):
     tile: int | None = Field(
@@ -163,6 +208,15 @@ class PredictConfig(_Strict):
     )
     overlap: int = Field(default=32, ge=0, description="Pixels shared by neighbouring windows.")
     batch_size: int = Field(default=8, ge=1, description="Windows per model call.")
+
+    @field_validator("tile")
+    @classmethod
+    def _tile(cls, v: int | None) -> int | None:
+        if v is not None and (v < 32 or v % 32):
+            raise ValueError(
+                f"tile must be a positive multiple of 32 (the U-Net downsamples 5 times), got {v}"
+            )
+        return v
 
 
 class ComputeConfig(_Strict):
@@ -275,6 +329,19 @@ class RunConfig(_Strict):
                         )
         return self
 
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        tile = self.predict.tile or 2 * self.chips.size
+        if self.predict.overlap >= tile:
+            raise ValueError(
+                f"predict.overlap {self.predict.overlap} must be smaller than the predict tile {tile}; lower it"
+            )
+        if self.chips.split.test <= 0:
+            raise ValueError(
+                "chips.split.test is 0 but `eoforge run` evaluates on the test split; give it > 0"
+            )
+        return self
+
     def dump(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
@@ -304,6 +371,32 @@ def config_warnings(cfg: RunConfig) -> list[tuple[str, str]]:
             )
         )
     return out
+
+
+def check_devices(train: TrainConfig) -> None:
+    """Refuse at the start of a run what the machine cannot do: a GPU accelerator without a GPU, more
+    devices than there are, several CPU devices (Lightning would re-launch the run into the same folder)."""
+    import torch  # here, not at import: loading a config stays fast
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if train.accelerator in ("gpu", "cuda") and gpus == 0:
+        raise InputError(
+            f"train.accelerator: {train.accelerator} but no CUDA GPU is visible on this machine; "
+            "use accelerator: auto or cpu"
+        )
+    if train.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise InputError("train.accelerator: mps but MPS is not available here; use accelerator: auto or cpu")
+    on_gpu = train.accelerator in ("gpu", "cuda") or (train.accelerator == "auto" and gpus > 0)
+    if isinstance(train.devices, int) and train.devices > 1:
+        if not on_gpu:
+            raise InputError(
+                f"train.devices: {train.devices} on CPU would start {train.devices} training processes over "
+                "one run folder; use devices: 1 (one process uses all CPU cores)"
+            )
+        if train.devices > gpus:
+            raise InputError(
+                f"train.devices: {train.devices} but only {gpus} GPU(s) are visible; use devices: {gpus} or auto"
+            )
 
 
 def resolve_images(patterns: list[str]) -> list[Path]:
@@ -363,13 +456,37 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
         raise InputError(f"{source}: invalid config ({problems}); fix these keys") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise InputError(
+                    f"key '{key}' appears twice in one section (line {key_node.start_mark.line + 1}); "
+                    "keep one of them"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read a YAML run config; relative paths are taken relative to the file's folder."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: config file not found; give the path of a YAML run config")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the config ({exc.strerror}); check its permissions") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
     if not isinstance(raw, dict):

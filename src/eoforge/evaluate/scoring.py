@@ -161,9 +161,13 @@ def evaluate(
     credits: str | None = None,
     warnings: list[tuple[str, str]] | None = None,
     config: dict[str, Any] | None = None,
+    window: dict[str, int] | None = None,
     block: int = 512,
 ) -> dict[str, Any]:
-    """Score ``map_path`` (and the baselines) on the test pixels; write eval rasters, metrics and report."""
+    """Score ``map_path`` (and the baselines) on the test pixels; write eval rasters, metrics and report.
+
+    ``window`` (``tile``, ``overlap``) says how the map was predicted, for the report (default: the package's).
+    """
     cfg = cfg or EvaluateConfig()
     out_dir = Path(out_dir)
     map_path = Path(map_path)
@@ -239,6 +243,7 @@ def evaluate(
     metrics = score(cms[0], names, ids, cfg.bootstrap, cfg.seed)
     metrics["model"] = {"arch": predictor.meta.arch, "encoder": predictor.meta.encoder}
     metrics["scored_map"] = str(map_path)
+    metrics["map_window"] = window or {"tile": predictor.meta.tile, "overlap": predictor.meta.overlap}
     metrics["split"] = "test"
     metrics["test_chips"] = len(store.splits["test"])
     metrics["test_blocks"] = len(cms[0].blocks)
