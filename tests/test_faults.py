@@ -443,6 +443,10 @@ def test_run_resumes_on_fingerprints_and_predict_changes_do_not_retrain(tmp_path
     index.write_bytes(index.read_bytes()[:50])
     assert again() == ["chips", "train", "evaluate", "predict"]
     assert _temporaries(out) == []
+    # a damaged record means nothing is known: everything runs again, then the record is whole
+    (out / "stages.json").write_text('{"prepare": {"config"')
+    assert again() == ["prepare", "chips", "train", "evaluate", "predict"]
+    assert list(_state(out)) == ["prepare", "chips", "train", "evaluate", "predict"]
 
 
 def test_disk_full_while_lightning_writes_a_checkpoint(
