@@ -184,6 +184,7 @@ UNBOUNDED = {  # numeric fields that legitimately take any value, and why
     "inputs.nodata": "any number (NaN included) can be a nodata value",
     "chips.split.seed": "any integer is a seed",
     "train.seed": "any integer is a seed",
+    "evaluate.seed": "any integer is a seed",
     "inputs.labels.value": "checked against the class ids",
     "inputs.labels.background": "checked against the class ids",
 }

@@ -226,11 +226,13 @@ class ComputeConfig(_Strict):
         "predict; results are identical whichever scheduler runs them.",
     )
     workers: int | None = Field(
-        default=None, ge=1, description="Start a local Dask cluster of this many worker processes."
+        default=None, ge=1, le=4096, description="Start a local Dask cluster of this many worker processes."
     )
-    threads_per_worker: int = Field(default=1, ge=1, description="Threads of each local Dask worker.")
+    threads_per_worker: int = Field(
+        default=1, ge=1, le=1024, description="Threads of each local Dask worker."
+    )
     connect_timeout: float = Field(
-        default=10.0, gt=0, description="Seconds to wait for compute.scheduler before failing."
+        default=10.0, gt=0, le=3600, description="Seconds to wait for compute.scheduler before failing."
     )
 
     @model_validator(mode="after")
@@ -294,11 +296,12 @@ class EvaluateConfig(_Strict):
         default=True, description="Train and score the per-pixel random-forest baseline."
     )
     rf_pixels: int = Field(
-        default=100_000, ge=100, description="Training pixels sampled for the random forest."
+        default=100_000, ge=100, le=10_000_000, description="Training pixels sampled for the random forest."
     )
     bootstrap: int = Field(
         default=1000,
         ge=0,
+        le=100_000,
         description="Bootstrap resamples of the test blocks for the 95 % confidence intervals (0: none).",
     )
     seed: int = Field(default=0, description="Seed of the bootstrap and the random forest.")
