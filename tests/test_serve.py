@@ -67,7 +67,7 @@ def _expected_map() -> np.ndarray:
 
 def test_health_model_docs(client: TestClient) -> None:
     h = client.get("/health").json()
-    assert h["status"] == "ok" and h["model"] == "test-pick-band0/none" and h["capacity"] == 10
+    assert h["status"] == "ok" and h["model"] == "test-pick-band0/none" and h["capacity"] == 11
     item = client.get("/model").json()
     assert item["type"] == "Feature" and item["properties"]["mlm:input"][0]["bands"] == ["b0", "b1"]
     paths = client.get("/openapi.json").json()["paths"]
@@ -218,7 +218,7 @@ def test_queue_full_is_503_with_retry_after_and_running_result_is_409(tmp_path: 
     scene = _scene(tmp_path)
     GATE.clear()
     try:
-        with _client(pkg, workers=1, queue=1, retry_after_s=7) as c:
+        with _client(pkg, workers=1, job_workers=1, queue=0, retry_after_s=7) as c:
             first = c.post("/jobs", files=_upload(scene)).json()["id"]
             second = c.post("/jobs", files=_upload(scene)).json()["id"]
             r = c.post("/predict", files=_upload(scene))

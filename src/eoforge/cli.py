@@ -300,13 +300,17 @@ def export_cmd(model_dir: Path, to_onnx: bool, output: Path | None) -> None:
     type=click.IntRange(0),
     help="Waiting beyond workers.",
 )
-def serve_cmd(model: Path, host: str, port: int, max_upload_mb: int, workers: int, queue_size: int) -> None:
+def serve_cmd(
+    model: Path, host: str, port: int, max_upload_mb: int, workers: int, job_workers: int, queue_size: int
+) -> None:
     """Serve MODEL (package folder or zip) over HTTP: REST API, OpenAPI docs at /docs, map page at /."""
     from eoforge.serve import ServeSettings, run_server
 
     run_server(
         model,
-        ServeSettings(max_upload_mb=max_upload_mb, workers=workers, queue=queue_size),
+        ServeSettings(
+            max_upload_mb=max_upload_mb, workers=workers, job_workers=job_workers, queue=queue_size
+        ),
         host=host,
         port=port,
     )

@@ -52,8 +52,13 @@ class ServeSettings(BaseModel):
     max_upload_mb: int = Field(
         default=200, ge=1, description="Largest accepted upload in MiB; larger gets 413."
     )
-    workers: int = Field(default=2, ge=1, description="Scenes predicted at the same time (threads).")
-    queue: int = Field(default=8, ge=0, description="Requests or jobs waiting beyond `workers`; then 503.")
+    workers: int = Field(
+        default=2, ge=1, description="Scenes posted to /predict predicted at once (threads)."
+    )
+    job_workers: int = Field(default=1, ge=1, description="Background jobs (POST /jobs) predicted at once.")
+    queue: int = Field(
+        default=8, ge=0, description="Requests or jobs waiting beyond the running ones; then 503."
+    )
     retry_after_s: int = Field(
         default=5, ge=1, description="Retry-After header of a 503 when the queue is full."
     )
@@ -177,7 +182,14 @@ def create_app(model: str | Path, settings: ServeSettings | None = None) -> Fast
         from eoforge.package.mlm import build_item
 
         item = build_item(meta, {})
-    jobs = JobManager(predictor, settings.workers, settings.queue, settings.keep_jobs, settings.batch_size)
+    jobs = JobManager(
+        predictor,
+        settings.workers,
+        settings.queue,
+        settings.keep_jobs,
+        settings.batch_size,
+        settings.job_workers,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -259,7 +271,7 @@ def create_app(model: str | Path, settings: ServeSettings | None = None) -> Fast
         slot = _slot(request)
         job = await _accept(request, file, jobs)
         job.preview = preview
-        jobs.submit(job, slot)
+        jobs.submit(job, slot, background=True)
         return {**job.to_json(), "links": {"status": f"/jobs/{job.id}", "result": f"/jobs/{job.id}/result"}}
 
     def _job(job_id: str) -> Job:

@@ -93,14 +93,22 @@ class Job:
 
 class JobManager:
     def __init__(
-        self, predictor: Predictor, workers: int, queue: int, keep_jobs: int, batch_size: int = 4
+        self,
+        predictor: Predictor,
+        workers: int,
+        queue: int,
+        keep_jobs: int,
+        batch_size: int = 4,
+        job_workers: int = 1,
     ) -> None:
         self.predictor = predictor
         self.meta: PackageMeta = predictor.meta
-        self.capacity = workers + queue
+        self.capacity = workers + job_workers + queue
         self.batch_size = batch_size
         self.keep_jobs = keep_jobs
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eoforge-serve")
+        # two pools: a small scene posted to /predict never waits behind large background jobs
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="eoforge-predict")
+        self._job_pool = ThreadPoolExecutor(max_workers=job_workers, thread_name_prefix="eoforge-job")
         self._lock = threading.Lock()
         self._admitted = 0
         self._running = 0
@@ -171,9 +179,9 @@ class JobManager:
         if min(shape) < 1:
             raise Rejected(422, "the raster is empty")
 
-    def submit(self, job: Job, slot: Slot) -> Future[None]:
+    def submit(self, job: Job, slot: Slot, background: bool = False) -> Future[None]:
         slot.owned_by_job = True
-        job.future = self._pool.submit(self._run, job, slot)
+        job.future = (self._job_pool if background else self._pool).submit(self._run, job, slot)
         return job.future
 
     def _run(self, job: Job, slot: Slot) -> None:
@@ -221,6 +229,7 @@ class JobManager:
                 break
         self._cancel.set()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._job_pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             for job in self._jobs.values():
                 if job.status in ("queued", "running"):
