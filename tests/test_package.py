@@ -308,3 +308,24 @@ def test_long_reasons_are_cut_at_a_word_boundary() -> None:
 def test_package_run_refuses_a_folder_without_package(tmp_path: Path) -> None:
     with pytest.raises(PackageError, match="not a model package"):
         package_run(tmp_path, tmp_path / "x.zip")
+
+
+def test_serve_and_export_refuse_a_corrupt_package_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pkg = identity_package(tmp_path / "model", bands=2)
+    _random_weights(pkg)
+    capsys.readouterr()
+    for argv in (
+        ["serve", str(pkg), "--port", "1"],
+        ["export", str(pkg), "--onnx"],
+        ["package", str(pkg), "-o", str(tmp_path / "m.zip")],
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "model.safetensors is not a readable safetensors file" in err, (
+            err
+        )
+    assert not (tmp_path / "m.zip").exists()

@@ -290,7 +290,14 @@ def export_cmd(model_dir: Path, to_onnx: bool, output: Path | None) -> None:
     default=2,
     show_default=True,
     type=click.IntRange(1),
-    help="Predictions run at the same time.",
+    help="/predict requests run at once.",
+)
+@click.option(
+    "--job-workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Background jobs (POST /jobs) run at once.",
 )
 @click.option(
     "--queue",
