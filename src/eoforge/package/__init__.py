@@ -141,8 +141,8 @@ class PackageMeta:
         ids = [c.id for c in self.classes]
         if len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) > 65534:
             return "class ids must be unique and within 0..65534"
-        if self.tile <= 0 or self.tile % 32 or not 0 <= self.overlap < self.tile:
-            return f"predict tile {self.tile} / overlap {self.overlap} invalid (tile a multiple of 32, overlap < tile)"
+        if self.tile <= 0 or self.overlap < 0:
+            return f"predict tile {self.tile} / overlap {self.overlap} invalid (tile > 0, overlap >= 0)"
         return None
 
 
@@ -223,6 +223,11 @@ def save_package(
     from eoforge.package.onnx import export_onnx
 
     out = Path(out)
+    problem = meta.problem()
+    if problem:
+        raise PackageError(
+            f"{out}: cannot write a package whose metadata is invalid ({problem}); fix the config"
+        )
     model = model.cpu().eval()
     with atomic_dir(out) as tmp:
         # clone: safetensors refuses tensors sharing memory (tied or viewed parameters)

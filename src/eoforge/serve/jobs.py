@@ -7,6 +7,8 @@ temporary folder, one sub-folder per job named by a random id; nothing a client 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import shutil
@@ -28,6 +30,17 @@ from eoforge.predict import predict_scene
 from eoforge.serve.preview import render_preview
 
 log = logging.getLogger(__name__)
+
+
+def _malloc_trim() -> None:
+    """Give freed heap pages back to the OS after a job (glibc only; no-op elsewhere).
+
+    Large scenes allocate and free big numpy/GDAL buffers from several threads; glibc keeps them in per-thread
+    arenas, so a long-running server's RSS creeps up without a leak. ``malloc_trim(0)`` returns them.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
 
 Status = Literal["queued", "running", "done", "failed"]
 
@@ -215,6 +228,7 @@ class JobManager:
             with self._lock:
                 self._running -= 1
             slot.release()
+            _malloc_trim()
 
     def shutdown(self, grace_s: float) -> None:
         """Stop admitting, let running and queued jobs finish for ``grace_s``, then fail the rest cleanly."""
