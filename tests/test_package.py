@@ -329,3 +329,22 @@ def test_serve_and_export_refuse_a_corrupt_package_in_one_line(
             err
         )
     assert not (tmp_path / "m.zip").exists()
+
+
+def test_predict_cli_takes_the_zip_and_onnx_reads_it(tmp_path: Path) -> None:
+    pkg = identity_package(tmp_path / "model", bands=2)
+    zpath = write_zip(pkg, tmp_path / "model.zip")
+    a = np.zeros((2, 40, 72), np.float32)
+    a[0] = np.repeat(np.arange(72)[None, :] // 24, 40, 0)
+    img = write_tif(tmp_path / "img.tif", a)
+    main(["-q", "predict", str(zpath), str(img), "-o", str(tmp_path / "z.tif")])
+    main(["-q", "predict", str(pkg), str(img), "-o", str(tmp_path / "f.tif")])
+    import rasterio
+
+    with rasterio.open(tmp_path / "z.tif") as z, rasterio.open(tmp_path / "f.tif") as f:
+        assert np.array_equal(z.read(1), f.read(1))
+        assert np.array_equal(z.read(1), (a[0].astype(np.uint8) + 1) * 10)
+    x = a[None, :, :32, :64]
+    assert np.array_equal(
+        OnnxPredictor.from_package(zpath).predict_index(x), a[None, 0, :32, :64].astype(np.uint8)
+    )
