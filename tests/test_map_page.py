@@ -84,16 +84,26 @@ def test_drop_a_scene_see_the_prediction_and_legend(server: str, tmp_path: Path)
         legend = b.evaluate("[...document.querySelectorAll('#legend li')].map(li => li.textContent)")
         assert [t.split(" ")[0].rstrip("0123456789.") for t in legend] == ["water", "forest", "urban"]
         assert all(t.endswith(" ha") for t in legend)  # areas from GET /jobs/{id}/result?format=json
+        time.sleep(0.3)
+        blended = b.screenshot(tmp_path / "map-page.png")  # default opacity 0.7: image shows through
         b.evaluate("(() => { const o = document.getElementById('opacity'); o.value = 1; "
                    "o.dispatchEvent(new Event('input')); })()")  # fmt: skip
         time.sleep(0.3)
-        shot = b.screenshot(tmp_path / "map-page.png")
+        opaque = b.screenshot(tmp_path / "opaque.png")
+        b.evaluate("document.getElementById('show-map').click()")  # hide the prediction
+        time.sleep(0.3)
+        hidden = b.screenshot(tmp_path / "hidden.png")
         assert b.errors() == []
     keep = os.environ.get("EOFORGE_SCREENSHOT_DIR")
     if keep:
-        shutil.copy(shot, Path(keep) / "map-page.png")
-    px = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3)
+        shutil.copy(blended, Path(keep) / "map-page.png")
+
+    def pixels(path: Path) -> np.ndarray:
+        return np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+
     for color in COLORS.values():
         rgb = tuple(int(color[i : i + 2], 16) for i in (1, 3, 5))
         # each class colour covers a map stripe (far more than its 16x16 legend swatch)
-        assert (px == rgb).all(1).sum() > 2000, color
+        assert (pixels(opaque) == rgb).all(1).sum() > 2000, color
+        assert (pixels(blended) == rgb).all(1).sum() < 1000, color  # only the legend swatch is exact
+        assert (pixels(hidden) == rgb).all(1).sum() < 1000, color
