@@ -297,7 +297,7 @@ def test_truncated_or_foreign_zip_is_one_line(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_long_reasons_are_cut_at_a_word_boundary() -> None:
-    from eoforge.package import one_line
+    from eoforge.package.fields import one_line
 
     text = "alpha beta\ngamma " + "word " * 80
     line = one_line(text, 40)

@@ -1,19 +1,22 @@
 """The model package: the contract between training and everything after it.
 
-A folder (or a zip of it, see :mod:`eoforge.package.archive`) holding ``model.safetensors`` (weights; packages
-of earlier versions hold ``model.pt``), ``eoforge.json`` (architecture, bands and their order, normalisation,
-nodata, chip size, classes with ids/names/colours, ONNX parity), ``model.onnx`` (see
-:mod:`eoforge.package.onnx`), ``item.json`` (a STAC Item with the MLM extension, :mod:`eoforge.package.mlm`),
-``config.yaml`` (the resolved run config) and, after evaluation, ``metrics.json``. :func:`load_package`
-returns a :class:`Predictor`; ``predict`` and ``evaluate`` need nothing else.
+A folder holding ``model.pt`` (weights), ``eoforge.json`` (architecture, bands and their order, normalisation,
+nodata, chip size, classes with ids/names/colours), ``config.yaml`` (the resolved run config) and, after
+evaluation, ``metrics.json``. :func:`load_package` returns a :class:`Predictor`; ``predict`` and ``evaluate``
+need nothing else.
+
+Since issue 10 the weights are ``model.safetensors`` (``model.pt`` of earlier packages is still read), the folder
+also holds ``model.onnx`` (:mod:`eoforge.package.onnx`) and ``item.json`` (STAC MLM item,
+:mod:`eoforge.package.mlm`), and a zip of the folder works everywhere a folder does
+(:mod:`eoforge.package.archive`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +28,16 @@ from torch import nn
 from eoforge import __version__
 from eoforge.errors import PackageError
 from eoforge.io.atomic import atomic_dir, write_text
+from eoforge.package.fields import OnnxInfo, meta_problem
 
 log = logging.getLogger(__name__)
 
 META = "eoforge.json"
 PRECISIONS = ("fp32", "bf16")
 WEIGHTS = "model.safetensors"
-LEGACY_WEIGHTS = "model.pt"  # torch.save state dict, written by eoforge < 0.2; still read
+LEGACY_WEIGHTS = "model.pt"  # torch.save state dict, written by eoforge 0.1; still read
 ONNX = "model.onnx"
 ITEM = "item.json"
-_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
 @dataclass(frozen=True)
@@ -42,32 +45,6 @@ class ClassInfo:
     id: int
     name: str
     color: str
-
-
-@dataclass(frozen=True)
-class OnnxInfo:
-    """The ONNX export beside the weights: file name, opset and the parity check against torch."""
-
-    file: str
-    opset: int
-    max_abs_diff: float
-    parity_inputs: list[int] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "file": self.file,
-            "opset": self.opset,
-            "parity": {"max_abs_diff": self.max_abs_diff, "input_shape": self.parity_inputs},
-        }
-
-    @classmethod
-    def from_json(cls, m: dict[str, Any]) -> OnnxInfo:
-        return cls(
-            file=str(m["file"]),
-            opset=int(m["opset"]),
-            max_abs_diff=float(m["parity"]["max_abs_diff"]),
-            parity_inputs=[int(v) for v in m["parity"].get("input_shape", [])],
-        )
 
 
 @dataclass(frozen=True)
@@ -82,11 +59,10 @@ class PackageMeta:
     classes: list[ClassInfo]
     tile: int
     overlap: int
-    # Optional fields below (defaults keep packages of earlier versions loading).
-    onnx: OnnxInfo | None = None
+    onnx: OnnxInfo | None = None  # optional fields (with defaults) keep earlier packages loading
 
     def to_json(self) -> dict[str, Any]:
-        out = {
+        return {
             "eoforge_version": __version__,
             "arch": self.arch,
             "encoder": self.encoder,
@@ -99,14 +75,12 @@ class PackageMeta:
             "classes": [
                 {"index": i, "id": c.id, "name": c.name, "color": c.color} for i, c in enumerate(self.classes)
             ],
+            **({"onnx": self.onnx.to_json()} if self.onnx is not None else {}),
         }
-        if self.onnx is not None:
-            out["onnx"] = self.onnx.to_json()
-        return out
 
     @classmethod
     def from_json(cls, m: dict[str, Any]) -> PackageMeta:
-        meta = cls(
+        return cls(
             arch=m["arch"],
             encoder=m["encoder"],
             bands=list(m["bands"]),
@@ -119,31 +93,6 @@ class PackageMeta:
             overlap=int(m["predict"]["overlap"]),
             onnx=OnnxInfo.from_json(m["onnx"]) if m.get("onnx") else None,
         )
-        problem = meta.problem()
-        if problem:
-            raise ValueError(problem)
-        return meta
-
-    def problem(self) -> str | None:
-        """What is inconsistent in this metadata (one phrase), or None."""
-        n = len(self.bands)
-        if n == 0:
-            return "no bands listed"
-        if len(self.mean) != n or len(self.std) != n:
-            return f"normalization has {len(self.mean)} means and {len(self.std)} stds for {n} bands"
-        if not all(np.isfinite(self.mean)) or not all(np.isfinite(v) and v > 0 for v in self.std):
-            return "normalization means must be finite and stds finite and > 0"
-        if not self.classes:
-            return "no classes listed"
-        for c in self.classes:
-            if not isinstance(c.color, str) or not _COLOR.match(c.color):
-                return f"class '{c.name}' has colour {c.color!r}, not #rrggbb"
-        ids = [c.id for c in self.classes]
-        if len(set(ids)) != len(ids) or min(ids) < 0 or max(ids) > 65534:
-            return "class ids must be unique and within 0..65534"
-        if self.tile <= 0 or self.overlap < 0:
-            return f"predict tile {self.tile} / overlap {self.overlap} invalid (tile > 0, overlap >= 0)"
-        return None
 
 
 class Predictor:
@@ -195,15 +144,6 @@ class Predictor:
         return self.logits(x).max(1).indices.to(torch.uint8).cpu().numpy()
 
 
-def one_line(exc: BaseException | str, limit: int = 160) -> str:
-    """An exception text on one line, cut at a word boundary (never mid-word) when longer than ``limit``."""
-    text = " ".join(str(exc).split())
-    if len(text) <= limit:
-        return text
-    cut = text[:limit].rsplit(" ", 1)[0]
-    return cut.rstrip(",;:") + " …"
-
-
 def save_package(
     out: str | Path,
     model: nn.Module,
@@ -223,7 +163,7 @@ def save_package(
     from eoforge.package.onnx import export_onnx
 
     out = Path(out)
-    problem = meta.problem()
+    problem = meta_problem(meta)
     if problem:
         raise PackageError(
             f"{out}: cannot write a package whose metadata is invalid ({problem}); fix the config"
@@ -235,7 +175,7 @@ def save_package(
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "eoforge": __version__})
         if onnx:
             try:
-                meta = replace_meta(meta, onnx=export_onnx(model, meta, tmp / ONNX))
+                meta = dataclasses.replace(meta, onnx=export_onnx(model, meta, tmp / ONNX))
             except PackageError as exc:
                 log.warning("%s", exc)
         (tmp / META).write_text(json.dumps(meta.to_json(), indent=2))
@@ -244,12 +184,6 @@ def save_package(
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         write_item(tmp, meta, metrics)
     return out
-
-
-def replace_meta(meta: PackageMeta, **changes: Any) -> PackageMeta:
-    import dataclasses
-
-    return dataclasses.replace(meta, **changes)
 
 
 def add_metrics(package: str | Path, metrics: dict[str, Any]) -> None:

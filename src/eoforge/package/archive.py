@@ -25,9 +25,9 @@ from eoforge.package import (
     META,
     WEIGHTS,
     PackageMeta,
-    one_line,
     read_meta,
 )
+from eoforge.package.fields import meta_problem, one_line
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,13 @@ class PackageFiles:
                 "or a zip written by eoforge package"
             )
         try:
-            return PackageMeta.from_json(json.loads(self.read(META)))
+            meta = PackageMeta.from_json(json.loads(self.read(META)))
+            problem = meta_problem(meta)
         except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise PackageError(
-                f"{self.path}: malformed package metadata {META} ({one_line(exc, 100)}); {_RETRAIN}"
-            ) from None
+            problem = one_line(exc, 100)
+        if problem:
+            raise PackageError(f"{self.path}: malformed package metadata {META} ({problem}); {_RETRAIN}")
+        return meta
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The weights: ``model.safetensors``, or ``model.pt`` in packages of earlier versions."""

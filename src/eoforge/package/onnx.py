@@ -20,7 +20,8 @@ from torch import nn
 
 from eoforge.errors import PackageError
 from eoforge.io.atomic import atomic_path, write_text
-from eoforge.package import META, ONNX, OnnxInfo, PackageMeta, one_line
+from eoforge.package import META, ONNX, OnnxInfo, PackageMeta
+from eoforge.package.fields import one_line
 
 log = logging.getLogger(__name__)
 
