@@ -472,6 +472,89 @@ def _map_bytes(images: tuple[Path, ...]) -> int:
         return 0  # predict itself reports an unreadable image
 
 
+@cli.command("package")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Zip file to write.")
+@click.option("--no-onnx", is_flag=True, help="Do not add the ONNX export if the package lacks it.")
+def package_cmd(run_dir: Path, output: Path, no_onnx: bool) -> None:
+    """Zip the model package of RUN_DIR (or a model folder): weights, ONNX, STAC MLM item, config, metrics."""
+    from eoforge.package.archive import package_run
+
+    out = package_run(run_dir, output, onnx=not no_onnx)
+    out_console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+@cli.command("export")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--onnx", "to_onnx", is_flag=True, required=True, help="Export the network to ONNX.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Also copy the .onnx file here.")
+def export_cmd(model_dir: Path, to_onnx: bool, output: Path | None) -> None:
+    """Export the network of the package MODEL_DIR to ONNX (dynamic batch/size, parity-checked vs torch)."""
+    import shutil
+
+    from eoforge.io.atomic import atomic_path
+    from eoforge.package.onnx import add_onnx
+
+    if not to_onnx:
+        raise click.UsageError("choose an export format: --onnx")
+    meta = add_onnx(model_dir)
+    if meta.onnx is None:  # add_onnx either records the export or raises
+        raise click.ClickException("ONNX export not recorded")
+    src = Path(model_dir) / meta.onnx.file
+    if output is not None:
+        with atomic_path(output) as tmp:
+            shutil.copyfile(src, tmp)
+        src = output
+    out_console.print(
+        f"wrote {src} (opset {meta.onnx.opset}, max |onnx - torch| = {meta.onnx.max_abs_diff:.2g})"
+    )
+
+
+@cli.command("serve")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--max-upload-mb", default=200, show_default=True, type=click.IntRange(1), help="Larger uploads get 413."
+)
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="/predict requests run at once.",
+)
+@click.option(
+    "--job-workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Background jobs (POST /jobs) run at once.",
+)
+@click.option(
+    "--queue",
+    "queue_size",
+    default=8,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Waiting beyond workers.",
+)
+def serve_cmd(
+    model: Path, host: str, port: int, max_upload_mb: int, workers: int, job_workers: int, queue_size: int
+) -> None:
+    """Serve MODEL (package folder or zip) over HTTP: REST API, OpenAPI docs at /docs, map page at /."""
+    from eoforge.serve import ServeSettings, run_server
+
+    run_server(
+        model,
+        ServeSettings(
+            max_upload_mb=max_upload_mb, workers=workers, job_workers=job_workers, queue=queue_size
+        ),
+        host=host,
+        port=port,
+    )
+
+
 @cli.command("models")
 def models_cmd() -> None:
     """List the registered model architectures."""
