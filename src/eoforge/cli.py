@@ -207,6 +207,11 @@ _stage("evaluate", "Score OUT/model on the test chips; write OUT/metrics.json an
     show_default=True,
     help="bf16 autocast is ~2.5x faster on CPUs with AMX; class maps may differ from fp32 on a few pixels.",
 )
+@click.option(
+    "--ignore-band-names",
+    is_flag=True,
+    help="Accept images whose band names (descriptions) differ from the model's bands.",
+)
 @click.pass_context
 def predict_cmd(
     ctx: click.Context,
@@ -218,6 +223,7 @@ def predict_cmd(
     batch_size: int,
     device: str,
     precision: str,
+    ignore_band_names: bool,
 ) -> None:
     """Classify IMAGES (files stacked band-wise, in training band order) with MODEL_DIR into a COG."""
     from eoforge.predict import predict
@@ -233,6 +239,7 @@ def predict_cmd(
             device,
             on_progress=update,
             precision=precision,
+            ignore_band_names=ignore_band_names,
         )
     out_console.print(
         f"wrote {res.path} ({res.grid.width}x{res.grid.height} px, {res.windows} windows, "

@@ -47,6 +47,11 @@ class LabelsConfig(_Strict):
         default=False,
         description="Burn every pixel a polygon touches, not only those whose centre is inside.",
     )
+    nodata: float | None = Field(
+        default=None,
+        description="Label raster value meaning 'unlabelled' when the file does not tag its nodata (e.g. -1); "
+        "the file's own nodata is used too.",
+    )
 
     @model_validator(mode="after")
     def _column_or_value(self) -> LabelsConfig:
@@ -62,8 +67,16 @@ class InputsConfig(_Strict):
     bands: list[str] | None = Field(
         default=None, description="Band names in stack order (STAC eo common names where known)."
     )
-    nodata: float | None = Field(
-        default=None, description="Nodata value for every input band; by default each file's own nodata."
+    nodata: float | list[float | None] | None = Field(
+        default=None,
+        description="Nodata value of the input bands: one value for every band, or a list with one value per "
+        "band of the stack (null = that band's own nodata); by default each file's own nodata. GDAL masks and "
+        "alpha bands always count as nodata.",
+    )
+    nodata_rule: Literal["all", "any"] = Field(
+        default="all",
+        description="A pixel is nodata where ALL bands are nodata ('all', default; a band that is nodata at a "
+        "valid pixel is filled with its mean) or where ANY band is ('any').",
     )
     labels: LabelsConfig = Field(description="Where the training labels are.")
     classes: dict[int, str] = Field(description="Class id -> class name, for every class in the labels.")

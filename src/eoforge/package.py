@@ -45,11 +45,18 @@ class PackageMeta:
     bands: list[str]
     mean: list[float]
     std: list[float]
-    nodata: float | None
+    nodata: float | list[float | None] | None
     chip_size: int
     classes: list[ClassInfo]
     tile: int
     overlap: int
+    nodata_rule: str = "all"
+    band_descriptions: list[str] | None = None
+
+    @property
+    def source_band_names(self) -> list[str]:
+        """Names the input files must carry (when they carry any): their descriptions at training, else bands."""
+        return self.band_descriptions or self.bands
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,6 +67,8 @@ class PackageMeta:
             "bands": self.bands,
             "normalization": {"mean": self.mean, "std": self.std},
             "nodata": self.nodata,
+            "nodata_rule": self.nodata_rule,
+            "band_descriptions": self.band_descriptions,
             "chip_size": self.chip_size,
             "predict": {"tile": self.tile, "overlap": self.overlap},
             "classes": [
@@ -80,6 +89,8 @@ class PackageMeta:
             classes=[ClassInfo(int(c["id"]), c["name"], c["color"]) for c in m["classes"]],
             tile=int(m["predict"]["tile"]),
             overlap=int(m["predict"]["overlap"]),
+            nodata_rule=m.get("nodata_rule", "any"),  # packages written before the rule existed used 'any'
+            band_descriptions=m.get("band_descriptions"),
         )
 
 

@@ -62,6 +62,8 @@ def stage_train(cfg: RunConfig, out: Path, progress: bool = False) -> Path:
         mean=scene.mean,
         std=scene.std,
         nodata=scene.nodata,
+        nodata_rule=scene.nodata_rule,
+        band_descriptions=scene.band_descriptions,
         chip_size=cfg.chips.size,
         classes=[
             ClassInfo(i, n, c)

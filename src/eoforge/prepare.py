@@ -29,7 +29,7 @@ from eoforge.config import IGNORE_INDEX, InputsConfig, resolve_images
 from eoforge.errors import DataError, InputError
 from eoforge.geo import Grid
 from eoforge.io.atomic import atomic_dir
-from eoforge.io.rasters import RasterStack, block_windows, open_raster
+from eoforge.io.rasters import RasterStack, block_windows, open_raster, valid_mask
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,10 @@ class PreparedScene:
     std: list[float]
     class_counts: list[int]
     sources: list[str]
-    nodata: float | None
+    nodata: float | list[float | None] | None
+    nodata_rule: str = "all"
+    lost_to_nodata: list[int] | None = None
+    band_descriptions: list[str] | None = None
 
     @property
     def image(self) -> Path:
@@ -72,15 +75,24 @@ class PreparedScene:
             },
             "bands": self.bands,
             "classes": [
-                {"index": i, "id": cid, "name": n, "color": c, "pixels": k}
-                for i, (cid, n, c, k) in enumerate(
-                    zip(self.class_ids, self.class_names, self.colors, self.class_counts, strict=True)
+                {"index": i, "id": cid, "name": n, "color": c, "pixels": k, "lost_to_nodata": lost}
+                for i, (cid, n, c, k, lost) in enumerate(
+                    zip(
+                        self.class_ids,
+                        self.class_names,
+                        self.colors,
+                        self.class_counts,
+                        self.lost_to_nodata or [0] * len(self.class_ids),
+                        strict=True,
+                    )
                 )
             ],
             "ignore_index": IGNORE_INDEX,
             "stats": {"mean": self.mean, "std": self.std},
             "sources": self.sources,
             "nodata": self.nodata,
+            "nodata_rule": self.nodata_rule,
+            "band_descriptions": self.band_descriptions,
         }
 
     @classmethod
@@ -103,6 +115,9 @@ class PreparedScene:
             class_counts=[c["pixels"] for c in m["classes"]],
             sources=m["sources"],
             nodata=m["nodata"],
+            nodata_rule=m.get("nodata_rule", "any"),  # scenes prepared before the rule existed used 'any'
+            lost_to_nodata=[int(c.get("lost_to_nodata", 0)) for c in m["classes"]],
+            band_descriptions=m.get("band_descriptions"),
         )
 
 
@@ -145,10 +160,24 @@ class _ClassMapper:
     def check(self, path: Path) -> None:
         if self.unknown and not self.ignore_unknown:
             vals = ", ".join(sorted(self.unknown)[:20])
-            raise InputError(
-                f"{path}: label values not listed in classes: {vals}; add them to inputs.classes "
-                "or set inputs.labels.ignore_unknown: true"
+            # only suggest adding values that can be class ids (integers 0..65534)
+            addable = all(_can_be_class_id(v) for v in self.unknown)
+            one = sorted(self.unknown)[0]
+            fix = (
+                "add them to inputs.classes or set inputs.labels.ignore_unknown: true"
+                if addable
+                else f"set inputs.labels.nodata: {one} (if it marks unlabelled pixels) "
+                "or inputs.labels.ignore_unknown: true"
             )
+            raise InputError(f"{path}: label values not listed in classes: {vals}; {fix}")
+
+
+def _can_be_class_id(v: str) -> bool:
+    try:
+        f = float(v)
+    except ValueError:
+        return False
+    return f.is_integer() and 0 <= f <= 65534
 
 
 def _colors(cfg: InputsConfig) -> list[str]:
@@ -240,14 +269,14 @@ def prepare(cfg: InputsConfig, out_dir: str | Path, block: int = 512) -> Prepare
     out_dir = Path(out_dir)
     images = resolve_images(cfg.images)
     mapper = _ClassMapper(cfg.classes, cfg.labels.ignore_unknown)
-    with RasterStack(images, nodata=cfg.nodata) as stack:
+    with RasterStack(images, nodata=cfg.nodata, nodata_rule=cfg.nodata_rule) as stack:
         grid = stack.grid
         if cfg.bands is not None and len(cfg.bands) != stack.count:
             raise InputError(
                 f"{images[0]}: inputs.bands lists {len(cfg.bands)} names but the images hold {stack.count} bands; "
                 "give one name per band"
             )
-        bands = list(cfg.bands) if cfg.bands else stack.band_labels
+        bands = list(cfg.bands) if cfg.bands else stack.band_names
         vector = _is_vector(cfg.labels.path)
         gdf = _load_vector(cfg, grid, mapper) if vector else None
         lab_src: Any = None
@@ -257,8 +286,10 @@ def prepare(cfg: InputsConfig, out_dir: str | Path, block: int = 512) -> Prepare
         n_cls = len(cfg.classes)
         s1 = np.zeros(stack.count)
         s2 = np.zeros(stack.count)
+        nb = np.zeros(stack.count, dtype=np.int64)
         n = 0
         counts = np.zeros(n_cls, dtype=np.int64)
+        lost = np.zeros(n_cls, dtype=np.int64)
         bg = IGNORE_INDEX
         if cfg.labels.background is not None:  # validated against classes by the config
             bg = list(cfg.classes).index(cfg.labels.background)
@@ -286,22 +317,27 @@ def prepare(cfg: InputsConfig, out_dir: str | Path, block: int = 512) -> Prepare
                     dst_img.descriptions = tuple(bands)
                     for win in block_windows(grid, block):
                         img = stack.read(win)
-                        valid = ~np.isnan(img[0])
+                        valid = valid_mask(img)
                         if gdf is not None:
                             lab = _burn(gdf, grid, win, bg, cfg.labels.all_touched)
                         else:
                             raw = lab_reader.read(1, window=win)
-                            nd = lab_reader.nodata
                             ok = ~np.isnan(raw) if raw.dtype.kind == "f" else np.ones(raw.shape, bool)
-                            if nd is not None:
-                                ok &= raw != nd
+                            for nd in (lab_reader.nodata, cfg.labels.nodata):
+                                if nd is not None:
+                                    ok &= raw != nd
                             lab = mapper.array(raw, ok)
+                        gone = lab[~valid]
+                        lost += np.bincount(gone[gone != IGNORE_INDEX], minlength=n_cls)[:n_cls]
                         lab[~valid] = IGNORE_INDEX
                         dst_img.write(img, window=win)
                         dst_lab.write(lab, 1, window=win)
                         v = img[:, valid].astype(np.float64)
+                        finite = ~np.isnan(v)  # under 'all' a band may be nodata at a valid pixel
+                        v[~finite] = 0.0
                         s1 += v.sum(axis=1)
                         s2 += (v * v).sum(axis=1)
+                        nb += finite.sum(axis=1)
                         n += v.shape[1]
                         counts += np.bincount(lab[lab != IGNORE_INDEX], minlength=n_cls)[:n_cls]
                 mapper.check(cfg.labels.path)
@@ -312,8 +348,14 @@ def prepare(cfg: InputsConfig, out_dir: str | Path, block: int = 512) -> Prepare
                         f"{cfg.labels.path}: no labelled pixel falls on valid image pixels; "
                         "check that labels and image cover the same area"
                     )
-                mean = s1 / n
-                std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
+                empty = [b for b, k in zip(bands, nb, strict=True) if k == 0]
+                if empty:
+                    raise InputError(
+                        f"{images[0]}: band(s) {', '.join(empty)} are nodata on every valid pixel; "
+                        "check inputs.nodata or drop them"
+                    )
+                mean = s1 / nb
+                std = np.sqrt(np.maximum(s2 / nb - mean**2, 0.0))
                 std[std == 0] = 1.0
                 scene = PreparedScene(
                     root=out_dir / "prepared",
@@ -327,7 +369,11 @@ def prepare(cfg: InputsConfig, out_dir: str | Path, block: int = 512) -> Prepare
                     class_counts=[int(x) for x in counts],
                     sources=[str(p) for p in images],
                     nodata=cfg.nodata,
+                    nodata_rule=cfg.nodata_rule,
+                    lost_to_nodata=[int(x) for x in lost],
+                    band_descriptions=stack.described_names,
                 )
+                _warn_lost(scene)
                 (tmp / "scene.json").write_text(json.dumps(scene.to_json(), indent=2))
         finally:
             if lab_reader is not None and lab_reader is not lab_src:
@@ -336,6 +382,25 @@ def prepare(cfg: InputsConfig, out_dir: str | Path, block: int = 512) -> Prepare
                 lab_src.close()
     log.info("prepared %dx%d px, %d bands, %d labelled px", grid.width, grid.height, len(bands), counts.sum())
     return scene
+
+
+LOST_WARN_FRACTION = 0.05
+
+
+def _warn_lost(scene: PreparedScene) -> None:
+    """Log a warning for each class losing more than 5 % of its labelled pixels to image nodata."""
+    for name, kept, lost in zip(
+        scene.class_names, scene.class_counts, scene.lost_to_nodata or [], strict=True
+    ):
+        if lost and lost > LOST_WARN_FRACTION * (kept + lost):
+            log.warning(
+                "class %s: %d of %d labelled pixels (%.0f%%) fall on image nodata and are dropped; "
+                "check inputs.nodata / inputs.nodata_rule",
+                name,
+                lost,
+                kept + lost,
+                100 * lost / (kept + lost),
+            )
 
 
 def _burn(gdf: gpd.GeoDataFrame, grid: Grid, win: Window, fill: int, all_touched: bool) -> np.ndarray:

@@ -23,6 +23,7 @@ from eoforge.errors import InputError
 from eoforge.evaluate.metrics import metrics_from_confusion
 from eoforge.evaluate.report import render_report
 from eoforge.io.atomic import write_text
+from eoforge.io.rasters import valid_mask
 from eoforge.package import Predictor
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,14 @@ def _test_pixels(store: ChipStore) -> tuple[list[int], list[np.ndarray]]:
     return chips, _owned_masks(test["row"].to_numpy(), test["col"].to_numpy(), store.size)
 
 
-def _train_pixels(store: ChipStore, max_pixels: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _fill_nodata(pixels: np.ndarray, fill: np.ndarray) -> np.ndarray:
+    """Pixels ``(n, C)`` with a band that is nodata at a valid pixel set to that band's mean, as the model sees it."""
+    return np.where(np.isnan(pixels), fill[None, :], pixels)
+
+
+def _train_pixels(
+    store: ChipStore, max_pixels: int, seed: int, fill: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     images, labels = store.arrays()
     rng = np.random.default_rng(seed)
     chips = store.splits["train"]
@@ -56,11 +64,11 @@ def _train_pixels(store: ChipStore, max_pixels: int, seed: int) -> tuple[np.ndar
     xs, ys = [], []
     for j in chips:
         img, lab = np.asarray(images[j]), np.asarray(labels[j])
-        ok = (lab != IGNORE_INDEX) & ~np.isnan(img).any(axis=0)
+        ok = (lab != IGNORE_INDEX) & valid_mask(img)
         sel = np.flatnonzero(ok)
         if len(sel) > per_chip:
             sel = rng.choice(sel, per_chip, replace=False)
-        xs.append(img.reshape(img.shape[0], -1)[:, sel].T)
+        xs.append(_fill_nodata(img.reshape(img.shape[0], -1)[:, sel].T, fill))
         ys.append(lab.reshape(-1)[sel])
     return np.concatenate(xs), np.concatenate(ys)
 
@@ -89,8 +97,9 @@ def evaluate(
     cm_dl = MulticlassConfusionMatrix(num_classes=k, ignore_index=IGNORE_INDEX)
     cm_rf = MulticlassConfusionMatrix(num_classes=k, ignore_index=IGNORE_INDEX)
     rf = None
+    fill = np.asarray(predictor.meta.mean, dtype=np.float32)
     if baseline:
-        x, y = _train_pixels(store, baseline_pixels, seed=0)
+        x, y = _train_pixels(store, baseline_pixels, seed=0, fill=fill)
         rf = RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=0).fit(x, y)
         log.info("random forest baseline trained on %d pixels", len(y))
     panels: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -99,17 +108,17 @@ def evaluate(
         img = np.stack([np.asarray(images[j]) for j in sel])
         lab = np.stack([np.asarray(labels[j]) for j in sel]).astype(np.int64)
         mine = np.stack(owned[i : i + batch_size])
-        target = np.where(mine & ~np.isnan(img).any(axis=1), lab, IGNORE_INDEX)
+        target = np.where(mine & valid_mask(img), lab, IGNORE_INDEX)
         pred = predictor.predict_index(img).astype(np.int64)
         cm_dl.update(torch.from_numpy(pred), torch.from_numpy(target))
         if rf is not None:
             scored = target != IGNORE_INDEX  # the forest only classifies the pixels that are scored
             if scored.any():
-                pixels = img.transpose(0, 2, 3, 1)[scored]
+                pixels = _fill_nodata(img.transpose(0, 2, 3, 1)[scored], fill)
                 rf_pred = rf.predict(pixels).astype(np.int64)
                 cm_rf.update(torch.from_numpy(rf_pred), torch.from_numpy(target[scored]))
         if len(panels) < 3:
-            panels.append((img[0], lab[0], np.where(np.isnan(img[0]).any(axis=0), IGNORE_INDEX, pred[0])))
+            panels.append((img[0], lab[0], np.where(valid_mask(img[0]), pred[0], IGNORE_INDEX)))
     metrics = metrics_from_confusion(cm_dl.compute().numpy(), names, ids)
     metrics["model"] = {"arch": predictor.meta.arch, "encoder": predictor.meta.encoder}
     metrics["split"] = "test"
