@@ -60,9 +60,52 @@ class LabelsConfig(_Strict):
         return self
 
 
+class MaskConfig(_Strict):
+    path: str | None = Field(
+        default=None,
+        description="A mask raster (with `classes` or `bits`) or a vector file of areas to exclude (any OGR "
+        "format); relative to the config file.",
+    )
+    band: str | None = Field(
+        default=None,
+        description="Instead of `path`: a quality band of `inputs.sensor` found among the images by file name "
+        "(e.g. SCL, QA_PIXEL); applied again at predict time on new files.",
+    )
+    classes: list[int | str] | None = Field(
+        default=None,
+        description="Mask raster values that become nodata (or the sensor's class names, e.g. cloud_high).",
+    )
+    bits: list[int | str] | None = Field(
+        default=None,
+        description="Bit numbers of a QA band that make a pixel nodata when set (or the sensor's bit names, "
+        "e.g. cloud, cloud_shadow).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MaskConfig:
+        if (self.path is None) == (self.band is None):
+            raise ValueError("give a mask either `path` or `band`")
+        if self.classes is not None and self.bits is not None:
+            raise ValueError("give a mask either `classes` or `bits`, not both")
+        if self.band is not None and self.classes is None and self.bits is None:
+            raise ValueError(f"mask band {self.band} needs `classes` or `bits`")
+        return self
+
+
 class InputsConfig(_Strict):
-    images: list[str] = Field(
-        description="Raster files or glob patterns, stacked band-wise in the order given (globs sorted)."
+    images: list[str | list[str]] = Field(
+        description="Raster files or glob patterns, stacked band-wise in the order given (globs sorted). An "
+        "entry that is a list is a mosaic: files covering different areas of the same bands. With `sensor`, "
+        "files are matched to bands by name and files of the same band are mosaicked."
+    )
+    sensor: str | None = Field(
+        default=None,
+        description="Sensor preset (`eoforge sensors` lists them): band names from file names, scale/offset, "
+        "quality band.",
+    )
+    masks: list[MaskConfig] = Field(
+        default_factory=list,
+        description="Pixels that become nodata: classes of a mask raster, bits of a QA band, areas of a vector.",
     )
     bands: list[str] | None = Field(
         default=None, description="Band names in stack order (STAC eo common names where known)."
@@ -102,6 +145,70 @@ class InputsConfig(_Strict):
             if v is not None and v not in self.classes:
                 raise ValueError(f"labels.{key} {v} is not a class id; use one of {list(self.classes)}")
         return self
+
+
+class GridConfig(_Strict):
+    resolution: float | None = Field(
+        default=None, gt=0, description="Pixel size in CRS units; default: the finest among the inputs."
+    )
+    crs: str | None = Field(
+        default=None, description="Target CRS (e.g. EPSG:32633); default: the first file's."
+    )
+    like: str | None = Field(
+        default=None, description="A raster whose grid (CRS, transform, size) is used exactly, instead."
+    )
+
+    @model_validator(mode="after")
+    def _like_alone(self) -> GridConfig:
+        if self.like is not None and (self.resolution is not None or self.crs is not None):
+            raise ValueError("give grid.like or grid.resolution/crs, not both")
+        return self
+
+
+class PrepareConfig(_Strict):
+    grid: GridConfig = Field(
+        default_factory=GridConfig, description="Target grid every input is warped onto."
+    )
+    resampling: Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode"] = Field(
+        default="bilinear",
+        description="Resampling of image bands warped onto the grid (masks and labels always use nearest).",
+    )
+    mosaic: Literal["first", "last", "mean", "median"] = Field(
+        default="first",
+        description="Where mosaic files overlap: first valid pixel wins, last, mean or median.",
+    )
+    aoi: str | list[float] | None = Field(
+        default=None,
+        description="Area of interest: a vector file (any OGR format) or [minx, miny, maxx, maxy] in `aoi_crs`; "
+        "the grid is cropped to it and pixels outside are nodata.",
+    )
+    aoi_crs: str = Field(default="EPSG:4326", description="CRS of a bounding-box `aoi`.")
+    indices: list[str] = Field(
+        default_factory=list,
+        description="Spectral indices (Awesome Spectral Indices names via spyndex, `eoforge indices` lists them) "
+        "appended as channels; bands are found by common name.",
+    )
+    normalize: Literal["zscore", "minmax", "percentile"] = Field(
+        default="zscore",
+        description="Normalisation: zscore (exact mean/std), minmax, or percentile (stretch between `clip`).",
+    )
+    clip: tuple[float, float] = Field(
+        default=(2.0, 98.0), description="Lower and upper percentiles of `normalize: percentile`."
+    )
+
+    @field_validator("aoi")
+    @classmethod
+    def _bbox(cls, v: str | list[float] | None) -> str | list[float] | None:
+        if isinstance(v, list) and (len(v) != 4 or v[0] >= v[2] or v[1] >= v[3]):
+            raise ValueError("a bounding-box aoi is [minx, miny, maxx, maxy] with min < max")
+        return v
+
+    @field_validator("clip")
+    @classmethod
+    def _clip(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] < v[1] <= 100:
+            raise ValueError("clip is [low, high] percentiles with 0 <= low < high <= 100")
+        return v
 
 
 class SplitConfig(_Strict):
@@ -203,6 +310,10 @@ class ComputeConfig(_Strict):
 
 class RunConfig(_Strict):
     inputs: InputsConfig
+    prepare: PrepareConfig = Field(
+        default_factory=PrepareConfig,
+        description="Preparation recipe: grid, resampling, mosaic, AOI, indices, normalisation.",
+    )
     chips: ChipsConfig = Field(default_factory=ChipsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -215,10 +326,11 @@ class RunConfig(_Strict):
         return self.model_dump(mode="json")
 
 
-def resolve_images(patterns: list[str]) -> list[Path]:
-    """Expand globs (sorted) and check every file exists."""
+def resolve_images(patterns: list[str] | list[str | list[str]]) -> list[Path]:
+    """Expand globs (sorted) and check every file exists; mosaic entries (lists) are flattened."""
     out: list[Path] = []
-    for pat in patterns:
+    flat = [p for entry in patterns for p in (entry if isinstance(entry, list) else [entry])]
+    for pat in flat:
         if any(ch in pat for ch in "*?["):
             hits = sorted(glob.glob(pat))
             if not hits:
@@ -232,6 +344,10 @@ def resolve_images(patterns: list[str]) -> list[Path]:
     return out
 
 
+def _abs(base: Path, p: object) -> str:
+    return str(p) if Path(str(p)).is_absolute() else str(base / str(p))
+
+
 def _absolutise(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     inputs = raw.get("inputs")
     if isinstance(inputs, dict):
@@ -240,11 +356,22 @@ def _absolutise(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             imgs = [imgs]
         if isinstance(imgs, list):
             inputs["images"] = [
-                str(base / str(p)) if not Path(str(p)).is_absolute() else str(p) for p in imgs
+                [_abs(base, q) for q in p] if isinstance(p, list) else _abs(base, p) for p in imgs
             ]
         labels = inputs.get("labels")
         if isinstance(labels, dict) and "path" in labels and not Path(str(labels["path"])).is_absolute():
             labels["path"] = str(base / str(labels["path"]))
+        masks = inputs.get("masks")
+        for m in masks if isinstance(masks, list) else []:
+            if isinstance(m, dict) and m.get("path") is not None:
+                m["path"] = _abs(base, m["path"])
+    prep = raw.get("prepare")
+    if isinstance(prep, dict):
+        if isinstance(prep.get("aoi"), str):
+            prep["aoi"] = _abs(base, prep["aoi"])
+        grid = prep.get("grid")
+        if isinstance(grid, dict) and isinstance(grid.get("like"), str):
+            grid["like"] = _abs(base, grid["like"])
     model = raw.get("model")
     weights = model.get("weights") if isinstance(model, dict) else None
     if (

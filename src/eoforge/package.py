@@ -52,6 +52,7 @@ class PackageMeta:
     overlap: int
     nodata_rule: str = "all"
     band_descriptions: list[str] | None = None
+    recipe: dict[str, Any] | None = None  # eoforge.prepare.recipe.Recipe.to_json(); None in older packages
 
     @property
     def source_band_names(self) -> list[str]:
@@ -69,6 +70,7 @@ class PackageMeta:
             "nodata": self.nodata,
             "nodata_rule": self.nodata_rule,
             "band_descriptions": self.band_descriptions,
+            "recipe": self.recipe,
             "chip_size": self.chip_size,
             "predict": {"tile": self.tile, "overlap": self.overlap},
             "classes": [
@@ -91,6 +93,7 @@ class PackageMeta:
             overlap=int(m["predict"]["overlap"]),
             nodata_rule=m.get("nodata_rule", "any"),  # packages written before the rule existed used 'any'
             band_descriptions=m.get("band_descriptions"),
+            recipe=m.get("recipe"),
         )
 
 

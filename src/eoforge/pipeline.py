@@ -44,7 +44,7 @@ def save_config(cfg: RunConfig, out: Path) -> None:
 
 def stage_prepare(cfg: RunConfig, out: Path) -> PreparedScene:
     save_config(cfg, out)
-    return prepare(cfg.inputs, out)
+    return prepare(cfg.inputs, out, prep=cfg.prepare)
 
 
 def stage_chips(cfg: RunConfig, out: Path) -> ChipStore:
@@ -64,6 +64,7 @@ def stage_train(cfg: RunConfig, out: Path, progress: bool = False) -> Path:
         nodata=scene.nodata,
         nodata_rule=scene.nodata_rule,
         band_descriptions=scene.band_descriptions,
+        recipe=scene.recipe,
         chip_size=cfg.chips.size,
         classes=[
             ClassInfo(i, n, c)

@@ -26,6 +26,7 @@ from eoforge.geo import Grid, Tile, overlap_tiles
 from eoforge.io.atomic import atomic_path
 from eoforge.io.rasters import RasterStack, check_band_names, valid_mask
 from eoforge.package import Predictor, load_package
+from eoforge.prepare.recipe import RecipeSource, open_source
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _batches(
-    stack: RasterStack, tiles: list[Tile], batch_size: int, h: int, w: int
+    stack: RasterStack | RecipeSource, tiles: list[Tile], batch_size: int, h: int, w: int
 ) -> Iterator[tuple[list[Tile], np.ndarray]]:
     for i in range(0, len(tiles), batch_size):
         chunk = tiles[i : i + batch_size]
@@ -124,7 +125,7 @@ def predict_scene(
         raise PackageError(f"predict overlap {overlap} must be smaller than the tile {tile}")
     out = Path(out)
     t0 = time.perf_counter()
-    with RasterStack(images, nodata=meta.nodata, nodata_rule=meta.nodata_rule) as stack:
+    with open_source(meta, images) as stack:
         check_band_names(stack.described_names, meta.source_band_names, ignore_band_names)
         if stack.count != len(meta.bands):
             raise PackageError(
