@@ -256,6 +256,33 @@ def models_cmd() -> None:
         out_console.print(m)
 
 
+@cli.command("sensors")
+def sensors_cmd() -> None:
+    """List the sensor presets of inputs.sensor (band names from file names, scale/offset, quality band)."""
+    from eoforge.prepare.sensors import SENSORS
+
+    table = Table("sensor", "bands (file token -> common name)", "quality band", "description")
+    for s in SENSORS.values():
+        bands = ", ".join(f"{b.token}->{b.name}" for b in s.bands)
+        table.add_row(s.name, bands, s.quality or "-", s.description)
+    out_console.print(table)
+
+
+@cli.command("indices")
+@click.option("--search", default=None, help="Only indices whose name or long name contains this text.")
+def indices_cmd(search: str | None) -> None:
+    """List the spectral indices of prepare.indices (Awesome Spectral Indices, via spyndex)."""
+    from eoforge.prepare.indices import list_indices
+
+    rows = list_indices()
+    if search:
+        rows = [r for r in rows if search.lower() in r[0].lower() or search.lower() in r[1].lower()]
+    table = Table("index", "name", "bands (common names)")
+    for name, long_name, bands in rows:
+        table.add_row(name, long_name, ", ".join(bands))
+    out_console.print(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="eoforge", standalone_mode=False)

@@ -31,6 +31,8 @@ def list_indices() -> list[tuple[str, str, list[str]]]:
     out = []
     for name in sorted(sp.indices):
         idx = sp.indices[name]
+        if any(b not in sp.bands and b not in sp.constants for b in idx.bands):
+            continue  # needs radar backscatter, kernels or other inputs that are not optical bands
         bands = [sp.bands[b].common_name for b in idx.bands if b in sp.bands]
         out.append((name, idx.long_name, bands))
     return out

@@ -347,6 +347,13 @@ class RecipeSource:
         for files in _entries(images):
             with RasterStack([files[0]]) as st:
                 names = st.band_names
+            for p in files[1:]:
+                with RasterStack([p]) as st:
+                    if st.count != len(names):
+                        raise InputError(
+                            f"{p}: {st.count} bands but {files[0].name} of the same mosaic holds {len(names)}; "
+                            "a mosaic joins files of the same bands"
+                        )
             groups.append(_Group(files, names, [1.0] * len(names), [0.0] * len(names)))
         return groups
 
