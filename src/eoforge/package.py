@@ -56,8 +56,11 @@ class PackageMeta:
 
     @property
     def source_band_names(self) -> list[str]:
-        """Names the input files must carry (when they carry any): their descriptions at training, else bands."""
-        return self.band_descriptions or self.bands
+        """Names the input files must carry (when they carry any): their descriptions at training, else the
+        recipe's raw bands (channels without indices), else bands."""
+        if self.band_descriptions:
+            return self.band_descriptions
+        return list(self.recipe["bands"]) if self.recipe else self.bands
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -37,12 +37,13 @@ def _crs_of(path: Path, src: rasterio.DatasetReader) -> str:
     return str(src.crs.to_string())
 
 
-def _res_in(src: rasterio.DatasetReader, crs: str) -> float:
-    """Pixel size of ``src`` expressed in ``crs`` units (the finer axis)."""
+def _res_in(src: rasterio.DatasetReader, crs: str) -> tuple[float, float]:
+    """Pixel size (x, y) of ``src`` expressed in ``crs`` units (a reprojected file gets square pixels)."""
     if src.crs.to_string() == crs:
-        return float(min(abs(src.transform.a), abs(src.transform.e)))
+        return float(abs(src.transform.a)), float(abs(src.transform.e))
     tr, _, _ = calculate_default_transform(src.crs, crs, src.width, src.height, *src.bounds)
-    return float(min(abs(tr.a), abs(tr.e)))
+    r = float(min(abs(tr.a), abs(tr.e)))
+    return r, r
 
 
 def _intersect(a: Bounds, b: Bounds) -> Bounds | None:
@@ -64,7 +65,12 @@ def target_grid(
         for g in groups:
             infos.append([(p, open_raster(p)) for p in g])
         crs = crs or _crs_of(first, infos[0][0][1])
-        res = resolution or min(_res_in(s, crs) for grp in infos for p, s in grp if _crs_of(p, s))
+        if resolution is not None:
+            xres = yres = float(resolution)
+        else:  # the finest input, keeping its exact (possibly non-square) pixel size
+            xres, yres = min(
+                (_res_in(s, crs) for grp in infos for p, s in grp if _crs_of(p, s)), key=lambda r: r[0] * r[1]
+            )
         extent: Bounds | None = None
         for gi, grp in enumerate(infos):
             union = None
@@ -101,16 +107,18 @@ def target_grid(
                 s.transform
                 for grp in infos
                 for p, s in grp
-                if s.crs.to_string() == crs and math.isclose(abs(s.transform.a), res, rel_tol=1e-9)
+                if s.crs.to_string() == crs
+                and math.isclose(abs(s.transform.a), xres, rel_tol=1e-9)
+                and math.isclose(abs(s.transform.e), yres, rel_tol=1e-9)
             ),
             None,
         )
         ax, ay = (anchor.c, anchor.f) if anchor is not None else (0.0, 0.0)
-        x0 = ax + math.floor((extent[0] - ax) / res + 1e-9) * res
-        y0 = ay - math.floor((ay - extent[3]) / res + 1e-9) * res
-        width = max(1, math.ceil((extent[2] - x0) / res - 1e-9))
-        height = max(1, math.ceil((y0 - extent[1]) / res - 1e-9))
-        return Grid(crs, rasterio.Affine(res, 0.0, x0, 0.0, -res, y0), height, width)
+        x0 = ax + math.floor((extent[0] - ax) / xres + 1e-6) * xres
+        y0 = ay - math.floor((ay - extent[3]) / yres + 1e-6) * yres
+        width = max(1, math.ceil((extent[2] - x0) / xres - 1e-6))
+        height = max(1, math.ceil((y0 - extent[1]) / yres - 1e-6))
+        return Grid(crs, rasterio.Affine(xres, 0.0, x0, 0.0, -yres, y0), height, width)
     finally:
         for grp in infos:
             for _, s in grp:
