@@ -315,3 +315,62 @@ def test_s2_baseline_offset_from_the_product_name() -> None:
     )
     assert s2.match(Path("T33TWM_20230601T100559_B8A_20m.jp2")) == "B8A"
     assert s2.match(Path("T33TWM_20230601T100559_TCI_10m.jp2")) == "TCI"
+
+
+def test_cli_run_then_predict_on_raw_s2_files_at_three_resolutions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SAFE-like IMG_DATA layout (10/20/60 m single-band files + SCL) with inputs.sensor and indices, by hand."""
+    import yaml
+
+    from eoforge.cli import main
+
+    d = tmp_path / "S2A_MSIL2A_20240601T100601_N0510_R022_T33TWM_20240601T120000.SAFE" / "IMG_DATA"
+    half = np.where(np.arange(96)[None, :] < 48, 800, 3000).repeat(96, 0)  # 960 m: whole 60 m pixels
+    rng = np.random.default_rng(1)
+    for band, res in (("B02", 10), ("B04", 10), ("B08", 10), ("B11", 20), ("B01", 60)):
+        n = 960 // res
+        data = half[:: res // 10, :: res // 10]
+        data = (data + rng.integers(0, 200, (n, n)) + (1000 if band == "B08" else 0)).astype(np.uint16)
+        (d / f"R{res}m").mkdir(parents=True, exist_ok=True)
+        write_tif(d / f"R{res}m" / f"T33TWM_20240601T100601_{band}_{res}m.tif", data, nodata=0,
+                  transform=Affine(res, 0, X0, 0, -res, Y0))  # fmt: skip
+    scl = np.full((48, 48), 4, np.uint8)
+    scl[:3, :3] = 9
+    write_tif(d / "R20m" / "T33TWM_20240601T100601_SCL_20m.tif", scl, transform=Affine(20, 0, X0, 0, -20, Y0))
+    geoms = [box(X0, Y0 - 960, X0 + 480, Y0), box(X0 + 480, Y0 - 960, X0 + 960, Y0)]
+    gpd.GeoDataFrame({"c": ["dark", "bright"]}, geometry=geoms, crs=CRS).to_file(tmp_path / "lab.gpkg")
+    cfg = {
+        "inputs": {
+            "images": ["S2A_*.SAFE/IMG_DATA/R*m/*.tif"],
+            "sensor": "sentinel2-l2a",
+            "masks": [{"band": "SCL", "classes": ["cloud_high"]}],
+            "labels": {"path": "lab.gpkg", "column": "c"},
+            "classes": {1: "dark", 2: "bright"},
+        },
+        "prepare": {"indices": ["NDVI"]},
+        "chips": {
+            "size": 32,
+            "stride": 16,
+            "min_valid": 0.3,
+            "split": {"val": 0.2, "test": 0.2, "block_size": 32},
+        },
+        "model": {"arch": "unet", "encoder": "resnet18"},
+        "train": {"epochs": 1, "batch_size": 4},
+        "predict": {"overlap": 16, "tile": 64},
+    }
+    (tmp_path / "s2.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    main(["-q", "run", str(tmp_path / "s2.yaml"), "--out", str(out)])
+    meta = json.loads((out / "model" / "eoforge.json").read_text())
+    assert meta["bands"] == ["coastal", "blue", "red", "nir", "swir16", "NDVI"]
+    assert meta["recipe"]["sensor"] == "sentinel2-l2a" and meta["recipe"]["masks"] == [
+        {"band": "SCL", "classes": [9]}
+    ]
+    raw = sorted(str(p) for p in d.glob("R*m/*.tif"))
+    main(["-q", "predict", str(out / "model"), *raw, "-o", str(tmp_path / "new_map.tif")])
+    with rasterio.open(out / "map.tif") as a, rasterio.open(tmp_path / "new_map.tif") as b:
+        assert b.transform == TRANSFORM and b.shape == (96, 96) and b.crs.to_string() == CRS
+        m = b.read(1)
+        np.testing.assert_array_equal(a.read(1), m)
+    assert (m[:6, :6] == 255).all() and set(np.unique(m)) <= {1, 2, 255}
