@@ -35,21 +35,30 @@ class BandStats:
         """``values`` (C, N): pixels of one block; NaN entries (a band nodata at a valid pixel) are skipped."""
         v = values.astype(np.float64)
         ok = ~np.isnan(v)
-        nb = ok.sum(axis=1)
-        if not nb.any():
-            return
-        with np.errstate(invalid="ignore", divide="ignore"):
-            bmean = np.where(nb > 0, np.nansum(v, axis=1) / np.maximum(nb, 1), 0.0)
-            bm2 = np.nansum((v - bmean[:, None]) ** 2, axis=1)
+        if ok.all():  # the common case: no band gap, plain reductions
+            nb = np.full(v.shape[0], v.shape[1], dtype=np.int64)
+            if not v.shape[1]:
+                return
+            bmean = v.mean(axis=1)
+            bm2 = ((v - bmean[:, None]) ** 2).sum(axis=1)
+            bmin, bmax = v.min(axis=1), v.max(axis=1)
+        else:
+            nb = ok.sum(axis=1)
+            if not nb.any():
+                return
+            v0 = np.where(ok, v, 0.0)
+            bmean = v0.sum(axis=1) / np.maximum(nb, 1)
+            bm2 = (np.where(ok, v - bmean[:, None], 0.0) ** 2).sum(axis=1)
+            bmin = np.where(ok, v, np.inf).min(axis=1)
+            bmax = np.where(ok, v, -np.inf).max(axis=1)
         n = self.n + nb
         delta = bmean - self.mean
         safe = np.maximum(n, 1)
         self.mean = self.mean + delta * nb / safe
         self.m2 = self.m2 + bm2 + delta**2 * self.n * nb / safe
         self.n = n
-        has = nb > 0
-        self.min[has] = np.minimum(self.min[has], np.nanmin(np.where(ok, v, np.inf), axis=1)[has])
-        self.max[has] = np.maximum(self.max[has], np.nanmax(np.where(ok, v, -np.inf), axis=1)[has])
+        self.min = np.minimum(self.min, bmin)
+        self.max = np.maximum(self.max, bmax)
 
     @property
     def std(self) -> np.ndarray:
