@@ -195,9 +195,9 @@ def test_sensor_indices_and_scl_mask_then_recipe_reproduces_the_stack_at_predict
 def test_landsat_qa_bits_and_scale(tmp_path: Path) -> None:
     t30 = Affine(30, 0, X0, 0, -30, Y0)
     stem = "LC08_L2SP_190029_20230601_20230607_02_T1"
-    red = write_tif(
-        tmp_path / f"{stem}_SR_B4.TIF", np.full((20, 20), 10000, np.uint16), nodata=0, transform=t30
-    )
+    red_dn = np.full((20, 20), 10000, np.uint16)
+    red_dn[0, 19] = 0  # the product's fill value, not tagged as nodata in the file
+    red = write_tif(tmp_path / f"{stem}_SR_B4.TIF", red_dn, transform=t30)
     nir = write_tif(
         tmp_path / f"{stem}_SR_B5.TIF", np.full((20, 20), 20000, np.uint16), nodata=0, transform=t30
     )
@@ -210,7 +210,7 @@ def test_landsat_qa_bits_and_scale(tmp_path: Path) -> None:
     with RecipeSource(recipe, [red, nir, qpath]) as src:
         img = src.read()
     assert np.isnan(img[:, 2:5, 2:5]).all() and np.isnan(img[:, 10:12, 0:3]).all()
-    assert np.isnan(img[0]).sum() == 9 + 6
+    assert np.isnan(img[0]).sum() == 9 + 6 + 1 and np.isnan(img[0, 0, 19]) and not np.isnan(img[1, 0, 19])
     np.testing.assert_allclose(img[0, 15, 15], 10000 * 2.75e-5 - 0.2, rtol=1e-6)
     np.testing.assert_allclose(img[1, 0, 0], 20000 * 2.75e-5 - 0.2, rtol=1e-6)
 
@@ -374,3 +374,19 @@ def test_cli_run_then_predict_on_raw_s2_files_at_three_resolutions(
         m = b.read(1)
         np.testing.assert_array_equal(a.read(1), m)
     assert (m[:6, :6] == 255).all() and set(np.unique(m)) <= {1, 2, 255}
+
+
+def test_gdal_mask_counts_when_the_file_is_warped(tmp_path: Path) -> None:
+    fine = write_tif(tmp_path / "fine.tif", np.ones((32, 32), np.float32))
+    profile = dict(driver="GTiff", width=16, height=16, count=1, dtype="uint16", crs=CRS)
+    mask = np.full((16, 16), 255, np.uint8)
+    mask[:4] = 0  # the first four 20 m rows are masked
+    with (
+        rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+        rasterio.open(tmp_path / "m20.tif", "w", transform=Affine(20, 0, X0, 0, -20, Y0), **profile) as dst,
+    ):
+        dst.write(np.full((1, 16, 16), 5, np.uint16))
+        dst.write_mask(mask)
+    with RecipeSource(Recipe(bands=("f", "m")), [fine, tmp_path / "m20.tif"]) as src:
+        img = src.read()
+    assert np.isnan(img[1, :8]).all() and (img[1, 8:] == 5).all() and not np.isnan(img[0]).any()

@@ -284,6 +284,8 @@ class RecipeSource:
                 len(names),
                 str(self._groups[0].files[0]),
             )
+            if sensor is not None and recipe.nodata is None:  # the product's fill value, tagged or not
+                nds = [sensor.nodata] * len(names)
             k = 0
             warped = []
             for g in self._groups:

@@ -35,6 +35,7 @@ class Sensor:
     quality_classes: dict[str, int] = field(default_factory=dict)  # named values of a class mask (SCL)
     quality_bits: dict[str, int] = field(default_factory=dict)  # named bits of a QA band
     ignore: tuple[str, ...] = ()  # tokens of other product files that are neither bands nor quality
+    nodata: float | None = 0.0  # the product's fill value (S2 JP2 files do not tag it)
 
     def band(self, token: str) -> SensorBand:
         for b in self.bands:
@@ -168,6 +169,7 @@ SENSORS: dict[str, Sensor] = {
                 SensorBand("sur_refl_b06", "swir16", 500, 1e-4),
                 SensorBand("sur_refl_b07", "swir22", 500, 1e-4),
             ),
+            nodata=-28672,
             quality="state_1km",
             quality_bits={
                 "cloudy": 0,
