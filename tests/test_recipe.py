@@ -13,6 +13,8 @@ import rasterio
 from affine import Affine
 from conftest import CRS, TRANSFORM, write_tif
 from helpers import PickBand0
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rasterio.warp import transform as warp_points
 from shapely.geometry import Polygon, box
 
@@ -390,3 +392,30 @@ def test_gdal_mask_counts_when_the_file_is_warped(tmp_path: Path) -> None:
     with RecipeSource(Recipe(bands=("f", "m")), [fine, tmp_path / "m20.tif"]) as src:
         img = src.read()
     assert np.isnan(img[1, :8]).all() and (img[1, 8:] == 5).all() and not np.isnan(img[0]).any()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.one_of(st.none(), st.floats(-1e3, 1e3, width=32)), min_size=6, max_size=6),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_mosaic_rules_pick_the_first_last_mean_and_median_valid_value(
+    tiles: list[list[float | None]],
+) -> None:
+    from eoforge.prepare.align import combine
+
+    arrays = [np.array([np.nan if v is None else v for v in t], np.float32).reshape(1, 2, 3) for t in tiles]
+    stack = np.stack([a.ravel() for a in arrays])
+    first, last = combine(arrays, "first").ravel(), combine(arrays, "last").ravel()
+    mean, median = combine(arrays, "mean").ravel(), combine(arrays, "median").ravel()
+    for px in range(6):
+        vals = [v for v in stack[:, px] if not np.isnan(v)]
+        if not vals:
+            assert np.isnan([first[px], last[px], mean[px], median[px]]).all()
+            continue
+        assert first[px] == vals[0] and last[px] == vals[-1]
+        assert mean[px] == pytest.approx(np.mean(vals), rel=1e-5, abs=1e-3)
+        assert median[px] == pytest.approx(np.median(vals), rel=1e-5, abs=1e-3)
