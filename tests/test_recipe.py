@@ -419,3 +419,21 @@ def test_mosaic_rules_pick_the_first_last_mean_and_median_valid_value(
         assert first[px] == vals[0] and last[px] == vals[-1]
         assert mean[px] == pytest.approx(np.mean(vals), rel=1e-5, abs=1e-3)
         assert median[px] == pytest.approx(np.median(vals), rel=1e-5, abs=1e-3)
+
+
+def test_sensor_bands_select_and_order_by_common_name(tmp_path: Path) -> None:
+    f = _s2(tmp_path, np.random.default_rng(5))
+    files = [f["B03"], f["B04"], f["B08"], f["SCL"]]
+    with RecipeSource(Recipe(bands=("nir", "red"), sensor="sentinel2-l2a"), files) as src:
+        img = src.read()
+        assert src.band_names == ["nir", "red"] and src.count == 2
+    np.testing.assert_allclose(img[0, 5, 5], _read(f["B08"])[0, 5, 5] * 1e-4 - 0.1, rtol=1e-5)
+    with pytest.raises(
+        InputError, match=r"no file for band\(s\) swir22 among the images \(found: green, red, nir\)"
+    ):
+        RecipeSource(Recipe(bands=("nir", "swir22"), sensor="sentinel2-l2a"), files)
+    with pytest.raises(InputError, match="no sentinel2-l2a band name in the file name"):
+        RecipeSource(
+            Recipe(bands=("nir",), sensor="sentinel2-l2a"),
+            [*files, write_tif(tmp_path / "x.tif", np.ones((4, 4)))],
+        )
