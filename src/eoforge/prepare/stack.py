@@ -27,6 +27,8 @@ from eoforge.prepare.stats import BandStats, normalisation
 
 log = logging.getLogger(__name__)
 
+GDAL_CACHE_MB = 256
+
 PALETTE = ["#e41a1c", "#ffff33", "#a6d854", "#984ea3", "#1b7837", "#377eb8", "#bf812d", "#f781bf", "#999999"]
 
 
@@ -78,7 +80,8 @@ def prepare(
             "BIGTIFF": "IF_SAFER",  # stacks above 4 GiB are written as BigTIFF
         }
         try:
-            with atomic_dir(out_dir / "prepared") as tmp:
+            # GDAL's block cache defaults to 5 % of RAM; cap it so memory stays bounded by the blocks
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_dir(out_dir / "prepared") as tmp:
                 with (
                     rasterio.open(
                         tmp / "image.tif", "w", count=source.count, dtype="float32", nodata=np.nan, **profile
