@@ -182,6 +182,7 @@ def _bad_values(ann: Any, metadata: list[Any]) -> list[object]:
 
 UNBOUNDED = {  # numeric fields that legitimately take any value, and why
     "inputs.nodata": "any number (NaN included) can be a nodata value",
+    "inputs.labels.nodata": "any number can be a label raster's nodata value",
     "chips.split.seed": "any integer is a seed",
     "train.seed": "any integer is a seed",
     "evaluate.seed": "any integer is a seed",

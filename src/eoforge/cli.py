@@ -423,6 +423,11 @@ def area_cmd(map_path: Path, reference: Path, column: str, classes: tuple[str, .
     show_default=True,
     help="bf16 autocast is ~2.5x faster on CPUs with AMX; class maps may differ from fp32 on a few pixels.",
 )
+@click.option(
+    "--ignore-band-names",
+    is_flag=True,
+    help="Accept images whose band names (descriptions) differ from the model's bands.",
+)
 @click.pass_context
 def predict_cmd(
     ctx: click.Context,
@@ -434,6 +439,7 @@ def predict_cmd(
     batch_size: int,
     device: str,
     precision: str,
+    ignore_band_names: bool,
 ) -> None:
     """Classify IMAGES (files stacked band-wise, in training band order) with MODEL_DIR into a COG."""
     from eoforge.io.atomic import sweep_temporaries
@@ -454,6 +460,7 @@ def predict_cmd(
             device,
             on_progress=update,
             precision=precision,
+            ignore_band_names=ignore_band_names,
         )
     out_console.print(
         f"wrote {res.path} ({res.grid.width}x{res.grid.height} px, {res.windows} windows, "
@@ -562,6 +569,33 @@ def models_cmd() -> None:
 
     for m in list_models():
         out_console.print(m)
+
+
+@cli.command("sensors")
+def sensors_cmd() -> None:
+    """List the sensor presets of inputs.sensor (band names from file names, scale/offset, quality band)."""
+    from eoforge.prepare.sensors import SENSORS
+
+    table = Table("sensor", "bands (file token -> common name)", "quality band", "description")
+    for s in SENSORS.values():
+        bands = ", ".join(f"{b.token}->{b.name}" for b in s.bands)
+        table.add_row(s.name, bands, s.quality or "-", s.description)
+    out_console.print(table)
+
+
+@cli.command("indices")
+@click.option("--search", default=None, help="Only indices whose name or long name contains this text.")
+def indices_cmd(search: str | None) -> None:
+    """List the spectral indices of prepare.indices (Awesome Spectral Indices, via spyndex)."""
+    from eoforge.prepare.indices import list_indices
+
+    rows = list_indices()
+    if search:
+        rows = [r for r in rows if search.lower() in r[0].lower() or search.lower() in r[1].lower()]
+    table = Table("index", "name", "bands (common names)")
+    for name, long_name, bands in rows:
+        table.add_row(name, long_name, ", ".join(bands))
+    out_console.print(table)
 
 
 class Terminated(BaseException):

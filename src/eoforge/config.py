@@ -9,7 +9,7 @@ from __future__ import annotations
 import glob
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -19,6 +19,10 @@ from eoforge.errors import InputError
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 IGNORE_INDEX = 255
 """Class index of unlabelled pixels in prepared labels, chips and training targets."""
+
+
+NodataValue = Annotated[float, Field(allow_inf_nan=True)]
+"""A nodata value: any number, NaN included (the one place a config number may be NaN)."""
 
 
 class _Strict(BaseModel):
@@ -53,6 +57,11 @@ class LabelsConfig(_Strict):
         default=False,
         description="Burn every pixel a polygon touches, not only those whose centre is inside.",
     )
+    nodata: float | None = Field(
+        default=None,
+        description="Label raster value meaning 'unlabelled' when the file does not tag its nodata (e.g. -1); "
+        "the file's own nodata is used too.",
+    )
 
     @model_validator(mode="after")
     def _column_or_value(self) -> LabelsConfig:
@@ -61,17 +70,66 @@ class LabelsConfig(_Strict):
         return self
 
 
+class MaskConfig(_Strict):
+    path: str | None = Field(
+        default=None,
+        description="A mask raster (with `classes` or `bits`) or a vector file of areas to exclude (any OGR "
+        "format); relative to the config file.",
+    )
+    band: str | None = Field(
+        default=None,
+        description="Instead of `path`: a quality band of `inputs.sensor` found among the images by file name "
+        "(e.g. SCL, QA_PIXEL); applied again at predict time on new files.",
+    )
+    classes: list[int | str] | None = Field(
+        default=None,
+        description="Mask raster values that become nodata (or the sensor's class names, e.g. cloud_high).",
+    )
+    bits: list[int | str] | None = Field(
+        default=None,
+        description="Bit numbers of a QA band that make a pixel nodata when set (or the sensor's bit names, "
+        "e.g. cloud, cloud_shadow).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MaskConfig:
+        if (self.path is None) == (self.band is None):
+            raise ValueError("give a mask either `path` or `band`")
+        if self.classes is not None and self.bits is not None:
+            raise ValueError("give a mask either `classes` or `bits`, not both")
+        if self.band is not None and self.classes is None and self.bits is None:
+            raise ValueError(f"mask band {self.band} needs `classes` or `bits`")
+        return self
+
+
 class InputsConfig(_Strict):
-    images: list[str] = Field(
-        description="Raster files or glob patterns, stacked band-wise in the order given (globs sorted)."
+    images: list[str | list[str]] = Field(
+        description="Raster files or glob patterns, stacked band-wise in the order given (globs sorted). An "
+        "entry that is a list is a mosaic: files covering different areas of the same bands. With `sensor`, "
+        "files are matched to bands by name and files of the same band are mosaicked."
+    )
+    sensor: str | None = Field(
+        default=None,
+        description="Sensor preset (`eoforge sensors` lists them): band names from file names, scale/offset, "
+        "quality band.",
+    )
+    masks: list[MaskConfig] = Field(
+        default_factory=list,
+        description="Pixels that become nodata: classes of a mask raster, bits of a QA band, areas of a vector.",
     )
     bands: list[str] | None = Field(
         default=None, description="Band names in stack order (STAC eo common names where known)."
     )
-    nodata: float | None = Field(
+    nodata: NodataValue | list[NodataValue | None] | None = Field(
         default=None,
-        allow_inf_nan=True,
-        description="Nodata value for every input band; by default each file's own nodata.",
+        description="Nodata value of the input bands: one value for every band, or a list with one value per "
+        "band of the stack (null = that band's own nodata); by default each file's own nodata. GDAL masks and "
+        "alpha bands always count as nodata.",
+    )
+    nodata_rule: Literal["all", "any"] = Field(
+        default="all",
+        description="A pixel is nodata where ALL bands are nodata ('all', default; a band that is nodata at a "
+        "valid pixel is filled with its mean) or where ANY band is ('any').",
     )
     labels: LabelsConfig = Field(description="Where the training labels are.")
     classes: dict[int, str] = Field(description="Class id -> class name, for every class in the labels.")
@@ -118,6 +176,70 @@ class InputsConfig(_Strict):
         if unknown:
             raise ValueError(f"colors for {unknown}, which are not class ids; use ids of `classes`")
         return self
+
+
+class GridConfig(_Strict):
+    resolution: float | None = Field(
+        default=None, gt=0, description="Pixel size in CRS units; default: the finest among the inputs."
+    )
+    crs: str | None = Field(
+        default=None, description="Target CRS (e.g. EPSG:32633); default: the first file's."
+    )
+    like: str | None = Field(
+        default=None, description="A raster whose grid (CRS, transform, size) is used exactly, instead."
+    )
+
+    @model_validator(mode="after")
+    def _like_alone(self) -> GridConfig:
+        if self.like is not None and (self.resolution is not None or self.crs is not None):
+            raise ValueError("give grid.like or grid.resolution/crs, not both")
+        return self
+
+
+class PrepareConfig(_Strict):
+    grid: GridConfig = Field(
+        default_factory=GridConfig, description="Target grid every input is warped onto."
+    )
+    resampling: Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode"] = Field(
+        default="bilinear",
+        description="Resampling of image bands warped onto the grid (masks and labels always use nearest).",
+    )
+    mosaic: Literal["first", "last", "mean", "median"] = Field(
+        default="first",
+        description="Where mosaic files overlap: first valid pixel wins, last, mean or median.",
+    )
+    aoi: str | list[float] | None = Field(
+        default=None,
+        description="Area of interest: a vector file (any OGR format) or [minx, miny, maxx, maxy] in `aoi_crs`; "
+        "the grid is cropped to it and pixels outside are nodata.",
+    )
+    aoi_crs: str = Field(default="EPSG:4326", description="CRS of a bounding-box `aoi`.")
+    indices: list[str] = Field(
+        default_factory=list,
+        description="Spectral indices (Awesome Spectral Indices names via spyndex, `eoforge indices` lists them) "
+        "appended as channels; bands are found by common name.",
+    )
+    normalize: Literal["zscore", "minmax", "percentile"] = Field(
+        default="zscore",
+        description="Normalisation: zscore (exact mean/std), minmax, or percentile (stretch between `clip`).",
+    )
+    clip: tuple[float, float] = Field(
+        default=(2.0, 98.0), description="Lower and upper percentiles of `normalize: percentile`."
+    )
+
+    @field_validator("aoi")
+    @classmethod
+    def _bbox(cls, v: str | list[float] | None) -> str | list[float] | None:
+        if isinstance(v, list) and (len(v) != 4 or v[0] >= v[2] or v[1] >= v[3]):
+            raise ValueError("a bounding-box aoi is [minx, miny, maxx, maxy] with min < max")
+        return v
+
+    @field_validator("clip")
+    @classmethod
+    def _clip(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] < v[1] <= 100:
+            raise ValueError("clip is [low, high] percentiles with 0 <= low < high <= 100")
+        return v
 
 
 class SplitConfig(_Strict):
@@ -309,6 +431,10 @@ class EvaluateConfig(_Strict):
 
 class RunConfig(_Strict):
     inputs: InputsConfig
+    prepare: PrepareConfig = Field(
+        default_factory=PrepareConfig,
+        description="Preparation recipe: grid, resampling, mosaic, AOI, indices, normalisation.",
+    )
     chips: ChipsConfig = Field(default_factory=ChipsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -402,10 +528,11 @@ def check_devices(train: TrainConfig) -> None:
             )
 
 
-def resolve_images(patterns: list[str]) -> list[Path]:
-    """Expand globs (sorted) and check every file exists."""
+def resolve_images(patterns: list[str] | list[str | list[str]]) -> list[Path]:
+    """Expand globs (sorted) and check every file exists; mosaic entries (lists) are flattened."""
     out: list[Path] = []
-    for pat in patterns:
+    flat = [p for entry in patterns for p in (entry if isinstance(entry, list) else [entry])]
+    for pat in flat:
         if any(ch in pat for ch in "*?["):
             hits = sorted(glob.glob(pat))
             if not hits:
@@ -419,6 +546,10 @@ def resolve_images(patterns: list[str]) -> list[Path]:
     return out
 
 
+def _abs(base: Path, p: object) -> str:
+    return str(p) if Path(str(p)).is_absolute() else str(base / str(p))
+
+
 def _absolutise(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     inputs = raw.get("inputs")
     if isinstance(inputs, dict):
@@ -427,11 +558,22 @@ def _absolutise(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             imgs = [imgs]
         if isinstance(imgs, list):
             inputs["images"] = [
-                str(base / str(p)) if not Path(str(p)).is_absolute() else str(p) for p in imgs
+                [_abs(base, q) for q in p] if isinstance(p, list) else _abs(base, p) for p in imgs
             ]
         labels = inputs.get("labels")
         if isinstance(labels, dict) and "path" in labels and not Path(str(labels["path"])).is_absolute():
             labels["path"] = str(base / str(labels["path"]))
+        masks = inputs.get("masks")
+        for m in masks if isinstance(masks, list) else []:
+            if isinstance(m, dict) and m.get("path") is not None:
+                m["path"] = _abs(base, m["path"])
+    prep = raw.get("prepare")
+    if isinstance(prep, dict):
+        if isinstance(prep.get("aoi"), str):
+            prep["aoi"] = _abs(base, prep["aoi"])
+        grid = prep.get("grid")
+        if isinstance(grid, dict) and isinstance(grid.get("like"), str):
+            grid["like"] = _abs(base, grid["like"])
     ev = raw.get("evaluate")
     if isinstance(ev, dict) and isinstance(ev.get("baselines"), list):
         for b in ev["baselines"]:

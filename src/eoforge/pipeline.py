@@ -48,7 +48,7 @@ def save_config(cfg: RunConfig, out: Path) -> None:
 
 def stage_prepare(cfg: RunConfig, out: Path) -> PreparedScene:
     save_config(cfg, out)
-    return prepare(cfg.inputs, out)
+    return prepare(cfg.inputs, out, prep=cfg.prepare)
 
 
 def stage_chips(cfg: RunConfig, out: Path) -> ChipStore:
@@ -66,6 +66,9 @@ def stage_train(cfg: RunConfig, out: Path, progress: bool = False) -> Path:
         mean=scene.mean,
         std=scene.std,
         nodata=scene.nodata,
+        nodata_rule=scene.nodata_rule,
+        band_descriptions=scene.band_descriptions,
+        recipe=scene.recipe,
         chip_size=cfg.chips.size,
         classes=[
             ClassInfo(i, n, c)

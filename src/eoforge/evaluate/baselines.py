@@ -22,7 +22,7 @@ from rasterio.windows import Window
 from eoforge.config import IGNORE_INDEX, IndexRule, class_index
 from eoforge.errors import InputError
 from eoforge.geo import Grid
-from eoforge.io.rasters import open_raster
+from eoforge.io.rasters import open_raster, valid_mask
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def training_pixels(
     xs, ys = [], []
     for j in chips:
         img, lab = np.asarray(images[j]), np.asarray(labels[j])
-        ok = (lab != IGNORE_INDEX) & ~np.isnan(img).all(axis=0)
+        ok = (lab != IGNORE_INDEX) & valid_mask(img)
         sel = np.flatnonzero(ok)
         if len(sel) > per_chip:
             sel = rng.choice(sel, per_chip, replace=False)

@@ -262,7 +262,7 @@ def evaluate(
     rf = next((b for b in baselines if b["kind"] == "random_forest"), None)
     if rf is not None:
         metrics["baseline"] = rf  # the README's and earlier versions' key for the random forest
-    lost_counts = getattr(scene, "lost_to_nodata", None)
+    lost_counts = scene.lost_to_nodata
     lost = dict(zip(names, lost_counts, strict=True)) if lost_counts else None
     metrics["warnings"] = [
         {"code": c, "message": m}

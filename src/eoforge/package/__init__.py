@@ -54,12 +54,23 @@ class PackageMeta:
     bands: list[str]
     mean: list[float]
     std: list[float]
-    nodata: float | None
+    nodata: float | list[float | None] | None
     chip_size: int
     classes: list[ClassInfo]
     tile: int
     overlap: int
     onnx: OnnxInfo | None = None  # optional fields (with defaults) keep earlier packages loading
+    nodata_rule: str = "all"
+    band_descriptions: list[str] | None = None
+    recipe: dict[str, Any] | None = None  # eoforge.prepare.recipe.Recipe.to_json(); None in older packages
+
+    @property
+    def source_band_names(self) -> list[str]:
+        """Names the input files must carry (when they carry any): their descriptions at training, else the
+        recipe's raw bands (channels without indices), else bands."""
+        if self.band_descriptions:
+            return self.band_descriptions
+        return list(self.recipe["bands"]) if self.recipe else self.bands
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,6 +81,9 @@ class PackageMeta:
             "bands": self.bands,
             "normalization": {"mean": self.mean, "std": self.std},
             "nodata": self.nodata,
+            "nodata_rule": self.nodata_rule,
+            "band_descriptions": self.band_descriptions,
+            "recipe": self.recipe,
             "chip_size": self.chip_size,
             "predict": {"tile": self.tile, "overlap": self.overlap},
             "classes": [
@@ -92,6 +106,9 @@ class PackageMeta:
             tile=int(m["predict"]["tile"]),
             overlap=int(m["predict"]["overlap"]),
             onnx=OnnxInfo.from_json(m["onnx"]) if m.get("onnx") else None,
+            nodata_rule=m.get("nodata_rule", "any"),  # packages written before the rule existed used 'any'
+            band_descriptions=m.get("band_descriptions"),
+            recipe=m.get("recipe"),
         )
 
 
