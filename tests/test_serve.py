@@ -243,7 +243,8 @@ def test_shutdown_fails_unfinished_jobs_cleanly(tmp_path: Path) -> None:
             ids = [c.post("/jobs", files=_upload(scene)).json()["id"] for _ in range(2)]
             manager = c.app.state.jobs  # type: ignore[attr-defined]
             root = manager.root
-            threading.Timer(0.6, GATE.set).start()  # the running job is released only after the grace time
+            # the running job is released only once the grace time is over and cancellation has begun
+            threading.Thread(target=lambda: (manager._cancel.wait(30), GATE.set()), daemon=True).start()
         states = [manager.get(i) for i in ids]
         assert all(s.status == "failed" and "shut down" in s.error for s in states), [
             s.status for s in states
