@@ -148,6 +148,13 @@ def test_mlm_item_validates(unet_package: Path) -> None:
     assert assets["onnx"]["mlm:artifact_type"] == "onnx"
     assert assets["weights"]["file:size"] == (unet_package / "model.safetensors").stat().st_size
     assert props["eoforge:metrics"] == {"mean_iou": 0.5}
+    # rules of the MLM schema that stac-model's models do not check: required fields, a model asset, its
+    # artifact type, and input bands described on the model assets (STAC 1.1 `bands`)
+    assert {"mlm:name", "mlm:architecture", "mlm:tasks", "mlm:input", "mlm:output"} <= set(props)
+    models = [a for a in assets.values() if "mlm:model" in a["roles"]]
+    assert models and all(a["mlm:artifact_type"] for a in models)
+    assert all([b["name"] for b in a["bands"]] == props["mlm:input"][0]["bands"] for a in models)
+    assert item["stac_version"].startswith("1.1")
 
 
 def test_package_command_zips_a_run(
