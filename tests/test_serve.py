@@ -261,3 +261,20 @@ def test_shutdown_lets_a_job_finish_within_the_grace_time(tmp_path: Path, pkg: P
         job_id = c.post("/jobs", files=_upload(_scene(tmp_path))).json()["id"]
         manager = c.app.state.jobs  # type: ignore[attr-defined]
     assert manager.get(job_id).status == "done"
+
+
+def test_serve_on_a_busy_port_is_one_line(pkg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from eoforge.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(["serve", str(pkg), "--port", str(port)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"127.0.0.1:{port}: cannot listen there" in err, err
