@@ -148,6 +148,13 @@ def test_mlm_item_validates(unet_package: Path) -> None:
     assert assets["onnx"]["mlm:artifact_type"] == "onnx"
     assert assets["weights"]["file:size"] == (unet_package / "model.safetensors").stat().st_size
     assert props["eoforge:metrics"] == {"mean_iou": 0.5}
+    # rules of the MLM schema that stac-model's models do not check: required fields, a model asset, its
+    # artifact type, and input bands described on the model assets (STAC 1.1 `bands`)
+    assert {"mlm:name", "mlm:architecture", "mlm:tasks", "mlm:input", "mlm:output"} <= set(props)
+    models = [a for a in assets.values() if "mlm:model" in a["roles"]]
+    assert models and all(a["mlm:artifact_type"] for a in models)
+    assert all([b["name"] for b in a["bands"]] == props["mlm:input"][0]["bands"] for a in models)
+    assert item["stac_version"].startswith("1.1")
 
 
 def test_package_command_zips_a_run(
@@ -348,3 +355,20 @@ def test_predict_cli_takes_the_zip_and_onnx_reads_it(tmp_path: Path) -> None:
     assert np.array_equal(
         OnnxPredictor.from_package(zpath).predict_index(x), a[None, 0, :32, :64].astype(np.uint8)
     )
+
+
+def test_onnx_predictor_drives_the_streaming_engine(tmp_path: Path) -> None:
+    """The interface `--backend onnx` relies on: predict_scene with an OnnxPredictor gives the torch map."""
+    from eoforge.predict import predict_scene
+
+    pkg = identity_package(tmp_path / "model", bands=2)
+    a = np.random.default_rng(3).uniform(-0.4, 2.4, (2, 80, 112)).astype(np.float32)
+    a[:, :5, :5] = np.nan
+    img = write_tif(tmp_path / "img.tif", a)
+    predict_scene(load_package(pkg), [img], tmp_path / "torch.tif")
+    predict_scene(OnnxPredictor.from_package(pkg), [img], tmp_path / "onnx.tif")  # type: ignore[arg-type]
+    import rasterio
+
+    with rasterio.open(tmp_path / "torch.tif") as t, rasterio.open(tmp_path / "onnx.tif") as o:
+        assert np.array_equal(t.read(1), o.read(1))
+        assert (o.read(1)[:5, :5] == 255).all()

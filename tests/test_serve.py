@@ -243,7 +243,8 @@ def test_shutdown_fails_unfinished_jobs_cleanly(tmp_path: Path) -> None:
             ids = [c.post("/jobs", files=_upload(scene)).json()["id"] for _ in range(2)]
             manager = c.app.state.jobs  # type: ignore[attr-defined]
             root = manager.root
-            threading.Timer(0.6, GATE.set).start()  # the running job is released only after the grace time
+            # the running job is released only once the grace time is over and cancellation has begun
+            threading.Thread(target=lambda: (manager._cancel.wait(30), GATE.set()), daemon=True).start()
         states = [manager.get(i) for i in ids]
         assert all(s.status == "failed" and "shut down" in s.error for s in states), [
             s.status for s in states
@@ -260,3 +261,20 @@ def test_shutdown_lets_a_job_finish_within_the_grace_time(tmp_path: Path, pkg: P
         job_id = c.post("/jobs", files=_upload(_scene(tmp_path))).json()["id"]
         manager = c.app.state.jobs  # type: ignore[attr-defined]
     assert manager.get(job_id).status == "done"
+
+
+def test_serve_on_a_busy_port_is_one_line(pkg: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from eoforge.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(["serve", str(pkg), "--port", str(port)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"127.0.0.1:{port}: cannot listen there" in err, err

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import shutil
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -22,6 +23,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from eoforge import __version__
+from eoforge.errors import InputError
 from eoforge.package import ITEM, load_package
 from eoforge.package.archive import open_package
 from eoforge.serve.jobs import Job, JobManager, Rejected, Slot
@@ -316,10 +318,30 @@ def create_app(model: str | Path, settings: ServeSettings | None = None) -> Fast
     return app
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail in one line before loading the model when the address cannot be bound (uvicorn logs several)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InputError(
+            f"--host {host}: not a usable address ({exc.strerror}); give e.g. 127.0.0.1"
+        ) from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise InputError(
+                f"{host}:{port}: cannot listen there ({exc.strerror}); choose another --port or stop the other server"
+            ) from None
+
+
 def run_server(model: str | Path, settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve until SIGINT/SIGTERM; running jobs get ``settings.grace_s`` to finish."""
     import uvicorn
 
+    _check_port(host, port)
     app = create_app(model, settings)
     uvicorn.run(
         app, host=host, port=port, log_level="info", timeout_graceful_shutdown=int(settings.grace_s) + 5
