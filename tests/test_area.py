@@ -147,3 +147,13 @@ def test_geographic_map_gives_pixels_only(tmp_path: Path) -> None:
     est = area_estimate(m, tmp_path / "l.geojson", "ref")
     assert est.pixel_area_ha is None and est.classes[0].area_ha is None
     assert est.classes[0].area_pixels == pytest.approx(200)
+
+
+def test_a_fully_sampled_stratum_adds_no_variance_and_a_single_unit_leaves_it_undefined() -> None:
+    counts = np.vstack([np.hstack([OLOFSSON_COUNTS, [[0]] * 4]), [[0, 0, 0, 0, 1]]])
+    est = estimate_area([*OLOFSSON_PIXELS, 1], counts, [*NAMES, "tiny"], pixel_area_ha=0.09)
+    ref = estimate_area(OLOFSSON_PIXELS, OLOFSSON_COUNTS, NAMES, pixel_area_ha=0.09)
+    assert est.classes[4].users_accuracy_se == 0.0 and est.overall_accuracy_se is not None
+    assert est.classes[0].area_ci95_ha == pytest.approx(ref.classes[0].area_ci95_ha, rel=1e-3)
+    est = estimate_area([*OLOFSSON_PIXELS, 5], counts, [*NAMES, "tiny"], pixel_area_ha=0.09)
+    assert est.classes[4].users_accuracy_se is None and est.overall_accuracy_se is None

@@ -151,13 +151,19 @@ class RasterReference(Reference):
                 width=grid.width,
                 height=grid.height,
                 resampling=Resampling.nearest,
-                add_alpha=True,
+                # with a nodata value, GDAL's alpha band misses source nodata pixels: keep the value instead
+                nodata=self.src.nodata,
+                add_alpha=self.src.nodata is None,
             )
         self._lut: dict[float, int] = {}
 
     def read(self, window: Window) -> np.ndarray:
         a = self.reader.read(1, window=window)
-        ok = self.reader.read_masks(1, window=window) > 0
+        nd = self.src.nodata
+        if nd is None:
+            ok = self.reader.read_masks(1, window=window) > 0
+        else:
+            ok = ~np.isnan(a) if np.isnan(nd) else a != np.array(nd).astype(a.dtype)
         if a.dtype.kind == "f":
             ok &= ~np.isnan(a)
         out = np.full(a.shape, NO_CLASS, dtype=np.int64)
