@@ -220,6 +220,12 @@ def _map_table(metrics: dict[str, Any], title: str) -> None:
 @click.option("--reference", type=click.Path(path_type=Path), help="Reference raster, polygons or points.")
 @click.option("--column", help="Class column of a vector reference.")
 @_classes_opt
+@click.option(
+    "--curves/--no-curves",
+    default=True,
+    show_default=True,
+    help="With MODEL_DIR --image: ROC/PR/calibration from the model's probabilities on the reference pixels.",
+)
 @click.pass_context
 def evaluate_cmd(
     ctx: click.Context,
@@ -230,6 +236,7 @@ def evaluate_cmd(
     reference: Path | None,
     column: str | None,
     classes: tuple[str, ...],
+    curves: bool,
 ) -> None:
     """Score a model or a map.
 
@@ -262,6 +269,8 @@ def evaluate_cmd(
             with _progress("predict", ctx.obj["quiet"]) as update:
                 map_path = predict(target, list(images), out / "map.tif", on_progress=update).path
         metrics = evaluate_map(map_path, reference, out, column=column, classes=classes)
+        if images and curves:
+            _model_curves(target, images, reference, column, classes, out, metrics)
         if not ctx.obj["quiet"]:
             _map_table(metrics, f"{map_path.name} vs {reference.name}")
         out_console.print(f"metrics: {out / 'metrics.json'}")
@@ -277,6 +286,42 @@ def evaluate_cmd(
     out.mkdir(parents=True, exist_ok=True)
     metrics = pipeline.stage_evaluate(cfg, out)
     out_console.print(json.dumps({k: metrics[k] for k in ("overall_accuracy", "kappa", "mean_iou")}))
+
+
+def _model_curves(
+    model_dir: Path | None,
+    images: tuple[Path, ...],
+    reference: Path,
+    column: str | None,
+    classes: tuple[str, ...],
+    out: Path,
+    metrics: dict[str, Any],
+) -> None:
+    """Add ROC/PR/calibration to OUT/metrics.json and write their plots (roc.png, pr.png, reliability.png)."""
+    from eoforge.evaluate.compare import model_curves
+    from eoforge.evaluate.curves import plot_pr, plot_reliability, plot_roc
+    from eoforge.evaluate.reference import ClassTable
+    from eoforge.io.atomic import atomic_path as atomic_png
+    from eoforge.io.atomic import write_text
+    from eoforge.package import load_package
+
+    predictor = load_package(model_dir or Path("."))
+    names = [c.name for c in predictor.meta.classes]
+    colors = [c.color for c in predictor.meta.classes]
+    acc = model_curves(predictor, list(images), reference, column, ClassTable.parse(classes))
+    metrics["curves"] = acc.to_json(names)
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    for name, png in (
+        ("roc.png", plot_roc(acc.roc(), names, colors)),
+        ("pr.png", plot_pr(acc.pr(), names, colors)),
+        ("reliability.png", plot_reliability(acc.calibration())),
+    ):
+        with atomic_png(out / name) as tmp:
+            tmp.write_bytes(png)
+    ece = metrics["curves"]["expected_calibration_error"]
+    out_console.print(
+        f"expected calibration error: {'n/a' if ece is None else f'{ece:.3f}'}; roc.png, pr.png"
+    )
 
 
 @cli.command("sample-design")
