@@ -100,6 +100,9 @@ class ClassTable:
         if unknown:
             vals = ", ".join(sorted(unknown)[:20])
             hint = "list them in --classes ID=NAME" if self.ids else "give --classes ID=NAME to match names"
+            hint += (
+                " (values meaning 'no reference' belong in the file's nodata, e.g. gdal_edit.py -a_nodata 0)"
+            )
             raise InputError(f"{source}: reference values that are not classes: {vals}; {hint}")
         return out
 
