@@ -277,7 +277,8 @@ class PointReference(Reference):
             log.info("%s: %d points have no reference class and are skipped", path, unlabelled)
         if (~inside).any():
             log.warning("%s: %d points fall outside the map and are skipped", path, int((~inside).sum()))
-        self.rows, self.cols, self.ids = rows[keep], cols[keep], ids[keep]
+        order = np.argsort(rows[keep], kind="stable")  # sorted by row: a window finds its band by bisection
+        self.rows, self.cols, self.ids = rows[keep][order], cols[keep][order], ids[keep][order]
         self.total = len(gdf)
         self.used = 0
 
@@ -285,13 +286,10 @@ class PointReference(Reference):
         self, window: Window, map_values: np.ndarray, map_valid: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         r0, c0 = int(window.row_off), int(window.col_off)
-        sel = (
-            (self.rows >= r0)
-            & (self.rows < r0 + int(window.height))
-            & (self.cols >= c0)
-            & (self.cols < c0 + int(window.width))
-        )
-        r, c, ids = self.rows[sel] - r0, self.cols[sel] - c0, self.ids[sel]
+        lo, hi = np.searchsorted(self.rows, [r0, r0 + int(window.height)])
+        rows, cols, ids = self.rows[lo:hi], self.cols[lo:hi], self.ids[lo:hi]
+        sel = (cols >= c0) & (cols < c0 + int(window.width))
+        r, c, ids = rows[sel] - r0, cols[sel] - c0, ids[sel]
         ok = map_valid[r, c]
         self.used += int(ok.sum())
         return map_values[r, c][ok].astype(np.int64), ids[ok]
