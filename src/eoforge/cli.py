@@ -254,6 +254,7 @@ def evaluate_cmd(
             )
         from eoforge.evaluate.compare import evaluate_map
 
+        predictor: Any = None
         if map_path is not None:
             if target is not None or images:
                 raise InputError(f"--map {map_path}: give either --map or MODEL_DIR --image ..., not both")
@@ -261,16 +262,16 @@ def evaluate_cmd(
             if target is None:
                 raise InputError("--image needs the MODEL_DIR argument (a model package folder)")
             from eoforge.package import load_package
-            from eoforge.predict import predict
+            from eoforge.predict import predict_scene
 
             predictor = load_package(target)
             if not classes:
                 classes = tuple(f"{c.id}={c.name}" for c in predictor.meta.classes)
             with _progress("predict", ctx.obj["quiet"]) as update:
-                map_path = predict(target, list(images), out / "map.tif", on_progress=update).path
+                map_path = predict_scene(predictor, list(images), out / "map.tif", on_progress=update).path
         metrics = evaluate_map(map_path, reference, out, column=column, classes=classes)
         if images and curves:
-            _model_curves(target, images, reference, column, classes, out, metrics)
+            _model_curves(predictor, images, reference, column, classes, out, metrics)
         if not ctx.obj["quiet"]:
             _map_table(metrics, f"{map_path.name} vs {reference.name}")
         out_console.print(f"metrics: {out / 'metrics.json'}")
@@ -289,7 +290,7 @@ def evaluate_cmd(
 
 
 def _model_curves(
-    model_dir: Path | None,
+    predictor: Any,
     images: tuple[Path, ...],
     reference: Path,
     column: str | None,
@@ -303,9 +304,7 @@ def _model_curves(
     from eoforge.evaluate.reference import ClassTable
     from eoforge.io.atomic import atomic_path as atomic_png
     from eoforge.io.atomic import write_text
-    from eoforge.package import load_package
 
-    predictor = load_package(model_dir or Path("."))
     names = [c.name for c in predictor.meta.classes]
     colors = [c.color for c in predictor.meta.classes]
     acc = model_curves(predictor, list(images), reference, column, ClassTable.parse(classes))
