@@ -147,3 +147,35 @@ def test_geographic_map_gives_pixels_only(tmp_path: Path) -> None:
     est = area_estimate(m, tmp_path / "l.geojson", "ref")
     assert est.pixel_area_ha is None and est.classes[0].area_ha is None
     assert est.classes[0].area_pixels == pytest.approx(200)
+
+
+def test_a_fully_sampled_stratum_adds_no_variance_and_a_single_unit_leaves_it_undefined() -> None:
+    counts = np.vstack([np.hstack([OLOFSSON_COUNTS, [[0]] * 4]), [[0, 0, 0, 0, 1]]])
+    est = estimate_area([*OLOFSSON_PIXELS, 1], counts, [*NAMES, "tiny"], pixel_area_ha=0.09)
+    ref = estimate_area(OLOFSSON_PIXELS, OLOFSSON_COUNTS, NAMES, pixel_area_ha=0.09)
+    assert est.classes[4].users_accuracy_se == 0.0 and est.overall_accuracy_se is not None
+    assert est.classes[0].area_ci95_ha == pytest.approx(ref.classes[0].area_ci95_ha, rel=1e-3)
+    est = estimate_area([*OLOFSSON_PIXELS, 5], counts, [*NAMES, "tiny"], pixel_area_ha=0.09)
+    assert est.classes[4].users_accuracy_se is None and est.overall_accuracy_se is None
+
+
+def test_error_adjusted_areas_cover_the_true_areas_that_the_map_misses(tmp_path: Path) -> None:
+    """A map that misses a third of class 2: sample it, label the points from the truth, estimate the areas."""
+    rng = np.random.default_rng(5)
+    truth = np.ones((200, 200), np.uint8)
+    truth[50:150, 50:150] = 2
+    truth[:30, 150:] = 3
+    mapped = truth.copy()
+    mapped[50:83, 50:150] = 1  # a third of class 2 mapped as class 1
+    noise = rng.random(truth.shape) < 0.05
+    mapped[noise] = rng.integers(1, 4, int(noise.sum()))
+    m = write_tif(tmp_path / "map.tif", mapped)
+    pts = gpd.read_file(sample_design(m, tmp_path / "pts.gpkg", total=400, min_per_class=60, seed=2).path)
+    pts["truth"] = truth[pts["row"], pts["col"]]
+    pts.to_file(tmp_path / "lab.gpkg")
+    est = area_estimate(m, tmp_path / "lab.gpkg", "truth")
+    for c in est.classes:
+        true_px = int((truth == c.id).sum())
+        assert abs(c.area_pixels - true_px) < c.area_ci95_pixels, (c.name, c.area_pixels, true_px)
+    two = est.classes[1]
+    assert abs(two.map_pixels - 10_000) > 2 * two.area_ci95_pixels  # the map alone is off by far more

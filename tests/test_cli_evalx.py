@@ -66,6 +66,11 @@ def test_evaluate_model_on_a_new_scene(tmp_path: Path) -> None:
     assert (tmp_path / "o" / "map.tif").is_file()
     assert got["overall_accuracy"] == 1.0 and got["pixels"] == 64 * 64
     assert [c["name"] for c in got["classes"]] == ["class10", "class20", "class30"]  # names from the package
+    curves = got["curves"]
+    assert curves["roc_auc"] == {"class10": 1.0, "class20": 1.0, "class30": None}  # class30 is never true
+    assert sum(curves["reliability"]["count"]) == 64 * 64
+    assert 0 < curves["expected_calibration_error"] < 1  # right but unsure: softmax of -(x - k)^2
+    assert (tmp_path / "o" / "roc.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_evaluate_usage_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -141,3 +146,27 @@ def test_sample_design_then_area_from_the_cli(tmp_path: Path, capsys: pytest.Cap
         ["sample-design", str(m), "--total", "5", "--min-per-class", "10", "-o", str(tmp_path / "x.gpkg")],
         capsys,
     )
+
+
+def test_model_curves_on_reference_points_run_only_their_windows(tmp_path: Path) -> None:
+    from conftest import CRS, TRANSFORM
+
+    from eoforge.evaluate.compare import model_curves
+    from eoforge.package import load_package
+
+    predictor = load_package(identity_package(tmp_path / "model", bands=2, tile=32, overlap=8))
+    img = np.zeros((2, 96, 96), np.float32)
+    img[0, :, 48:] = 1.0
+    i = write_tif(tmp_path / "img.tif", img)
+    xs, ys = TRANSFORM * (np.array([5.5, 60.5, 60.5, 90.5]), np.array([5.5, 5.5, 5.5, 90.5]))
+    pts = gpd.GeoDataFrame(
+        {"c": ["class10", "class20", "class20", "30"]}, geometry=gpd.points_from_xy(xs, ys), crs=CRS
+    )
+    pts.to_file(tmp_path / "pts.gpkg")
+    from eoforge.evaluate.reference import ClassTable
+
+    table = ClassTable([10, 20, 30], ["class10", "class20", "class30"])
+    acc = model_curves(predictor, [i], tmp_path / "pts.gpkg", "c", table)
+    assert acc.pos.sum(axis=1).tolist() == [1, 2, 1]  # each point once, duplicates included
+    assert acc.calibration().count.sum() == 4
+    assert acc.roc()[0].area == 1.0

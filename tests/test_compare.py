@@ -180,3 +180,22 @@ def test_lines_and_missing_columns_are_refused(tmp_path: Path) -> None:
     multi = write_tif(tmp_path / "multi.tif", np.zeros((2, 8, 8), np.uint8))
     with pytest.raises(InputError, match="one band of integer class ids"):
         compare_map(multi, m)
+
+
+def test_curves_on_chips_of_a_model(tmp_path: Path) -> None:
+    from helpers import identity_package
+
+    from eoforge.evaluate.curves import curves_on_chips
+    from eoforge.package import load_package
+
+    predictor = load_package(identity_package(tmp_path / "m", bands=2))
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (5, 16, 16))
+    images = np.stack([labels + rng.normal(0, 0.2, labels.shape), rng.normal(size=labels.shape)], 1).astype(
+        np.float32
+    )
+    images[0, :, :4, :4] = np.nan
+    acc = curves_on_chips(predictor, images, labels, batch_size=2)
+    assert acc.pos.sum() == 5 * 256 - 16  # nodata pixels ignored
+    assert all(c.area > 0.95 for c in acc.roc())
+    assert acc.calibration().ece < 0.5

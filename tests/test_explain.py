@@ -120,7 +120,7 @@ def test_explain_command_writes_georeferenced_maps(
             "--window",
             "8,4,40,36",
             "--layers",
-            "encoder.layer1,decoder",
+            "encoder.layer1",
             "-o",
             str(out),
         ]
@@ -132,7 +132,9 @@ def test_explain_command_writes_georeferenced_maps(
         assert np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1
     with rasterio.open(out / "features_encoder_layer1.tif") as src:
         assert src.count == 64 and src.res == (40.0, 40.0)  # layer1 of resnet18 runs at 1/4 resolution
-    assert (out / "gradcam.png").read_bytes()[:4] == b"\x89PNG" and (out / "features_decoder.png").is_file()
+    assert (out / "gradcam.png").read_bytes()[:4] == b"\x89PNG" and (
+        out / "features_encoder_layer1.png"
+    ).is_file()
     assert "Grad-CAM layer" in capsys.readouterr().out
     with pytest.raises(InputError, match="col,row,width,height"):
         parse_window("1,2,3")

@@ -244,6 +244,12 @@ def _map_table(metrics: dict[str, Any], title: str) -> None:
 @click.option("--reference", type=click.Path(path_type=Path), help="Reference raster, polygons or points.")
 @click.option("--column", help="Class column of a vector reference.")
 @_classes_opt
+@click.option(
+    "--curves/--no-curves",
+    default=True,
+    show_default=True,
+    help="With MODEL_DIR --image: ROC/PR/calibration from the model's probabilities on the reference pixels.",
+)
 @click.pass_context
 def evaluate_cmd(
     ctx: click.Context,
@@ -254,6 +260,7 @@ def evaluate_cmd(
     reference: Path | None,
     column: str | None,
     classes: tuple[str, ...],
+    curves: bool,
 ) -> None:
     """Score a model or a map.
 
@@ -271,6 +278,7 @@ def evaluate_cmd(
             )
         from eoforge.evaluate.compare import evaluate_map
 
+        predictor: Any = None
         if map_path is not None:
             if target is not None or images:
                 raise InputError(f"--map {map_path}: give either --map or MODEL_DIR --image ..., not both")
@@ -278,14 +286,16 @@ def evaluate_cmd(
             if target is None:
                 raise InputError("--image needs the MODEL_DIR argument (a model package folder)")
             from eoforge.package import load_package
-            from eoforge.predict import predict
+            from eoforge.predict import predict_scene
 
             predictor = load_package(target)
             if not classes:
                 classes = tuple(f"{c.id}={c.name}" for c in predictor.meta.classes)
             with _progress("predict", ctx.obj["quiet"]) as update:
-                map_path = predict(target, list(images), out / "map.tif", on_progress=update).path
+                map_path = predict_scene(predictor, list(images), out / "map.tif", on_progress=update).path
         metrics = evaluate_map(map_path, reference, out, column=column, classes=classes)
+        if images and curves:
+            _model_curves(predictor, images, reference, column, classes, out, metrics)
         if not ctx.obj["quiet"]:
             _map_table(metrics, f"{map_path.name} vs {reference.name}")
         out_console.print(f"metrics: {out / 'metrics.json'}")
@@ -303,6 +313,40 @@ def evaluate_cmd(
         metrics = pipeline.run_stage(cfg, out, "evaluate", on_progress=update)
     _print_warnings(metrics)
     out_console.print(json.dumps({k: metrics[k] for k in ("kappa", "mean_iou", "overall_accuracy")}))
+
+
+def _model_curves(
+    predictor: Any,
+    images: tuple[Path, ...],
+    reference: Path,
+    column: str | None,
+    classes: tuple[str, ...],
+    out: Path,
+    metrics: dict[str, Any],
+) -> None:
+    """Add ROC/PR/calibration to OUT/metrics.json and write their plots (roc.png, pr.png, reliability.png)."""
+    from eoforge.evaluate.compare import model_curves
+    from eoforge.evaluate.curves import plot_pr, plot_reliability, plot_roc
+    from eoforge.evaluate.reference import ClassTable
+    from eoforge.io.atomic import atomic_path as atomic_png
+    from eoforge.io.atomic import write_text
+
+    names = [c.name for c in predictor.meta.classes]
+    colors = [c.color for c in predictor.meta.classes]
+    acc = model_curves(predictor, list(images), reference, column, ClassTable.parse(classes))
+    metrics["curves"] = acc.to_json(names)
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    for name, png in (
+        ("roc.png", plot_roc(acc.roc(), names, colors)),
+        ("pr.png", plot_pr(acc.pr(), names, colors)),
+        ("reliability.png", plot_reliability(acc.calibration())),
+    ):
+        with atomic_png(out / name) as tmp:
+            tmp.write_bytes(png)
+    ece = metrics["curves"]["expected_calibration_error"]
+    out_console.print(
+        f"expected calibration error: {'n/a' if ece is None else f'{ece:.3f}'}; roc.png, pr.png"
+    )
 
 
 @cli.command("sample-design")

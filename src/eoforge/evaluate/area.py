@@ -143,7 +143,10 @@ def estimate_area(
     with np.errstate(invalid="ignore", divide="ignore"):
         share = np.where(n_i[:, None] > 0, n_ij / n_i[:, None], 0.0)  # n_ij / n_i
         p = w[:, None] * share  # eq. 4
-        dof = np.where(n_i > 1, n_i - 1, np.nan)  # n_i - 1; one unit in a stratum gives no variance
+        # 1 / (n_i - 1); a stratum sampled entirely (n_i >= N_i, e.g. a class of 3 pixels with 3 points) has
+        # no sampling variance; one unit in a larger stratum leaves the variance undefined (NaN)
+        census = (n_i >= npx) & (npx > 0)
+        dof = np.where(census, np.inf, np.where(n_i > 1, n_i - 1, np.nan))
         ua = np.diag(share).copy()
         ua[n_i == 0] = np.nan
         ua_var = ua * (1 - ua) / dof  # eq. 6
@@ -188,7 +191,7 @@ def estimate_area(
                 producers_accuracy_se=_finite(math.sqrt(pa_var)) if math.isfinite(pa_var) else None,
             )
         )
-    single = [names[i] for i in range(k) if n_i[i] == 1]
+    single = [names[i] for i in range(k) if n_i[i] == 1 and not census[i]]
     if single:
         log.warning("classes %s have one sample unit: their standard errors are undefined", ", ".join(single))
     return AreaEstimate(

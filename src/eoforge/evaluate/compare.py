@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from eoforge.errors import InputError
-from eoforge.evaluate.curves import averaged_metrics
+from eoforge.evaluate.curves import IGNORE, CurveAccumulator, averaged_metrics
 from eoforge.evaluate.metrics import fmt, metrics_from_confusion
 from eoforge.evaluate.reference import ClassTable, open_reference
 from eoforge.evaluate.sampling import map_blocks, open_map
@@ -149,3 +149,47 @@ def evaluate_map(
         "%s vs %s: OA %.3f over %d units", map_path, reference, metrics["overall_accuracy"], metrics["pixels"]
     )
     return metrics
+
+
+def model_curves(
+    predictor: Any,
+    images: Sequence[str | Path],
+    reference: str | Path,
+    column: str | None = None,
+    classes: ClassTable | None = None,
+) -> CurveAccumulator:
+    """ROC/PR/calibration of a :class:`~eoforge.package.Predictor` on a scene against a reference.
+
+    Only the prediction windows holding reference pixels or points are run (the same overlapping windows and
+    kept cores as ``predict``), one at a time, so memory is one window; reference classes that the model does
+    not know are ignored.
+    """
+    from eoforge.geo import overlap_tiles
+    from eoforge.io.rasters import RasterStack
+
+    meta = predictor.meta
+    k = predictor.num_classes
+    index = {cid: i for i, cid in enumerate(predictor.class_ids)}
+    acc = CurveAccumulator(k)
+    with (
+        RasterStack(images, nodata=meta.nodata) as stack,
+        open_reference(reference, stack.grid, column, classes) as ref,
+    ):
+        g = stack.grid
+        for t in overlap_tiles(g.height, g.width, meta.tile, meta.overlap):
+            h, w = int(t.core.height), int(t.core.width)
+            # pairs() with pixel positions as the "map values" gives the position of every reference unit
+            pos, ids = ref.pairs(t.core, np.arange(h * w).reshape(h, w), np.ones((h, w), bool))
+            if len(pos) == 0:
+                continue
+            x = stack.read(t.read)
+            ph, pw = -(-x.shape[1] // 32) * 32, -(-x.shape[2] // 32) * 32
+            padded = np.full((1, x.shape[0], ph, pw), np.nan, np.float32)
+            padded[0, :, : x.shape[1], : x.shape[2]] = x
+            rs, cs = t.core_slices
+            proba = predictor.predict_proba(padded)[0][:, rs, cs].reshape(k, -1)[:, pos].T
+            valid = ~np.isnan(x[0][rs, cs]).reshape(-1)[pos]
+            target = np.array([index.get(int(i), IGNORE) for i in ids], dtype=np.int64)
+            target[~valid] = IGNORE
+            acc.update(proba, target)
+    return acc

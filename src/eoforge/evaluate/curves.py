@@ -247,3 +247,22 @@ def plot_reliability(cal: Calibration) -> bytes:
     ax.bar(cal.edges[:-1][ok], cal.accuracy[ok], width=width[ok], align="edge", alpha=0.6, edgecolor="k")
     ax.plot(cal.confidence[ok], cal.accuracy[ok], "o-", color="C3", ms=3)
     return _png(fig)
+
+
+def curves_on_chips(
+    predictor: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int = 16,
+    bins: int = 1000,
+    calibration_bins: int = 15,
+) -> CurveAccumulator:
+    """ROC/PR/calibration of a :class:`~eoforge.package.Predictor` on chips: raw float32 ``(N, C, H, W)``
+    (NaN at nodata, those pixels ignored) and class indices ``(N, H, W)`` (255 = unlabelled)."""
+    acc = CurveAccumulator(predictor.num_classes, bins, calibration_bins)
+    for i in range(0, len(images), batch_size):
+        img = np.asarray(images[i : i + batch_size], dtype=np.float32)
+        lab = np.asarray(labels[i : i + batch_size]).astype(np.int64)
+        lab = np.where(np.isnan(img).any(axis=1), IGNORE, lab)
+        acc.update(predictor.predict_proba(img), lab)
+    return acc

@@ -52,7 +52,7 @@ def layer_names(model: nn.Module, x: torch.Tensor) -> list[str]:
     order: list[str] = []
     hooks = []
     for name, mod in model.named_modules():
-        if name and not list(mod.children()):
+        if name and not list(mod.children()) and not isinstance(mod, nn.Identity):
             hooks.append(
                 mod.register_forward_hook(
                     lambda _m, _i, out, n=name: (

@@ -100,6 +100,9 @@ class ClassTable:
         if unknown:
             vals = ", ".join(sorted(unknown)[:20])
             hint = "list them in --classes ID=NAME" if self.ids else "give --classes ID=NAME to match names"
+            hint += (
+                " (values meaning 'no reference' belong in the file's nodata, e.g. gdal_edit.py -a_nodata 0)"
+            )
             raise InputError(f"{source}: reference values that are not classes: {vals}; {hint}")
         return out
 
@@ -151,13 +154,19 @@ class RasterReference(Reference):
                 width=grid.width,
                 height=grid.height,
                 resampling=Resampling.nearest,
-                add_alpha=True,
+                # with a nodata value, GDAL's alpha band misses source nodata pixels: keep the value instead
+                nodata=self.src.nodata,
+                add_alpha=self.src.nodata is None,
             )
         self._lut: dict[float, int] = {}
 
     def read(self, window: Window) -> np.ndarray:
         a = self.reader.read(1, window=window)
-        ok = self.reader.read_masks(1, window=window) > 0
+        nd = self.src.nodata
+        if nd is None:
+            ok = self.reader.read_masks(1, window=window) > 0
+        else:
+            ok = ~np.isnan(a) if np.isnan(nd) else a != np.array(nd).astype(a.dtype)
         if a.dtype.kind == "f":
             ok &= ~np.isnan(a)
         out = np.full(a.shape, NO_CLASS, dtype=np.int64)
@@ -268,7 +277,8 @@ class PointReference(Reference):
             log.info("%s: %d points have no reference class and are skipped", path, unlabelled)
         if (~inside).any():
             log.warning("%s: %d points fall outside the map and are skipped", path, int((~inside).sum()))
-        self.rows, self.cols, self.ids = rows[keep], cols[keep], ids[keep]
+        order = np.argsort(rows[keep], kind="stable")  # sorted by row: a window finds its band by bisection
+        self.rows, self.cols, self.ids = rows[keep][order], cols[keep][order], ids[keep][order]
         self.total = len(gdf)
         self.used = 0
 
@@ -276,13 +286,10 @@ class PointReference(Reference):
         self, window: Window, map_values: np.ndarray, map_valid: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         r0, c0 = int(window.row_off), int(window.col_off)
-        sel = (
-            (self.rows >= r0)
-            & (self.rows < r0 + int(window.height))
-            & (self.cols >= c0)
-            & (self.cols < c0 + int(window.width))
-        )
-        r, c, ids = self.rows[sel] - r0, self.cols[sel] - c0, self.ids[sel]
+        lo, hi = np.searchsorted(self.rows, [r0, r0 + int(window.height)])
+        rows, cols, ids = self.rows[lo:hi], self.cols[lo:hi], self.ids[lo:hi]
+        sel = (cols >= c0) & (cols < c0 + int(window.width))
+        r, c, ids = rows[sel] - r0, cols[sel] - c0, ids[sel]
         ok = map_valid[r, c]
         self.used += int(ok.sum())
         return map_values[r, c][ok].astype(np.int64), ids[ok]
