@@ -284,3 +284,27 @@ def test_a_window_much_larger_than_the_chip_is_a_config_warning(
     main(["-q", "prepare", str(tmp_path / "c.yaml"), "-o", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert "window_much_larger_than_chip" in err and img.exists()
+
+
+def test_report_opens_in_a_browser_with_every_section(prepared: dict, tmp_path: Path) -> None:
+    """Headless Chromium renders the report: no console error, warnings first, every section present."""
+    from cdp import CHROMIUM, Browser
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs the Debian chromium package")
+    _, out = _run_eval(prepared, 64, arch="test-pick-band0")
+    with Browser(width=1200, height=1600) as b:
+        b.goto((out / "report.html").resolve().as_uri())
+        b.wait_for("document.readyState === 'complete'")
+        ids = b.evaluate("Array.from(document.querySelectorAll('section')).map(s => s.id)")
+        assert ids[:2] == ["warnings", "headline"]
+        assert {"data", "per-class", "confusion", "panels"} <= set(ids)
+        rows = b.evaluate("document.querySelectorAll('#headline tr').length")
+        assert rows == 1 + 3  # header, the model, majority class, random forest
+        broken = b.evaluate(
+            "Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).length"
+        )
+        assert broken == 0
+        assert b.errors() == []
+        shot = b.screenshot(tmp_path / "report.png")
+    assert shot.stat().st_size > 10_000
