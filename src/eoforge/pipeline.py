@@ -92,8 +92,11 @@ def stage_predict(cfg: RunConfig, out: Path, on_progress: Progress | None = None
         out / "model",
         scene.sources,
         out / "map.tif",
-        batch_size=cfg.predict.batch_size,
         on_progress=on_progress,
+        options=cfg.predict.options(),
+        backend=cfg.predict.backend,
+        device=cfg.predict.device,
+        compute=cfg.compute,
     )
 
 
