@@ -104,7 +104,7 @@ def load_predictor(model_dir: str | Path, backend: str = "auto", device: str = "
                 pred.channels_last = True
                 pred.model = pred.model.to(memory_format=torch.channels_last)
             else:
-                log.info(
+                log.debug(
                     "backend auto: %s + channels-last (agrees with fp32 on %.2f %% of probe pixels)",
                     prec,
                     100 * agree,

@@ -82,7 +82,7 @@ class _Writer:
                 }
                 schema = table.schema.with_metadata({b"geo": json.dumps(geo).encode()})
                 self._pq = pq.ParquetWriter(self.target, schema)
-            self._pq.write_table(table.replace_schema_metadata(self._pq.schema.to_arrow_schema().metadata))
+            self._pq.write_table(table.replace_schema_metadata(self._pq.schema.metadata))
         self.count += len(polys)
 
     def close(self) -> None:
