@@ -4,7 +4,7 @@
 - ``torch``: channels-last memory, bf16 autocast where the CPU supports bf16 (AVX512-BF16/AMX), CUDA automatic
   mixed precision (bf16, else fp16) on a GPU;
 - ``onnx``: ONNX Runtime on the package's ``model.onnx`` (:class:`eoforge.package.onnx.OnnxPredictor`);
-- ``auto`` (default): ``torch`` when its class map agrees with ``torch-fp32`` on a fixed probe batch (at least
+- ``auto`` (default): ``torch`` when its class map agrees with ``torch-fp32`` on windows of the scene (at least
   99.5 % of pixels), else ``torch`` in fp32 with channels-last.
 """
 
@@ -65,18 +65,28 @@ def precision_backend(precision: str) -> str:
     raise PackageError(f"unknown precision '{precision}'; choose one of: fp32, bf16")
 
 
-def agreement(a: Predictor, b: Predictor, size: int = 64, n: int = 2) -> float:
-    """Fraction of pixels where ``a`` and ``b`` give the same class on a fixed probe batch drawn from the
-    package's band statistics."""
+def agreement(a: Predictor, b: Predictor, probe: np.ndarray | None = None) -> float:
+    """Fraction of valid pixels where ``a`` and ``b`` give the same class on ``probe`` ``(N, C, H, W)``
+    (default: a fixed random batch drawn from the package's band statistics)."""
     meta = a.meta
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, len(meta.bands), size, size)).astype(np.float32)
-    x = x * np.asarray(meta.std, np.float32)[:, None, None] + np.asarray(meta.mean, np.float32)[:, None, None]
-    return float((a.predict_index(x) == b.predict_index(x)).mean())
+    if probe is None:
+        rng = np.random.default_rng(0)
+        probe = rng.standard_normal((2, len(meta.bands), 64, 64)).astype(np.float32)
+        probe = probe * np.asarray(meta.std, np.float32)[:, None, None]
+        probe = probe + np.asarray(meta.mean, np.float32)[:, None, None]
+    valid = ~np.isnan(probe).all(axis=1)
+    same = a.predict_index(probe) == b.predict_index(probe)
+    return float(same[valid].mean()) if valid.any() else 1.0
 
 
-def load_predictor(model_dir: str | Path, backend: str = "auto", device: str = "cpu") -> Predictor:
-    """Load the package ``model_dir`` with ``backend`` on ``device``."""
+def load_predictor(
+    model_dir: str | Path, backend: str = "auto", device: str = "cpu", probe: np.ndarray | None = None
+) -> Predictor:
+    """Load the package ``model_dir`` with ``backend`` on ``device``.
+
+    ``auto`` compares its class map with fp32 on ``probe`` (windows of the scene to predict, ``(N, C, H, W)``
+    with sides multiple of 32; :func:`eoforge.predict.engine.predict` passes one from the scene's centre).
+    """
     from eoforge.predict.engine import PredictorSpec
 
     if backend not in BACKENDS:
@@ -92,10 +102,10 @@ def load_predictor(model_dir: str | Path, backend: str = "auto", device: str = "
         pred = load_package(model_dir, device=device, precision=prec, channels_last=True, backend="torch")
         if backend == "auto" and prec != "fp32":
             ref = load_package(model_dir, device=device, precision="fp32", channels_last=False)
-            agree = agreement(pred, ref)
+            agree = agreement(pred, ref, probe)
             if agree < AGREEMENT:
                 log.warning(
-                    "backend auto: %s agrees with fp32 on %.2f %% of probe pixels (< %.1f %%); using fp32",
+                    "backend auto: %s agrees with fp32 on %.2f %% of probed pixels (< %.1f %%); using fp32",
                     prec,
                     100 * agree,
                     100 * AGREEMENT,
@@ -105,7 +115,7 @@ def load_predictor(model_dir: str | Path, backend: str = "auto", device: str = "
                 pred.model = pred.model.to(memory_format=torch.channels_last)
             else:
                 log.debug(
-                    "backend auto: %s + channels-last (agrees with fp32 on %.2f %% of probe pixels)",
+                    "backend auto: %s + channels-last (agrees with fp32 on %.2f %% of probed pixels)",
                     prec,
                     100 * agree,
                 )

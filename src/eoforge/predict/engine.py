@@ -114,6 +114,7 @@ class PredictResult:
     skipped_windows: int = 0
     resumed_bands: int = 0
     model_seconds: float = 0.0
+    backend: str = ""
 
     @property
     def pixels_per_second(self) -> float:
@@ -529,6 +530,7 @@ def predict_scene(
         skipped_windows=int(stats["skipped"]),
         resumed_bands=len(done),
         model_seconds=float(stats["model_seconds"]),
+        backend=str(getattr(predictor, "backend", type(predictor).__name__)),
     )
 
 
@@ -627,6 +629,17 @@ def _vectorizer(opts: PredictOptions, predictor: Predictor, grid: Grid) -> Calla
     return run
 
 
+def _probe(source: Source, tile: int) -> np.ndarray | None:
+    """A window from the centre of the scene (sides cut to multiples of 32) for ``auto`` to check its
+    agreement with fp32 on the data it will predict; ``None`` when the scene is smaller than 32 px."""
+    g = source.grid
+    h, w = min(tile, g.height) // 32 * 32, min(tile, g.width) // 32 * 32
+    if h == 0 or w == 0:
+        return None
+    a = source.read(Window((g.width - w) // 2, (g.height - h) // 2, w, h))
+    return a[None] if valid_pixels(a).any() else None
+
+
 def predict(
     model_dir: str | Path,
     images: Sequence[str | Path],
@@ -645,13 +658,22 @@ def predict(
 
     ``precision`` is the older way to pick a backend: ``fp32`` = ``torch-fp32``, ``bf16`` = ``torch``.
     """
+    from eoforge.package import read_meta
     from eoforge.predict.backends import load_predictor, precision_backend
 
     if precision is not None:
         backend = precision_backend(precision)
     opts = options or PredictOptions(tile=tile, overlap=overlap, batch_size=batch_size)
     opts.check()
-    predictor = load_predictor(model_dir, backend=backend, device=device)
+    probe = None
+    if backend == "auto":
+        meta = read_meta(model_dir)
+        source = open_source(images, meta)
+        try:
+            probe = _probe(source, opts.tile or meta.tile)
+        finally:
+            source.close()
+    predictor = load_predictor(model_dir, backend=backend, device=device, probe=probe)
     return predict_scene(
         predictor, images, out, tile, overlap, batch_size, on_progress, options=opts, compute=compute
     )
