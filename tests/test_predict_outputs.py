@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import dask
@@ -133,6 +136,30 @@ def test_a_failed_run_resumes_and_is_byte_identical(tmp_path: Path) -> None:
         predict(pkg, [img], out, options=opts, on_progress=fail_after_two_bands)
     res = predict(pkg, [img], out, options=PredictOptions(tile=64, overlap=16))
     assert res.resumed_bands == 0 and res.extras == {}
+
+
+def test_a_killed_process_resumes_byte_identical(tmp_path: Path) -> None:
+    img, _ = _image(tmp_path, h=300, w=80)
+    pkg = identity_package(tmp_path / "model")
+    opts = "PredictOptions(tile=64, overlap=16, blend='triangular', probabilities='float32')"
+    child = (
+        "import os, signal, sys; sys.path.insert(0, sys.argv[1]); import helpers; "
+        "from eoforge.predict import PredictOptions, predict; "
+        f"kill = lambda done, total: done >= 2 * total // 6 and os.kill(os.getpid(), signal.SIGKILL); "
+        f"predict(sys.argv[2], [sys.argv[3]], sys.argv[4], options={opts}, "
+        "on_progress=kill if sys.argv[5] == 'kill' else None)"
+    )
+    run = [sys.executable, "-c", child, str(Path(__file__).parent), str(pkg), str(img)]
+    out = tmp_path / "map.tif"
+    killed = subprocess.run([*run, str(out), "kill"], check=False)
+    assert killed.returncode == -signal.SIGKILL
+    assert not out.exists() and _hidden(tmp_path) == [".map.tif.parts"]
+    assert len(list((tmp_path / ".map.tif.parts").glob("band_*.npz"))) >= 2
+    subprocess.run([*run, str(out), "no"], check=True)
+    subprocess.run([*run, str(tmp_path / "ref.tif"), "no"], check=True)
+    assert out.read_bytes() == (tmp_path / "ref.tif").read_bytes()
+    assert (tmp_path / "map.probs.tif").read_bytes() == (tmp_path / "ref.probs.tif").read_bytes()
+    assert _hidden(tmp_path) == []
 
 
 def test_backends_and_devices(tmp_path: Path) -> None:

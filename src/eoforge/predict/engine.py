@@ -474,7 +474,7 @@ def predict_scene(
         job = _Job(grid.height, grid.width, opts.tile, opts.overlap, opts, tuple(predictor.class_ids))
         plan = job.plan
         extras = extra_paths(out, opts.probabilities, opts.uncertainty, opts.vectorize)
-        parts = Parts(out, _run_key(predictor, images, job))
+        parts = Parts(out, _run_key(predictor, images, job), tuple(extras.values()))
         done = parts.done()
         todo = [k for k in range(plan.n_bands) if k not in done]
         if done:

@@ -9,6 +9,7 @@ together, the map last, so the map exists only when every requested output is co
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -63,8 +64,12 @@ def extra_paths(
 class Parts:
     """The resume state of one map: finished bands as ``band_NNNNNN.npz`` plus ``key.json``."""
 
-    def __init__(self, out: Path, key: dict[str, Any]) -> None:
+    def __init__(self, out: Path, key: dict[str, Any], extras: tuple[Path, ...] = ()) -> None:
         self.dir = out.with_name(f".{out.name}.parts")
+        for target in (out, *extras):
+            # temporary files of an earlier run of this map killed while renaming its outputs
+            for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+                stale.unlink(missing_ok=True)
         self.key = json.dumps(key, sort_keys=True)
         key_file = self.dir / "key.json"
         if self.dir.is_dir() and (not key_file.is_file() or key_file.read_text() != self.key):
