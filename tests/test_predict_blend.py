@@ -178,3 +178,13 @@ def test_windows_entirely_nodata_are_not_read_into_the_model() -> None:
 def test_nodata_is_where_all_bands_are_nan() -> None:
     x = np.array([[[np.nan, 1.0, np.nan]], [[np.nan, np.nan, 2.0]]], np.float32)
     assert valid_pixels(x).tolist() == [[False, True, True]]
+
+
+@pytest.mark.parametrize(("h", "w", "blend"), [(20, 100, "center"), (70, 45, "hann"), (33, 33, "triangular")])
+def test_tta_d4_keeps_an_equivariant_model_exact(h: int, w: int, blend: str) -> None:
+    data, expected = _scene(h, w, 11)
+    job = _Job(h, w, 64, 16, PredictOptions(blend=blend, tta="d4", uncertainty="max-prob"), (10, 20, 30))
+    bands = list(run_bands(PRED, ArraySource(data), job, 0, job.plan.n_bands))
+    np.testing.assert_array_equal(np.concatenate([b.classes for b in bands]), expected)
+    unc = np.concatenate([b.uncertainty for b in bands if b.uncertainty is not None])
+    assert np.isnan(unc[expected == 255]).all() and (unc[expected != 255] < 0.5).all()

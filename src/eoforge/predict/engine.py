@@ -670,6 +670,7 @@ def predict(
         meta = read_meta(model_dir)
         source = open_source(images, meta)
         try:
+            check_bands(source, images, meta)
             probe = _probe(source, opts.tile or meta.tile)
         finally:
             source.close()
