@@ -85,6 +85,8 @@ def throughput(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> N
 
 
 def backends(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> None:
+    for backend in ("torch-fp32", "torch"):  # warm-up (kernel set-up)
+        predict(pkg, [scene], tmp / "warm.tif", backend=backend, options=_opts(args))
     ref = predict(pkg, [scene], tmp / "fp32.tif", backend="torch-fp32", options=_opts(args))
     a = rasterio.open(ref.path).read(1)
     print(f"torch-fp32 (plain fp32 eager): {ref.pixels_per_second / 1e6:.3f} MP/s ({ref.seconds:.1f} s)")
@@ -97,6 +99,7 @@ def backends(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> Non
 
 
 def extras(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> None:
+    predict(pkg, [scene], tmp / "a.tif", backend=args.backend, options=_opts(args))  # warm-up (kernel set-up)
     base = predict(pkg, [scene], tmp / "a.tif", backend=args.backend, options=_opts(args))
     runs = {
         "probabilities uint8 + uncertainty": _opts(args, probabilities="uint8", uncertainty="entropy"),
