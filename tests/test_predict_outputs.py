@@ -235,3 +235,29 @@ def test_dask_local_cluster_equals_single_process(tmp_path: Path) -> None:
     assert two.windows == one.windows
     assert one.path.read_bytes() == two.path.read_bytes()
     assert (tmp_path / "one.probs.tif").read_bytes() == (tmp_path / "two.probs.tif").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("predict_section", "key"),
+    [
+        ({"tile": 48}, "predict.tile"),
+        ({"tile": 0}, "predict.tile"),
+        ({"tile": 64, "overlap": 64}, "must be smaller than predict.tile 64"),
+        ({"overlap": -1}, "predict.overlap"),
+        ({"batch_size": 0}, "predict.batch_size"),
+        ({"device": "foo"}, "predict.device"),
+        ({"blend": "gauss"}, "predict.blend"),
+        ({"tta": "d8"}, "predict.tta"),
+        ({"backend": "tensorrt"}, "predict.backend"),
+        ({"probabilities": "float16"}, "predict.probabilities"),
+        ({"min_area": -3}, "predict.min_area"),
+    ],
+)
+def test_predict_config_is_range_checked_at_load(predict_section: dict[str, object], key: str) -> None:
+    from eoforge.config import parse_config
+
+    raw = {"inputs": {"images": ["a.tif"], "labels": {"path": "l.tif"}, "classes": {1: "a", 2: "b"}}}
+    with pytest.raises(InputError, match=key):
+        parse_config(raw | {"predict": predict_section})
+    cfg = parse_config(raw | {"predict": {"blend": "hann", "probabilities": "uint8", "vectorize": "parquet"}})
+    assert cfg.predict.options().blend == "hann" and cfg.predict.options().vectorize == "parquet"

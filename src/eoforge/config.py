@@ -195,7 +195,11 @@ class PredictConfig(_Strict):
         description="Inference backend: auto (fastest that agrees with fp32), torch (bf16/AMP + channels-last), "
         "torch-fp32 (plain fp32 reference), onnx (ONNX Runtime on the package's model.onnx).",
     )
-    device: str = Field(default="cpu", description="torch device: cpu, cuda, cuda:1 ...")
+    device: str = Field(
+        default="cpu",
+        pattern=r"^(cpu|cuda(:\d+)?|mps)$",
+        description="torch device: cpu, cuda, cuda:1 ... (its presence is checked when predict starts).",
+    )
 
     @model_validator(mode="after")
     def _overlap_below_tile(self) -> PredictConfig:
