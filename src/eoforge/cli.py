@@ -341,7 +341,8 @@ def predict_cmd(
         )
     out_console.print(
         f"wrote {res.path} ({res.grid.width}x{res.grid.height} px, {res.windows} windows, "
-        f"{res.pixels_per_second / 1e6:.2f} MP/s)"
+        f"{res.pixels_per_second / 1e6:.2f} MP/s; backend {res.backend}, model {res.model_seconds:.1f} s of "
+        f"{res.seconds:.1f} s" + (", tta d4 = 8 passes per window" if tta == "d4" else "") + ")"
     )
     for name, path in res.extras.items():
         out_console.print(f"{name}: {path}")

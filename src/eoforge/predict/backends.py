@@ -120,7 +120,13 @@ def load_predictor(
                     100 * agree,
                 )
         pred.backend = f"torch-{pred.precision}"
-    pred.spec = PredictorSpec(str(Path(model_dir).resolve()), backend, device)
+    spec = PredictorSpec(str(Path(model_dir).resolve()), backend, device)
+    try:  # the ONNX predictor is another module's class: tag it where it allows attributes
+        pred.spec = spec
+        if backend == "onnx":
+            pred.backend = "onnx"
+    except AttributeError:
+        log.debug("%s does not take attributes; Dask row bands need spec", type(pred).__name__)
     return pred
 
 
