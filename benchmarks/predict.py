@@ -1,17 +1,19 @@
-"""End-to-end `eoforge predict` throughput vs. the same model on in-memory batches, from one run.
+"""`eoforge predict` benchmarks, each printing ratios taken in one run on one machine.
 
-    .venv/bin/python benchmarks/predict.py [--size 2048] [--bands 4] [--classes 5] [--precision fp32]
-    .venv/bin/python benchmarks/predict.py --memory --size 8000   # peak RSS of the CLI on an 8000 x 8000 scene
+    .venv/bin/python benchmarks/predict.py throughput [--size 1024] [--backend auto]  # end to end vs model alone
+    .venv/bin/python benchmarks/predict.py backends [--size 1024]  # torch-fp32 vs torch vs auto: speed, agreement
+    .venv/bin/python benchmarks/predict.py memory [--size 1000]    # peak RSS: square, tall (4x), wide (4x)
+    .venv/bin/python benchmarks/predict.py extras [--size 1024]    # cost of probabilities, blending, TTA d4
 
-Prints pixels/s of the whole pipeline (read, normalise, model, stitch, write, COG) on a generated uint16
-GeoTIFF, pixels/s of the model alone on the same number of windows already in memory, and their ratio.
-With --memory it runs `eoforge predict` in a child process and prints its peak resident memory.
+The scene is a generated uint16 GeoTIFF (tiled 512, uncompressed); the model a random-init U-Net/resnet18.
+"Model alone" runs the same number of windows already in memory with the same batch size. The memory runs
+use the CLI in a child process with ``--blend hann --probabilities`` and read the child's own peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
 import subprocess
 import sys
 import tempfile
@@ -23,25 +25,29 @@ import rasterio
 import torch
 from affine import Affine
 
-from eoforge.geo import overlap_tiles
 from eoforge.models import create_model
-from eoforge.package import ClassInfo, PackageMeta, load_package, save_package
-from eoforge.predict import predict
+from eoforge.package import ClassInfo, PackageMeta, save_package
+from eoforge.predict import PredictOptions, predict
+from eoforge.predict.backends import load_predictor
+from eoforge.predict.blend import plan_bands
 
 
-def make_scene(path: Path, size: int, bands: int) -> None:
-    """A random uint16 scene written block by block (tiled 512, uncompressed), so memory stays small."""
+def make_scene(path: Path, height: int, width: int, bands: int) -> None:
+    """A uint16 scene written block by block (tiled 512, uncompressed), so memory stays small."""
     rng = np.random.default_rng(0)
     profile = {
-        "driver": "GTiff", "width": size, "height": size, "count": bands, "dtype": "uint16", "nodata": 0,
+        "driver": "GTiff", "width": width, "height": height, "count": bands, "dtype": "uint16", "nodata": 0,
         "crs": "EPSG:32633", "transform": Affine(10, 0, 500000, 0, -10, 5000000),
         "tiled": True, "blockxsize": 512, "blockysize": 512,
     }  # fmt: skip
     with rasterio.open(path, "w", **profile) as dst:
-        for r in range(0, size, 512):
-            h = min(512, size - r)
-            block = rng.integers(1, 10000, (bands, h, size), dtype=np.uint16)
-            dst.write(block, window=rasterio.windows.Window(0, r, size, h))
+        for r in range(0, height, 512):
+            h = min(512, height - r)
+            # smooth fields (cells of 16 px) plus noise: closer to imagery than white noise
+            cells = rng.integers(1000, 9000, (bands, -(-h // 16), -(-width // 16)))
+            block = np.kron(cells, np.ones((1, 16, 16), np.int64))[:, :h, :width]
+            block = (block + rng.integers(-500, 500, block.shape)).astype(np.uint16)
+            dst.write(block, window=rasterio.windows.Window(0, r, width, h))
 
 
 def make_package(path: Path, bands: int, classes: int, tile: int, overlap: int) -> Path:
@@ -54,57 +60,112 @@ def make_package(path: Path, bands: int, classes: int, tile: int, overlap: int) 
     return save_package(path, create_model("unet", bands, classes, "resnet18"), meta, {"benchmark": True})
 
 
+def model_alone(pkg: Path, backend: str, size: int, args: argparse.Namespace) -> float:
+    """Pixels/s of the predictor alone on in-memory batches, as many windows as the scene has."""
+    predictor = load_predictor(pkg, backend=backend)
+    plan = plan_bands(size, size, args.tile, args.overlap, "center")
+    n_rows, n_cols = len(plan.rows), len(plan.cols)
+    batch = np.random.default_rng(1).uniform(1, 10000, (args.batch_size, args.bands, args.tile, args.tile))
+    batch = batch.astype(np.float32)
+    predictor.predict_index(batch)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(n_rows):  # the engine never puts two window rows in one batch
+        for i in range(0, n_cols, args.batch_size):
+            predictor.predict_index(batch[: min(args.batch_size, n_cols - i)])
+    return size * size / (time.perf_counter() - t0)
+
+
+def throughput(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> None:
+    res = predict(pkg, [scene], tmp / "map.tif", backend=args.backend, options=_opts(args))
+    alone = model_alone(pkg, args.backend, args.size, args)
+    print(f"pipeline  (eoforge predict, {res.windows} windows, {res.backend}): "
+          f"{res.pixels_per_second / 1e6:.3f} MP/s ({res.seconds:.1f} s)")  # fmt: skip
+    print(f"model alone ({args.backend}, same windows, in memory): {alone / 1e6:.3f} MP/s")
+    print(f"ratio pipeline / model alone: {res.pixels_per_second / alone:.2f} (model calls inside the pipeline: "
+          f"{res.model_seconds:.1f} s of {res.seconds:.1f} s)")  # fmt: skip
+
+
+def backends(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> None:
+    for backend in ("torch-fp32", "torch"):  # warm-up (kernel set-up)
+        predict(pkg, [scene], tmp / "warm.tif", backend=backend, options=_opts(args))
+    ref = predict(pkg, [scene], tmp / "fp32.tif", backend="torch-fp32", options=_opts(args))
+    a = rasterio.open(ref.path).read(1)
+    print(f"torch-fp32 (plain fp32 eager): {ref.pixels_per_second / 1e6:.3f} MP/s ({ref.seconds:.1f} s)")
+    for backend in ("torch", "auto"):
+        res = predict(pkg, [scene], tmp / f"{backend}.tif", backend=backend, options=_opts(args))
+        agree = 100 * float((rasterio.open(res.path).read(1) == a).mean())
+        print(f"{backend} ({res.backend}, channels-last): {res.pixels_per_second / 1e6:.3f} MP/s "
+              f"({res.seconds:.1f} s), speed-up {res.pixels_per_second / ref.pixels_per_second:.2f}x, "
+              f"class map agrees with fp32 on {agree:.3f} % of pixels")  # fmt: skip
+
+
+def extras(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> None:
+    predict(pkg, [scene], tmp / "a.tif", backend=args.backend, options=_opts(args))  # warm-up (kernel set-up)
+    base = predict(pkg, [scene], tmp / "a.tif", backend=args.backend, options=_opts(args))
+    runs = {
+        "probabilities uint8 + uncertainty": _opts(args, probabilities="uint8", uncertainty="entropy"),
+        "blend hann + probabilities": _opts(args, blend="hann", probabilities="uint8"),
+        "tta d4": _opts(args, tta="d4"),
+    }
+    print(f"baseline (center, class map only, {base.backend}): {base.seconds:.1f} s")
+    for name, opts in runs.items():
+        res = predict(pkg, [scene], tmp / "b.tif", backend=args.backend, options=opts)
+        print(f"{name}: {res.seconds:.1f} s, cost ratio {res.seconds / base.seconds:.2f}x")
+
+
+def memory(tmp: Path, args: argparse.Namespace) -> None:
+    pkg = make_package(tmp / "model", args.bands, args.classes, args.tile, args.overlap)
+    peaks = {}
+    shapes = {
+        "square": (args.size, args.size),
+        "tall": (4 * args.size, args.size),
+        "wide": (args.size, 4 * args.size),
+    }
+    for name, (h, w) in shapes.items():
+        scene = tmp / f"{name}.tif"
+        make_scene(scene, h, w, args.bands)
+        child = (
+            "import json, resource, sys; from eoforge.cli import main; main(sys.argv[1:]); "
+            "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))"
+        )
+        cmd = [sys.executable, "-c", child, "-q", "predict", str(pkg), str(scene), "-o", str(tmp / f"{name}_map.tif"),
+               "--blend", "hann", "--probabilities", "--batch-size", str(args.batch_size), "--backend", args.backend]  # fmt: skip
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        peaks[name] = json.loads(out.strip().splitlines()[-1]) / 1024
+        print(f"{name} {w} x {h}: peak RSS {peaks[name]:.0f} MiB ({time.perf_counter() - t0:.1f} s)")
+        scene.unlink()
+    print(
+        f"tall / square: {peaks['tall'] / peaks['square']:.2f}   wide / square: {peaks['wide'] / peaks['square']:.2f}"
+    )
+
+
+def _opts(args: argparse.Namespace, **kw: str) -> PredictOptions:
+    return PredictOptions(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size, **kw)  # type: ignore[arg-type]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", type=int, default=2048, help="scene side in pixels")
+    ap.add_argument("what", choices=["throughput", "backends", "memory", "extras"])
+    ap.add_argument("--size", type=int, default=1024, help="scene side in pixels (memory: the square scene)")
     ap.add_argument("--bands", type=int, default=4)
     ap.add_argument("--classes", type=int, default=5)
     ap.add_argument("--tile", type=int, default=256)
     ap.add_argument("--overlap", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    ap.add_argument("--memory", action="store_true", help="measure peak RSS of the CLI in a child process")
+    ap.add_argument("--backend", choices=["auto", "torch", "torch-fp32", "onnx"], default="auto")
     args = ap.parse_args()
+    print(f"{args.what}: {args.size} px, {args.bands} bands uint16, unet/resnet18, tile {args.tile}, overlap "
+          f"{args.overlap}, batch {args.batch_size}, backend {args.backend}, torch threads {torch.get_num_threads()}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
-        scene = tmp / "scene.tif"
-        make_scene(scene, args.size, args.bands)
-        pkg = make_package(tmp / "model", args.bands, args.classes, args.tile, args.overlap)
-        mp = args.size * args.size / 1e6
-        print(f"scene {args.size} x {args.size} x {args.bands} uint16 ({mp:.1f} MP), unet/resnet18, "
-              f"tile {args.tile}, overlap {args.overlap}, batch {args.batch_size}, {args.precision}, "
-              f"torch threads {torch.get_num_threads()}")  # fmt: skip
-        if args.memory:
-            t0 = time.perf_counter()
-            cmd = [sys.executable, "-m", "eoforge.cli", "-q", "predict", str(pkg), str(scene), "-o",
-                   str(tmp / "map.tif"), "--batch-size", str(args.batch_size), "--precision", args.precision]  # fmt: skip
-            subprocess.run(cmd, check=True)
-            secs = time.perf_counter() - t0
-            peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            scene_mb = args.size * args.size * args.bands * 4 / 2**20
-            print(f"eoforge predict (CLI): {secs:.1f} s, {mp / secs:.3f} MP/s, peak RSS {peak_mb:.0f} MiB "
-                  f"(the scene as float32 would be {scene_mb:.0f} MiB; ratio {peak_mb / scene_mb:.2f})")  # fmt: skip
+        if args.what == "memory":
+            memory(tmp, args)
             return
-        res = predict(pkg, [scene], tmp / "map.tif", batch_size=args.batch_size, precision=args.precision)
-        pipe = res.pixels_per_second
-        # the model alone: the same windows, already normalised in memory, same batch size
-        predictor = load_package(pkg, precision=args.precision)
-        n = len(list(overlap_tiles(args.size, args.size, args.tile, args.overlap)))
-        batch = np.random.default_rng(1).uniform(
-            1, 10000, (args.batch_size, args.bands, args.tile, args.tile)
-        )
-        batch = batch.astype(np.float32)
-        predictor.predict_index(batch)  # warm-up
-        t0 = time.perf_counter()
-        for i in range(0, n, args.batch_size):
-            predictor.predict_index(batch[: min(args.batch_size, n - i)])
-        model_secs = time.perf_counter() - t0
-        model = args.size * args.size / model_secs
-        print(
-            f"pipeline  (eoforge predict, {res.windows} windows): {pipe / 1e6:.3f} MP/s ({res.seconds:.1f} s)"
-        )
-        print(f"model alone (same windows, in memory):           {model / 1e6:.3f} MP/s ({model_secs:.1f} s)")
-        print(f"ratio pipeline / model alone: {pipe / model:.2f}")
+        scene = tmp / "scene.tif"
+        make_scene(scene, args.size, args.size, args.bands)
+        pkg = make_package(tmp / "model", args.bands, args.classes, args.tile, args.overlap)
+        {"throughput": throughput, "backends": backends, "extras": extras}[args.what](tmp, scene, pkg, args)
 
 
 if __name__ == "__main__":

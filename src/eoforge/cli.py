@@ -450,28 +450,103 @@ def area_cmd(map_path: Path, reference: Path, column: str, classes: tuple[str, .
     )
 
 
+def _positive_multiple_of_32(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None and (value <= 0 or value % 32):
+        raise click.BadParameter(f"{value} is not a positive multiple of 32")
+    return value
+
+
 @cli.command("predict")
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--output", "-o", required=True, type=click.Path(path_type=Path), help="Class map to write (COG)."
 )
-@click.option("--tile", type=int, default=None, help="Window side in pixels (default: from the package).")
-@click.option("--overlap", type=int, default=None, help="Pixels shared by neighbouring windows.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option(
+    "--tile",
+    type=int,
+    default=None,
+    callback=_positive_multiple_of_32,
+    help="Window side in pixels, a multiple of 32 (default: from the package).",
+)
+@click.option(
+    "--overlap",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Pixels shared by neighbouring windows (< tile).",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Windows per model call."
+)
 @click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1 …")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "torch-fp32", "onnx"]),
+    default="auto",
+    show_default=True,
+    help="auto: fastest that agrees with fp32 (bf16 + channels-last on CPUs with bf16, AMP on a GPU); "
+    "torch-fp32: plain fp32 reference; onnx: ONNX Runtime on the package's model.onnx.",
+)
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "bf16"]),
-    default="fp32",
-    show_default=True,
-    help="bf16 autocast is ~2.5x faster on CPUs with AMX; class maps may differ from fp32 on a few pixels.",
+    default=None,
+    help="Older spelling of --backend: fp32 = torch-fp32, bf16 = torch.",
 )
 @click.option(
     "--ignore-band-names",
     is_flag=True,
     help="Accept images whose band names (descriptions) differ from the model's bands.",
 )
+@click.option(
+    "--blend",
+    type=click.Choice(["center", "hann", "triangular"]),
+    default="center",
+    show_default=True,
+    help="Stitching of overlapping windows: each window's core, or probabilities averaged with tapered weights.",
+)
+@click.option(
+    "--probabilities",
+    type=click.Choice(["uint8", "float32"]),
+    is_flag=False,
+    flag_value="uint8",
+    default=None,
+    help="Also write MAP.probs.tif (a band per class; uint8 = probability x 255).",
+)
+@click.option(
+    "--uncertainty",
+    type=click.Choice(["entropy", "max-prob"]),
+    is_flag=False,
+    flag_value="entropy",
+    default=None,
+    help="Also write MAP.uncertainty.tif (normalised entropy, or 1 - max probability).",
+)
+@click.option(
+    "--vectorize",
+    type=click.Choice(["gpkg", "parquet"]),
+    is_flag=False,
+    flag_value="gpkg",
+    default=None,
+    help="Also write the class polygons to MAP.gpkg (or MAP.parquet).",
+)
+@click.option(
+    "--min-area",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Smallest polygon, in pixels.",
+)
+@click.option(
+    "--tta",
+    type=click.Choice(["none", "d4"]),
+    default="none",
+    show_default=True,
+    help="d4: average the 8 flips/rotations (8x the model time).",
+)
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Run row bands on a local Dask cluster."
+)
+@click.option("--scheduler", default=None, help="Run row bands on the Dask scheduler at this address.")
 @click.pass_context
 def predict_cmd(
     ctx: click.Context,
@@ -482,34 +557,66 @@ def predict_cmd(
     overlap: int | None,
     batch_size: int,
     device: str,
-    precision: str,
     ignore_band_names: bool,
+    backend: str,
+    precision: str | None,
+    blend: str,
+    probabilities: str | None,
+    uncertainty: str | None,
+    vectorize: str | None,
+    min_area: int,
+    tta: str,
+    workers: int | None,
+    scheduler: str | None,
 ) -> None:
-    """Classify IMAGES (files stacked band-wise, in training band order) with MODEL_DIR into a COG."""
+    """Classify IMAGES (files stacked band-wise, in training band order) with MODEL_DIR into a COG.
+
+    A killed run started again with the same arguments continues from its finished row bands.
+    """
+    from eoforge.config import ComputeConfig
+    from eoforge.errors import InputError
     from eoforge.io.atomic import sweep_temporaries
     from eoforge.io.guard import check_output_file
-    from eoforge.predict import predict
+    from eoforge.predict import PredictOptions, predict
 
     check_output_file(output, [model_dir, *images], nbytes=_map_bytes(images))
     sweep_temporaries(output.parent, depth=0, name=output.name)  # what a killed predict left
-
+    if tile is not None and overlap is not None and overlap >= tile:
+        raise InputError(f"--overlap {overlap}: must be smaller than --tile {tile}")
+    if workers is not None and scheduler is not None:
+        raise InputError("--workers and --scheduler: give one of them (a local cluster or a running one)")
+    options = PredictOptions(
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        blend=blend,
+        tta=tta,
+        probabilities=probabilities,
+        uncertainty=uncertainty,
+        vectorize=vectorize,
+        min_area=min_area,
+        ignore_band_names=ignore_band_names,
+    )
+    compute = ComputeConfig(scheduler=scheduler, workers=workers)
     with _progress("predict", ctx.obj["quiet"]) as update:
         res = predict(
             model_dir,
             list(images),
             output,
-            tile,
-            overlap,
-            batch_size,
-            device,
+            device=device,
             on_progress=update,
             precision=precision,
-            ignore_band_names=ignore_band_names,
+            options=options,
+            backend=backend,
+            compute=compute,
         )
     out_console.print(
         f"wrote {res.path} ({res.grid.width}x{res.grid.height} px, {res.windows} windows, "
-        f"{res.pixels_per_second / 1e6:.2f} MP/s)"
+        f"{res.pixels_per_second / 1e6:.2f} MP/s; backend {res.backend}, model {res.model_seconds:.1f} s of "
+        f"{res.seconds:.1f} s" + (", tta d4 = 8 passes per window" if tta == "d4" else "") + ")"
     )
+    for name, path in res.extras.items():
+        out_console.print(f"{name}: {path}")
 
 
 def _map_bytes(images: tuple[Path, ...]) -> int:
@@ -677,6 +784,11 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="eoforge", standalone_mode=False)
     except EoforgeError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(2)
+    except click.UsageError as exc:  # bad option values: one line, like every other error
+        console.print(
+            f"[red]error:[/red] {escape(exc.format_message())}", highlight=False, markup=True, soft_wrap=True
+        )
         sys.exit(2)
     except OSError as exc:
         if exc.filename is None and errno.errorcode.get(exc.errno or 0) not in _OS_ERRNOS:

@@ -326,10 +326,69 @@ class TrainConfig(_Strict):
 
 class PredictConfig(_Strict):
     tile: int | None = Field(
-        default=None, description="Inference window side in pixels (multiple of 32; default: 2 x chip size)."
+        default=None,
+        gt=0,
+        multiple_of=32,
+        description="Inference window side in pixels (multiple of 32; default: 2 x chip size).",
     )
-    overlap: int = Field(default=32, ge=0, description="Pixels shared by neighbouring windows.")
+    overlap: int = Field(default=32, ge=0, description="Pixels shared by neighbouring windows (< tile).")
     batch_size: int = Field(default=8, ge=1, description="Windows per model call.")
+    blend: Literal["center", "hann", "triangular"] = Field(
+        default="center",
+        description="How overlapping windows are stitched: center keeps each window's core (each pixel from one "
+        "window); hann/triangular average class probabilities with tapered weights.",
+    )
+    probabilities: Literal["uint8", "float32"] | None = Field(
+        default=None,
+        description="Also write MAP.probs.tif, one band per class: uint8 (0-255 = probability x 255, nodata "
+        "as a mask) or float32 (NaN nodata). Float16 needs GDAL >= 3.11.",
+    )
+    uncertainty: Literal["entropy", "max-prob"] | None = Field(
+        default=None,
+        description="Also write MAP.uncertainty.tif: normalised entropy (0-1) or 1 - max probability.",
+    )
+    vectorize: Literal["gpkg", "parquet"] | None = Field(
+        default=None, description="Also write the class map as polygons to MAP.gpkg or MAP.parquet."
+    )
+    min_area: int = Field(
+        default=0, ge=0, description="Polygons smaller than this many pixels are dropped (with vectorize)."
+    )
+    tta: Literal["none", "d4"] = Field(
+        default="none",
+        description="Test-time augmentation: d4 averages the 8 flips/rotations (8x model time).",
+    )
+    backend: Literal["auto", "torch", "torch-fp32", "onnx"] = Field(
+        default="auto",
+        description="Inference backend: auto (fastest that agrees with fp32), torch (bf16/AMP + channels-last), "
+        "torch-fp32 (plain fp32 reference), onnx (ONNX Runtime on the package's model.onnx).",
+    )
+    device: str = Field(
+        default="cpu",
+        pattern=r"^(cpu|cuda(:\d+)?|mps)$",
+        description="torch device: cpu, cuda, cuda:1 ... (its presence is checked when predict starts).",
+    )
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> PredictConfig:
+        if self.tile is not None and self.overlap >= self.tile:
+            raise ValueError(f"predict.overlap {self.overlap} must be smaller than predict.tile {self.tile}")
+        return self
+
+    def options(self) -> Any:
+        """The engine's :class:`eoforge.predict.PredictOptions` for this section."""
+        from eoforge.predict.engine import PredictOptions
+
+        return PredictOptions(
+            tile=self.tile,
+            overlap=self.overlap,
+            batch_size=self.batch_size,
+            blend=self.blend,
+            tta=self.tta,
+            probabilities=self.probabilities,
+            uncertainty=self.uncertainty,
+            vectorize=self.vectorize,
+            min_area=self.min_area,
+        )
 
     @field_validator("tile")
     @classmethod

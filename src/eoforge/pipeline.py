@@ -106,25 +106,26 @@ def stage_predict(cfg: RunConfig, out: Path, on_progress: Progress | None = None
         out / "model",
         scene.sources,
         out / "map.tif",
-        tile=cfg.predict.tile or 2 * cfg.chips.size,
-        overlap=cfg.predict.overlap,
-        batch_size=cfg.predict.batch_size,
         on_progress=on_progress,
+        options=cfg.predict.options(),
+        backend=cfg.predict.backend,
+        device=cfg.predict.device,
+        compute=cfg.compute,
     )
 
 
 STAGES = ("prepare", "chips", "train", "predict", "evaluate")
 _SECTIONS = {  # the config sections each stage's output depends on (earlier stages' through the cascade)
-    "prepare": ("inputs",),
-    "chips": ("inputs", "chips"),
-    "train": ("inputs", "chips", "model", "train"),
+    "prepare": ("inputs", "prepare"),
+    "chips": ("inputs", "prepare", "chips"),
+    "train": ("inputs", "prepare", "chips", "model", "train"),
     # the package keeps the tile/overlap of the run that trained it (defaults of `eoforge predict`); the run's
     # own map and its evaluation use the current `predict` section, so changing it never retrains
-    "predict": ("inputs", "chips", "model", "train", "predict"),
-    "evaluate": ("inputs", "chips", "model", "train", "predict", "evaluate"),
+    "predict": ("inputs", "prepare", "chips", "model", "train", "predict"),
+    "evaluate": ("inputs", "prepare", "chips", "model", "train", "predict", "evaluate"),
 }
 _READS = {  # the sections whose file paths a stage reads (fingerprinted in stages.json)
-    "prepare": ("inputs",),
+    "prepare": ("inputs", "prepare"),
     "chips": ("chips",),
     "train": ("model", "train"),
     "predict": ("predict",),

@@ -33,7 +33,7 @@ from eoforge.package.fields import OnnxInfo, meta_problem
 log = logging.getLogger(__name__)
 
 META = "eoforge.json"
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 WEIGHTS = "model.safetensors"
 LEGACY_WEIGHTS = "model.pt"  # torch.save state dict, written by eoforge 0.1; still read
 ONNX = "model.onnx"
@@ -116,15 +116,25 @@ class Predictor:
     """Maps raw float32 band windows ``(N, C, H, W)`` (NaN at nodata) to class probabilities or indices."""
 
     def __init__(
-        self, model: nn.Module, meta: PackageMeta, device: str = "cpu", precision: str = "fp32"
+        self,
+        model: nn.Module,
+        meta: PackageMeta,
+        device: str = "cpu",
+        precision: str = "fp32",
+        channels_last: bool = True,
+        backend: str = "torch",
     ) -> None:
         if precision not in PRECISIONS:
             raise PackageError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
         self.meta = meta
         self.device = torch.device(device)
         self.precision = precision
+        self.channels_last = channels_last
+        self.backend = backend
+        self.spec: Any = None  # how to load this predictor again (set by eoforge.predict.backends)
         # channels_last: 1.4x (fp32) to 1.7x (bf16) faster convolutions on CPU (shared/PERF-NOTES.md)
-        self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(self.device).to(memory_format=fmt).eval()
         self._mean = torch.tensor(meta.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self._std = torch.tensor(meta.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
 
@@ -148,8 +158,10 @@ class Predictor:
                 f"input has {x.shape[1]} bands but the model was trained on {len(self.meta.bands)} "
                 f"({', '.join(self.meta.bands)}); give the same bands in the same order"
             )
-        t = self.normalize(x).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        t = self.normalize(x).contiguous(memory_format=fmt)
+        amp = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        with torch.autocast(self.device.type, dtype=amp, enabled=self.precision != "fp32"):
             out: torch.Tensor = self.model(t)
         return out.float()
 
@@ -220,11 +232,19 @@ def read_meta(path: str | Path) -> PackageMeta:
         return pkg.meta()
 
 
-def load_package(path: str | Path, device: str = "cpu", precision: str = "fp32") -> Predictor:
+def load_package(
+    path: str | Path,
+    device: str = "cpu",
+    precision: str = "fp32",
+    channels_last: bool = True,
+    backend: str = "torch",
+) -> Predictor:
     """Load a model package folder or zip into a :class:`Predictor`."""
     from eoforge.package.archive import open_package
 
     with open_package(path) as pkg:
         meta = pkg.meta()
         model = pkg.model(meta)
-    return Predictor(model, meta, device=device, precision=precision)
+    return Predictor(
+        model, meta, device=device, precision=precision, channels_last=channels_last, backend=backend
+    )
