@@ -163,7 +163,8 @@ def test_predict_disk_full_while_writing(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """ENOSPC in the middle of the COG copy: one line naming the map, nothing left behind."""
+    """ENOSPC in the middle of the COG copy: one line naming the map, nothing under a final name; only the
+    hidden resume folder of the finished row bands (`.map.tif.parts/`) stays, so a re-run continues."""
     import rasterio.shutil
 
     def full(*args: object, **kw: object) -> None:
@@ -173,7 +174,8 @@ def test_predict_disk_full_while_writing(
     before = _files(tmp_path)
     err = _fails(["predict", str(package), str(image), "-o", str(tmp_path / "map.tif")], capsys)
     assert f"{tmp_path / 'map.tif'}: No space left on device; the disk is full" in err
-    assert _files(tmp_path) == before
+    parts = tmp_path / ".map.tif.parts"
+    assert {p for p in _files(tmp_path) if parts not in (p, *p.parents)} == before
 
 
 def test_predict_not_enough_free_space_is_refused_up_front(
@@ -195,7 +197,7 @@ def test_predict_sweeps_what_a_killed_predict_left(tmp_path: Path, package: Path
     dead = tmp_path / ".map.tif.999999999.abc123.tmp"
     dead.write_bytes(b"half a map")
     (tmp_path / ".map.tif.999999999.abc123.tmp.raw.tif").write_bytes(b"raw")
-    alive = tmp_path / f".map.tif.{os.getpid()}.zzz.tmp"  # a live process's temporary stays
+    alive = tmp_path / f".map.tif.{os.getppid()}.zzz.tmp"  # another live process's temporary stays
     alive.write_bytes(b"in progress")
     other = tmp_path / ".other.tif.999999999.abc123.tmp"  # another output's: not this command's business
     other.write_bytes(b"x")
@@ -419,16 +421,16 @@ def test_run_resumes_on_fingerprints_and_predict_changes_do_not_retrain(tmp_path
         run(load_config(cfg), out, on_stage=lambda s, skipped: seen.append((s, skipped)))
         return [s for s, skipped in seen if not skipped]
 
-    assert again() == ["prepare", "chips", "train", "evaluate", "predict"]
+    assert again() == ["prepare", "chips", "train", "predict", "evaluate"]
     assert again() == []
-    weights = (out / "model" / "model.pt").read_bytes()
+    weights = (out / "model" / "model.safetensors").read_bytes()
     # only predict: changes: the model is kept, the map and its evaluation are redone
     raw = yaml.safe_load(cfg.read_text())
     raw["predict"]["overlap"] = 8
     cfg.write_text(yaml.safe_dump(raw))
     ran = again()
     assert "train" not in ran and "predict" in ran
-    assert (out / "model" / "model.pt").read_bytes() == weights
+    assert (out / "model" / "model.safetensors").read_bytes() == weights
     # a labels file rewritten with the same content and a new time is not a change; new content is
     os.utime(scene["labels"], ns=(1, 1))
     assert again() == []
@@ -437,16 +439,16 @@ def test_run_resumes_on_fingerprints_and_predict_changes_do_not_retrain(tmp_path
     gdf = gpd.read_file(scene["labels"])
     gdf.loc[2, "cover"] = "water"
     gdf.to_file(scene["labels"])
-    assert again() == ["prepare", "chips", "train", "evaluate", "predict"]
+    assert again() == ["prepare", "chips", "train", "predict", "evaluate"]
     # a truncated chip store re-runs chips and what follows
     index = out / "chips" / "index.parquet"
     index.write_bytes(index.read_bytes()[:50])
-    assert again() == ["chips", "train", "evaluate", "predict"]
+    assert again() == ["chips", "train", "predict", "evaluate"]
     assert _temporaries(out) == []
     # a damaged record means nothing is known: everything runs again, then the record is whole
     (out / "stages.json").write_text('{"prepare": {"config"')
-    assert again() == ["prepare", "chips", "train", "evaluate", "predict"]
-    assert list(_state(out)) == ["prepare", "chips", "train", "evaluate", "predict"]
+    assert again() == ["prepare", "chips", "train", "predict", "evaluate"]
+    assert list(_state(out)) == ["prepare", "chips", "train", "predict", "evaluate"]
 
 
 def test_disk_full_while_lightning_writes_a_checkpoint(

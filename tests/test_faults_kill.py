@@ -93,7 +93,9 @@ def config(scene: dict) -> Path:
 
 
 def _weights(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out / "model" / "model.pt", weights_only=True)
+    from safetensors.torch import load_file
+
+    return load_file(out / "model" / "model.safetensors")
 
 
 def test_run_killed_at_several_points_then_resumed_is_identical(tmp_path: Path, config: Path) -> None:

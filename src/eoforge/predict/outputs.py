@@ -9,7 +9,6 @@ together, the map last, so the map exists only when every requested output is co
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ import rasterio.shutil
 from rasterio.windows import Window
 
 from eoforge.geo import Grid
-from eoforge.io.atomic import atomic_path, write_text
+from eoforge.io.atomic import atomic_path, sweep_temporaries, write_text
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +66,9 @@ class Parts:
     def __init__(self, out: Path, key: dict[str, Any], extras: tuple[Path, ...] = ()) -> None:
         self.dir = out.with_name(f".{out.name}.parts")
         for target in (out, *extras):
-            # temporary files of an earlier run of this map killed while renaming its outputs
-            for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
-                stale.unlink(missing_ok=True)
+            # temporary files of an earlier run of this map, killed while renaming its outputs (a live
+            # process's temporaries stay: the sweep checks the pid in their names)
+            sweep_temporaries(target.parent, depth=0, name=target.name)
         self.key = json.dumps(key, sort_keys=True)
         key_file = self.dir / "key.json"
         if self.dir.is_dir() and (not key_file.is_file() or key_file.read_text() != self.key):
