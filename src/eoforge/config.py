@@ -327,9 +327,7 @@ class TrainConfig(_Strict):
 class PredictConfig(_Strict):
     tile: int | None = Field(
         default=None,
-        gt=0,
-        multiple_of=32,
-        description="Inference window side in pixels (multiple of 32; default: 2 x chip size).",
+        description="Inference window side in pixels (a positive multiple of 32; default: 2 x chip size).",
     )
     overlap: int = Field(default=32, ge=0, description="Pixels shared by neighbouring windows (< tile).")
     batch_size: int = Field(default=8, ge=1, description="Windows per model call.")
