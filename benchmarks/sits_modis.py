@@ -23,6 +23,9 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--archs", default="tempcnn,ltae,pixel-mlp")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--weight-decay", type=float, default=1e-4)
     args = ap.parse_args()
     root = os.environ.get("EOFORGE_SAMPLES")
     if not root:
@@ -40,7 +43,16 @@ def main() -> int:
     )
     for arch in args.archs.split(","):
         t0 = time.perf_counter()
-        fitted = train_series(series, tr, arch=arch, epochs=args.epochs, seed=args.seed)
+        fitted = train_series(
+            series,
+            tr,
+            arch=arch,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            seed=args.seed,
+        )
         s = evaluate_series(fitted, series, te)
         dt = time.perf_counter() - t0
         print(

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_tif
 
 from eoforge.errors import InputError
 from eoforge.scene.fit import create_classifier, evaluate_scene, train_scene
 from eoforge.scene.samples import list_csv, list_folder_per_class, list_samples, read_chip
 from eoforge.tasks import TASKS, get_task
-from tests.conftest import write_tif
 
 
 def eurosat(root: Path, n: int = 12) -> Path:

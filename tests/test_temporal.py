@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import eoforge.temporal  # noqa: F401  (registers the models)
+import eoforge.temporal.models  # noqa: F401  (registers the models)
 from eoforge.errors import InputError
 from eoforge.models import create_model, list_models
 from eoforge.temporal.fit import evaluate_series, random_forest, train_series

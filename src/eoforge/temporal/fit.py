@@ -7,8 +7,10 @@ epochs and a cosine schedule: there is no validation split to select on, so the 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -17,6 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from eoforge.errors import PackageError
 from eoforge.models import create_model
 from eoforge.temporal.series import PixelSeries
 
@@ -178,3 +181,53 @@ def random_forest(
     rf = RandomForestClassifier(n_estimators=n_estimators, random_state=seed, n_jobs=1)
     rf.fit(feats(train_idx), series.labels[train_idx])
     return score(series.labels[test_idx], rf.predict(feats(test_idx)), len(series.classes))
+
+
+def save_series_model(fitted: SeriesModel, out_dir: str | Path, metrics: dict[str, Any]) -> Path:
+    """Write ``model.pt`` (state dict), ``series_model.json`` (layout, normalisation, classes) and
+    ``metrics.json`` into ``out_dir``, atomically (the folder appears whole or not at all)."""
+    from eoforge.io.atomic import atomic_dir
+
+    out = Path(out_dir)
+    meta = {
+        "arch": fitted.arch,
+        "encoder": fitted.encoder,
+        "mean": fitted.mean.tolist(),
+        "std": fitted.std.tolist(),
+        "classes": list(fitted.classes),
+        "bands": list(fitted.bands),
+        "n_times": fitted.n_times,
+    }
+    with atomic_dir(out) as tmp:
+        torch.save(fitted.model.state_dict(), tmp / "model.pt")
+        (tmp / "series_model.json").write_text(json.dumps(meta, indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return out
+
+
+def load_series_model(path: str | Path) -> SeriesModel:
+    """Rebuild a model written by :func:`save_series_model` through the registry."""
+    import eoforge.temporal.models  # noqa: F401  (registers the temporal models)
+
+    path = Path(path)
+    try:
+        meta = json.loads((path / "series_model.json").read_text())
+        state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    except (OSError, json.JSONDecodeError, RuntimeError) as exc:
+        raise PackageError(
+            f"{path}: not a series model folder ({exc}); train one with `eoforge series train`"
+        ) from None
+    n_in = meta["n_times"] * len(meta["bands"])
+    model = create_model(meta["arch"], n_in, len(meta["classes"]), meta["encoder"])
+    model.load_state_dict(state)
+    model.eval()
+    return SeriesModel(
+        model,
+        meta["arch"],
+        meta["encoder"],
+        np.asarray(meta["mean"], np.float32),
+        np.asarray(meta["std"], np.float32),
+        tuple(meta["classes"]),
+        tuple(meta["bands"]),
+        int(meta["n_times"]),
+    )
