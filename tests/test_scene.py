@@ -88,3 +88,30 @@ def test_bigearthnet_tiny_end_to_end() -> None:
     fitted = train_scene(samples, idx, arch="resnet10t", size=64, epochs=1, batch_size=3)
     m = evaluate_scene(fitted, samples, idx)
     assert set(m["f1_per_label"]) == set(samples.classes) and 0 <= m["map"] <= 1
+
+
+def test_predict_windows_coarse_raster_and_geoparquet(tmp_path: Path) -> None:
+    import geopandas as gpd
+    import rasterio
+
+    from eoforge.scene.predict import predict_windows
+
+    samples = list_samples(eurosat(tmp_path / "eurosat"))
+    idx = np.arange(len(samples.samples))
+    fitted = train_scene(samples, idx, arch="resnet10t", size=32, epochs=3, batch_size=8, lr=3e-3)
+    # a scene: left half 'bright' texture, right half 'dark', 2 x 4 windows of 16 px (+ an edge strip)
+    rng = np.random.default_rng(1)
+    scene = rng.normal(1000, 100, (3, 32, 70))
+    scene[1, :, :32] += 3000
+    scene[1, :, 32:] += 500
+    img = write_tif(tmp_path / "scene.tif", scene.astype(np.uint16))
+    res = predict_windows(fitted, img, tmp_path / "labels.tif", tmp_path / "windows.parquet", window=16)
+    assert res.n_windows == 8
+    with rasterio.open(res.raster) as src, rasterio.open(img) as full:
+        assert src.shape == (2, 4) and src.transform.a == 16 * full.transform.a
+        assert src.transform.c == full.transform.c and src.crs == full.crs
+        assert src.read(1).tolist() == [[0, 0, 1, 1], [0, 0, 1, 1]]
+    gdf = gpd.read_parquet(res.windows)
+    assert len(gdf) == 8 and {"score_bright", "score_dark", "label"} <= set(gdf.columns)
+    assert gdf.geometry.iloc[0].bounds[0] == full.transform.c
+    np.testing.assert_allclose(gdf["score_bright"] + gdf["score_dark"], 1, atol=1e-5)
