@@ -24,8 +24,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--archs", default="tempcnn,ltae,pixel-mlp")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--weight-decay", type=float, default=1e-4)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--weight-decay", type=float, default=1e-2)
+    ap.add_argument("--noise", type=float, default=0.0, help="Gaussian jitter of training inputs (std units)")
     args = ap.parse_args()
     root = os.environ.get("EOFORGE_SAMPLES")
     if not root:
@@ -52,6 +53,7 @@ def main() -> int:
             lr=args.lr,
             weight_decay=args.weight_decay,
             seed=args.seed,
+            noise=args.noise,
         )
         s = evaluate_series(fitted, series, te)
         dt = time.perf_counter() - t0

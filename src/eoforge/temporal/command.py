@@ -35,6 +35,14 @@ def series_cmd() -> None:
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
 )
+@click.option("--weight-decay", default=1e-2, show_default=True, type=click.FloatRange(min=0))
+@click.option(
+    "--noise",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Gaussian jitter of the training inputs, in standard deviations (augmentation).",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--date-column", default="date", show_default=True)
@@ -49,6 +57,8 @@ def series_train_cmd(
     batch_size: int,
     lr: float,
     test_fraction: float,
+    weight_decay: float,
+    noise: float,
     seed: int,
     label_column: str,
     date_column: str,
@@ -62,7 +72,17 @@ def series_train_cmd(
 
     series = read_series_csv(csv, label_column, date_column, id_column, bands.split(",") if bands else None)
     tr, te = stratified_split(series.labels, test_fraction, seed)
-    fitted = train_series(series, tr, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    fitted = train_series(
+        series,
+        tr,
+        arch=arch,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        noise=noise,
+    )
     scores = {arch: evaluate_series(fitted, series, te).to_json()}
     if baseline:
         scores["random_forest"] = random_forest(series, tr, te, seed=seed).to_json()

@@ -29,10 +29,12 @@ log = logging.getLogger(__name__)
 class SeriesTask(L.LightningModule):
     """Cross-entropy on per-pixel logits ``(N, K, 1, 1)``; AdamW with cosine decay."""
 
-    def __init__(self, model: nn.Module, lr: float, weight_decay: float, epochs: int) -> None:
+    def __init__(
+        self, model: nn.Module, lr: float, weight_decay: float, epochs: int, noise: float = 0.0
+    ) -> None:
         super().__init__()
         self.model = model
-        self.lr, self.weight_decay, self.epochs = lr, weight_decay, epochs
+        self.lr, self.weight_decay, self.epochs, self.noise = lr, weight_decay, epochs, noise
         self.loss = nn.CrossEntropyLoss()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +43,8 @@ class SeriesTask(L.LightningModule):
 
     def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        if self.noise > 0:  # jitter of the standardised values: the usual time-series augmentation
+            x = x + self.noise * torch.randn_like(x)
         loss: torch.Tensor = self.loss(self(x)[:, :, 0, 0], y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
@@ -131,8 +135,10 @@ def train_series(
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
     seed: int = 0,
+    noise: float = 0.0,
 ) -> SeriesModel:
-    """Fit a registry model (``tempcnn``, ``ltae``, ``pixel-mlp``...) on the ``train_idx`` series."""
+    """Fit a registry model (``tempcnn``, ``ltae``, ``pixel-mlp``...) on the ``train_idx`` series;
+    ``noise`` > 0 adds Gaussian jitter (in standard deviations) to the training inputs."""
     import eoforge.temporal.models  # noqa: F401  (registers the temporal models)
 
     L.seed_everything(seed, workers=True, verbose=False)
@@ -155,7 +161,7 @@ def train_series(
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    trainer.fit(SeriesTask(model, lr, weight_decay, epochs), train_dataloaders=loader)
+    trainer.fit(SeriesTask(model, lr, weight_decay, epochs, noise), train_dataloaders=loader)
     log.info("trained %s on %d series for %d epochs", arch, len(y), epochs)
     model.cpu().eval()
     return fitted
