@@ -103,3 +103,7 @@ def test_cli_series_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "missing.csv: time-series CSV not found" in err
     assert not (tmp_path / "m2").exists()
+    with pytest.raises(SystemExit) as exc:  # -o naming the input CSV must never replace it
+        main(["series", "train", str(csv), "-o", str(csv), "--epochs", "1"])
+    assert exc.value.code == 2 and "is not a series model folder" in capsys.readouterr().err
+    assert read_series_csv(csv).values.shape == (40, 6, 2)

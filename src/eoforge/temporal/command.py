@@ -67,9 +67,16 @@ def series_train_cmd(
     baseline: bool,
 ) -> None:
     """Train ARCH on a seeded stratified split of CSV and score it (and a random forest) on the held-out part."""
-    from eoforge.temporal.fit import evaluate_series, random_forest, save_series_model, train_series
+    from eoforge.temporal.fit import (
+        check_output_folder,
+        evaluate_series,
+        random_forest,
+        save_series_model,
+        train_series,
+    )
     from eoforge.temporal.series import read_series_csv, stratified_split
 
+    check_output_folder(out)
     series = read_series_csv(csv, label_column, date_column, id_column, bands.split(",") if bands else None)
     tr, te = stratified_split(series.labels, test_fraction, seed)
     fitted = train_series(

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from eoforge.errors import PackageError
+from eoforge.errors import InputError, PackageError
 from eoforge.models import create_model
 from eoforge.temporal.series import PixelSeries
 
@@ -189,12 +189,30 @@ def random_forest(
     return score(series.labels[test_idx], rf.predict(feats(test_idx)), len(series.classes))
 
 
+def check_output_folder(out_dir: str | Path) -> Path:
+    """Refuse an output that exists and is not a series model folder (it would be replaced whole)."""
+    out = Path(out_dir)
+    if out.exists() and (
+        not out.is_dir() or (any(out.iterdir()) and not (out / "series_model.json").is_file())
+    ):
+        raise InputError(
+            f"{out}: exists and is not a series model folder; give a new folder (it would be replaced)"
+        )
+    return out
+
+
 def save_series_model(fitted: SeriesModel, out_dir: str | Path, metrics: dict[str, Any]) -> Path:
     """Write ``model.pt`` (state dict), ``series_model.json`` (layout, normalisation, classes) and
     ``metrics.json`` into ``out_dir``, atomically (the folder appears whole or not at all)."""
     from eoforge.io.atomic import atomic_dir
 
     out = Path(out_dir)
+    if out.exists() and (
+        not out.is_dir() or (any(out.iterdir()) and not (out / "series_model.json").is_file())
+    ):
+        raise InputError(
+            f"{out}: exists and is not a series model folder; give a new folder (it would be replaced)"
+        )
     meta = {
         "arch": fitted.arch,
         "encoder": fitted.encoder,
