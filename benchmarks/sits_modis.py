@@ -24,6 +24,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--seeds", default="", help="Comma-separated seeds (split and init) to average over")
     ap.add_argument("--archs", default="tempcnn,ltae,pixel-mlp")
+    ap.add_argument("--encoder", default=None, help="Layout/width spec, e.g. t12-w32 (default t<dates>)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--weight-decay", type=float, default=1e-2)
@@ -53,6 +54,7 @@ def main() -> int:
                 series,
                 tr,
                 arch=arch,
+                encoder=args.encoder,
                 epochs=args.epochs,
                 batch_size=args.batch_size,
                 lr=args.lr,
