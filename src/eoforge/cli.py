@@ -27,6 +27,7 @@ from rich.table import Table
 
 from eoforge import __version__
 from eoforge.errors import EoforgeError, os_error_line
+from eoforge.temporal.command import series_cmd
 
 console = Console(stderr=True)
 out_console = Console(soft_wrap=True)
@@ -87,7 +88,9 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
 def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """eoforge: from Earth-observation rasters and labels to a trained model, a report and a map."""
     ctx.obj = {"quiet": quiet, "verbose": verbose}
-    _setup_logging(verbose, quiet, needs_lightning=ctx.invoked_subcommand in {"run", "demo", "train"})
+    _setup_logging(
+        verbose, quiet, needs_lightning=ctx.invoked_subcommand in {"run", "demo", "train", "series"}
+    )
 
 
 def _ci(m: dict[str, Any], key: str) -> str:
@@ -770,6 +773,9 @@ def _signal_exit() -> None:
         sys.exit(128 + signal.SIGTERM)
     console.print("aborted")
     sys.exit(130)
+
+
+cli.add_command(series_cmd)  # eoforge series train (eoforge.temporal.command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,146 @@
+"""The task: what a run learns, as one small frozen object the stages ask instead of branching on strings.
+
+- ``segmentation``: dense class labels per pixel (rasterized polygons or a label raster); a class per pixel.
+- ``pixel``: sparse labels (points, a few labelled pixels); same per-pixel models and loss, unlabelled pixels
+  ignored, chips kept when they hold at least one labelled pixel, metrics on labelled pixels only.
+- ``scene``: one class per chip (EuroSAT folders); softmax, accuracy / macro F1 / kappa.
+- ``scene-multilabel``: several labels per chip (BigEarthNet); sigmoid, per-label F1, mean average precision.
+
+Each answers: the loss, the prediction from logits, the metrics (torchmetrics), the metric monitored for model
+selection, the shape of targets, and what ``predict`` writes for a scene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassCohenKappa,
+    MulticlassF1Score,
+    MulticlassJaccardIndex,
+    MultilabelAveragePrecision,
+    MultilabelF1Score,
+)
+
+from eoforge.config import IGNORE_INDEX
+from eoforge.errors import InputError
+
+Targets = Literal["dense", "sparse", "single", "multi"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One learning task; see the module docstring for the four defined here (``TASKS``)."""
+
+    name: str
+    targets: Targets
+    description: str
+    monitor: str
+    predict_writes: tuple[str, ...]
+    multilabel_threshold: float = 0.5
+
+    @property
+    def per_pixel(self) -> bool:
+        """Logits ``(N, K, H, W)`` and targets ``(N, H, W)`` (else ``(N, K)`` and ``(N,)`` / ``(N, K)``)."""
+        return self.targets in ("dense", "sparse")
+
+    @property
+    def multilabel(self) -> bool:
+        return self.targets == "multi"
+
+    def min_labelled_pixels(self, chip_size: int, min_valid: float) -> int:
+        """Labelled pixels a chip needs to be kept: a fraction of the chip for dense labels, one for sparse."""
+        if self.targets == "sparse":
+            return 1
+        return max(1, round(min_valid * chip_size * chip_size)) if self.per_pixel else 0
+
+    def loss(self, class_weights: torch.Tensor | None = None) -> nn.Module:
+        if self.multilabel:
+            return nn.BCEWithLogitsLoss(pos_weight=class_weights)
+        return nn.CrossEntropyLoss(
+            weight=class_weights, ignore_index=IGNORE_INDEX if self.per_pixel else -100
+        )
+
+    def target(self, y: torch.Tensor) -> torch.Tensor:
+        """Targets as the loss wants them: class indices (int64) or multi-hot labels (float)."""
+        return y.float() if self.multilabel else y.long()
+
+    def predict(self, logits: torch.Tensor) -> torch.Tensor:
+        """Class indices (argmax over dim 1) or multi-hot labels (sigmoid above the threshold)."""
+        if self.multilabel:
+            return (torch.sigmoid(logits) >= self.multilabel_threshold).long()
+        return logits.argmax(1)
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-class scores in [0, 1]: softmax, or independent sigmoids for multi-label."""
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 1)
+
+    def metrics(self, num_classes: int) -> MetricCollection:
+        """Metrics fed with ``update(scores(logits), target)``; unlabelled pixels are ignored."""
+        if num_classes < 2 and not self.multilabel:
+            raise InputError(f"task {self.name} needs at least 2 classes, got {num_classes}")
+        if self.multilabel:
+            return MetricCollection(
+                {
+                    "map": MultilabelAveragePrecision(num_labels=num_classes, average="macro"),
+                    "f1_macro": MultilabelF1Score(num_labels=num_classes, average="macro"),
+                    "f1_per_label": MultilabelF1Score(num_labels=num_classes, average="none"),
+                }
+            )
+        ignore = IGNORE_INDEX if self.per_pixel else None
+        common = {
+            "accuracy": MulticlassAccuracy(num_classes=num_classes, average="micro", ignore_index=ignore),
+            "f1_macro": MulticlassF1Score(num_classes=num_classes, average="macro", ignore_index=ignore),
+            "kappa": MulticlassCohenKappa(num_classes=num_classes, ignore_index=ignore),
+        }
+        if self.per_pixel:
+            common["miou"] = MulticlassJaccardIndex(num_classes=num_classes, ignore_index=ignore)
+        return MetricCollection(common)  # type: ignore[arg-type]
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task(
+            "segmentation",
+            "dense",
+            "a class per pixel from dense labels (polygons or a label raster)",
+            monitor="val_miou",
+            predict_writes=("class map GeoTIFF (COG)",),
+        ),
+        Task(
+            "pixel",
+            "sparse",
+            "a class per pixel from sparse labels (points); unlabelled pixels are ignored",
+            monitor="val_miou",
+            predict_writes=("class map GeoTIFF (COG)",),
+        ),
+        Task(
+            "scene",
+            "single",
+            "one class per chip (EuroSAT-style folders or a CSV)",
+            monitor="val_accuracy",
+            predict_writes=("coarse label raster, a pixel per window", "GeoParquet of windows with scores"),
+        ),
+        Task(
+            "scene-multilabel",
+            "multi",
+            "several labels per chip (BigEarthNet-style), sigmoid outputs",
+            monitor="val_map",
+            predict_writes=("coarse label raster, a band per label", "GeoParquet of windows with scores"),
+        ),
+    )
+}
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``; an unknown name lists the valid ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise InputError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}") from None

@@ -1,0 +1,109 @@
+"""Labelled pixel series from a long CSV: reading, errors, and the sits MODIS sample against a random forest."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eoforge.errors import DataError, InputError
+from eoforge.temporal.fit import evaluate_series, random_forest, train_series
+from eoforge.temporal.series import read_series_csv, stratified_split
+
+CSV = "sample_id,longitude,latitude,label,date,red,nir\n"
+
+
+def write_csv(path: Path, rows: list[str]) -> Path:
+    path.write_text(CSV + "".join(r + "\n" for r in rows))
+    return path
+
+
+def test_long_csv_layout(tmp_path: Path) -> None:
+    rows = [
+        # dates out of order on purpose: series are sorted by date within a sample
+        "7,1.0,2.0,crop,2020-03-01,0.3,0.5",
+        "7,1.0,2.0,crop,2020-01-01,0.1,0.2",
+        "3,1.0,2.0,forest,2019-01-05,0.05,",
+        "3,1.0,2.0,forest,2019-03-05,0.06,0.7",
+    ]
+    s = read_series_csv(write_csv(tmp_path / "s.csv", rows))
+    assert s.bands == ("red", "nir") and s.classes == ("crop", "forest") and s.n_times == 2
+    assert s.ids.tolist() == [3, 7] and s.labels.tolist() == [1, 0]
+    np.testing.assert_allclose(s.values[1], [[0.1, 0.2], [0.3, 0.5]])
+    assert np.isnan(s.values[0, 0, 1])  # gaps stay gaps
+    assert s.channels()[1].tolist() == pytest.approx([0.1, 0.2, 0.3, 0.5])  # date-major
+    assert str(s.dates[0, 1]) == "2019-03-05"
+
+
+def test_long_csv_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="different numbers of dates"):
+        read_series_csv(
+            write_csv(
+                tmp_path / "a.csv",
+                ["1,0,0,a,2020-01-01,1,1", "1,0,0,a,2020-02-01,1,1", "2,0,0,b,2020-01-01,1,1"],
+            )
+        )
+    with pytest.raises(DataError, match="more than one label"):
+        read_series_csv(write_csv(tmp_path / "b.csv", ["1,0,0,a,2020-01-01,1,1", "1,0,0,b,2020-02-01,1,1"]))
+    with pytest.raises(InputError, match="no label column 'class'"):
+        read_series_csv(write_csv(tmp_path / "c.csv", ["1,0,0,a,2020-01-01,1,1"]), label_column="class")
+    with pytest.raises(InputError, match="not found"):
+        read_series_csv(tmp_path / "missing.csv")
+    with pytest.raises(InputError, match="between 0 and 1"):
+        stratified_split(np.array([0, 1]), 1.5, 0)
+
+
+SAMPLES = os.environ.get("EOFORGE_SAMPLES")
+
+
+@pytest.mark.skipif(not SAMPLES, reason="EOFORGE_SAMPLES is not set (real EO samples)")
+def test_sits_modis_temporal_model_close_to_random_forest() -> None:
+    series = read_series_csv(
+        Path(str(SAMPLES)) / "sits-modis-ndvi-sinop-timeseries/derived/samples_modis_ndvi_long.csv"
+    )
+    assert len(series.ids) == 1218 and series.n_times == 12 and len(series.classes) == 4
+    tr, te = stratified_split(series.labels, 0.3, seed=0)
+    assert len(te) == 366 and not set(tr) & set(te)
+    rf = random_forest(series, tr, te, n_estimators=200)
+    fitted = train_series(series, tr, arch="ltae", epochs=15, batch_size=32, lr=3e-3)
+    temporal = evaluate_series(fitted, series, te)
+    assert rf.accuracy > 0.85
+    assert temporal.accuracy > rf.accuracy - 0.05, (temporal, rf)
+
+
+def test_cli_series_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from eoforge.cli import main
+    from eoforge.temporal.fit import load_series_model
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(40):
+        label = "early" if i % 2 else "late"
+        for t in range(6):
+            peak = 1 if label == "early" else 4
+            v = np.exp(-((t - peak) ** 2)) + rng.normal(0, 0.05)
+            rows.append(f"{i},0,0,{label},2021-0{t + 1}-01,{v:.4f},{1 - v:.4f}")
+    csv = write_csv(tmp_path / "s.csv", rows)
+    out = tmp_path / "model"
+    main(["-q", "series", "train", str(csv), "-o", str(out), "--arch", "pixel-mlp", "--epochs", "2"])
+    assert "random_forest" in capsys.readouterr().out
+    import json
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n_test"] == 12 and set(metrics["scores"]) == {"pixel-mlp", "random_forest"}
+    fitted = load_series_model(out)
+    series = read_series_csv(csv)
+    assert fitted.n_times == 6 and fitted.bands == ("red", "nir")
+    assert fitted.predict_proba(series.channels()).shape == (40, 2)
+    with pytest.raises(SystemExit) as exc:
+        main(["series", "train", str(tmp_path / "missing.csv"), "-o", str(tmp_path / "m2")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "missing.csv: time-series CSV not found" in err
+    assert not (tmp_path / "m2").exists()
+    with pytest.raises(SystemExit) as exc:  # -o naming the input CSV must never replace it
+        main(["series", "train", str(csv), "-o", str(csv), "--epochs", "1"])
+    assert exc.value.code == 2 and "is not a series model folder" in capsys.readouterr().err
+    assert read_series_csv(csv).values.shape == (40, 6, 2)
