@@ -323,3 +323,15 @@ def test_too_few_blocks_is_a_clear_error(tmp_path: Path) -> None:
         make_chips(scene, ChipsConfig(size=32, split={"block_size": 64}), tmp_path / "run")
     assert not (tmp_path / "run" / "chips").exists()
     zarr  # noqa: B018
+
+
+def test_plots_are_pngs_of_the_store(built: ChipStore) -> None:
+    from eoforge.chips.plots import class_histogram_png, footprint_map_png
+
+    scene = PreparedScene.load(built.root.parent / "prepared")
+    for png in (footprint_map_png(built, scene), class_histogram_png(built, scene.class_names)):
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        with rasterio.MemoryFile(png) as mem, mem.open() as im:
+            assert im.width > 200 and im.height > 150
+    with pytest.raises(KeyError):
+        class_histogram_png(built, ["nope"])

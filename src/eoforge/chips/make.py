@@ -27,17 +27,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CHIPS_PER_TASK = 32
-"""Chips per Dask task: enough work to amortise a task's overhead (opening the rasters)."""
+STRIP = 256
+"""Rows of the scene per Dask task (the prepared rasters' tile height): chips whose top row falls in one strip."""
+MAX_PER_TASK = 256
+"""At most this many chips per task (bounds a task's memory: ``MAX_PER_TASK`` chips are held at once)."""
 
 
 def _stats(
-    scene: PreparedScene, rows: np.ndarray, cols: np.ndarray, size: int, client: Client | None
+    scene: PreparedScene, rows: np.ndarray, cols: np.ndarray, cfg: ChipsConfig, client: Client | None
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Valid and per-class labelled pixels of chips sorted by (row, col)."""
     k = len(scene.class_ids)
     args = [
-        (str(scene.image), str(scene.labels), rows[a:b], cols[a:b], size, k)
-        for a, b in batches(len(rows), CHIPS_PER_TASK)
+        (str(scene.image), str(scene.labels), rows[a:b], cols[a:b], cfg.size, k, cfg.min_valid > 0)
+        for a, b in batches(rows, STRIP, MAX_PER_TASK)
     ]
     res = run_tasks(window_stats, args, client)
     if not res:
@@ -47,10 +50,9 @@ def _stats(
 
 def _keep(valid: np.ndarray, counts: np.ndarray, size: int, cfg: ChipsConfig) -> np.ndarray:
     area = size * size
-    labelled = counts.sum(axis=1)
-    return (
-        (valid > 0) & (valid >= cfg.min_valid * area) & (labelled > 0) & (labelled >= cfg.min_labelled * area)
-    )
+    labelled = counts.sum(axis=1)  # labelled pixels are valid ones; valid is -1 when unread (min_valid 0)
+    enough = (valid < 0) | (valid >= cfg.min_valid * area)
+    return enough & (labelled > 0) & (labelled >= cfg.min_labelled * area)
 
 
 def sample(
@@ -79,8 +81,13 @@ def sample(
             if not fresh:
                 continue
             fr, fc = np.array([p[0] for p in fresh]), np.array([p[1] for p in fresh])
-            valid, counts = _stats(scene, fr, fc, size, client)
-            ok = np.flatnonzero(_keep(valid, counts, size, cfg))[:need]
+            by_pos = np.lexsort((fc, fr))
+            valid, counts = (
+                np.empty(len(fr), dtype=np.int64),
+                np.empty((len(fr), len(scene.class_ids)), np.int64),
+            )
+            valid[by_pos], counts[by_pos] = _stats(scene, fr[by_pos], fc[by_pos], cfg, client)
+            ok = np.flatnonzero(_keep(valid, counts, size, cfg))[:need]  # the first passing, in draw order
             rows_l.extend(fr[ok].tolist())
             cols_l.extend(fc[ok].tolist())
             cnt_l.extend(counts[ok])
@@ -99,7 +106,9 @@ def sample(
         extra = np.array([(a, b) not in grid_set for a, b in zip(pr.tolist(), pc.tolist(), strict=True)])
         rows, cols = np.concatenate([rows, pr[extra]]), np.concatenate([cols, pc[extra]])
         base = np.r_[base, np.zeros(int(extra.sum()), dtype=bool)]
-    valid, counts = _stats(scene, rows, cols, size, client)
+        order = np.lexsort((cols, rows))
+        rows, cols, base = rows[order], cols[order], base[order]
+    valid, counts = _stats(scene, rows, cols, cfg, client)
     ok = _keep(valid, counts, size, cfg)
     rows, cols, counts, base = rows[ok], cols[ok], counts[ok], base[ok]
     if cfg.sampler == "balanced":
@@ -111,8 +120,6 @@ def sample(
             "share_after": {n: share[str(i)] for i, n in enumerate(scene.class_names)},
         }
         rows, cols, counts = rows[chosen], cols[chosen], counts[chosen]
-        order = np.lexsort((cols, rows))
-        rows, cols, counts = rows[order], cols[order], counts[order]
     return rows, cols, counts, facts
 
 
@@ -124,10 +131,11 @@ def make_chips(
     from eoforge.compute import dask_client
 
     with dask_client(compute) as client:
-        return _make(scene, cfg, Path(out_dir), client)
+        return make_chips_on(scene, cfg, Path(out_dir), client)
 
 
-def _make(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client: Client | None) -> ChipStore:
+def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client: Client | None) -> ChipStore:
+    """:func:`make_chips` on a given Dask client (``None``: in this process), e.g. one already started."""
     size, sp = cfg.size, cfg.split
     block = sp.block_size or 2 * size
     grid = scene.grid
@@ -197,7 +205,7 @@ def _make(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client: Client 
                 grid.width,
                 pts,
             )
-            for a, b in batches(n, CHIPS_PER_TASK)
+            for a, b in batches(rows, STRIP, MAX_PER_TASK)
         ]
         found = run_tasks(extract, args, client)
         consolidate(tmp / "chips.zarr")

@@ -23,12 +23,16 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 import zarr
+from zarr.codecs import BloscCodec
 
 from eoforge.chips.splits import SPLITS
 from eoforge.config import IGNORE_INDEX
 from eoforge.errors import InputError
 from eoforge.geo import Grid
 from eoforge.io.atomic import atomic_dir
+
+COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+"""Chip chunks: Blosc LZ4 with byte shuffle, several times faster to write than zarr's default zstd."""
 
 
 @dataclass(frozen=True)

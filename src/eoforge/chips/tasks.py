@@ -35,24 +35,34 @@ def run_tasks(fn: Callable[..., Any], args: Sequence[tuple[Any, ...]], client: C
     return list(client.gather(client.compute(tasks)))
 
 
-def batches(n: int, per_task: int) -> list[tuple[int, int]]:
-    """``[start, stop)`` ranges of at most ``per_task`` consecutive chips."""
-    return [(i, min(i + per_task, n)) for i in range(0, n, per_task)]
+def batches(rows: np.ndarray, strip: int, most: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` runs of consecutive chips (sorted by row) whose top rows fall in the same strip of
+    ``strip`` rows, at most ``most`` each: a task then decompresses each raster tile about once (GDAL's
+    block cache lives with the dataset a task opens)."""
+    out: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i] // strip != rows[start] // strip or i - start >= most:
+            out.append((start, i))
+            start = i
+    return out
 
 
 def window_stats(
-    image: str, labels: str, rows: np.ndarray, cols: np.ndarray, size: int, n_classes: int
+    image: str, labels: str, rows: np.ndarray, cols: np.ndarray, size: int, n_classes: int, need_valid: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each chip: its valid (non-nodata) pixel count and its labelled pixel count per class.
 
-    Reads band 1 of the image (every band is NaN where any is, see ``RasterStack``) and the labels.
+    Reads the labels, and band 1 of the image only when ``need_valid`` (every band is NaN where any is, see
+    ``RasterStack``); otherwise the valid count is -1 (unknown; labelled pixels are always valid ones).
     """
-    valid = np.zeros(len(rows), dtype=np.int64)
+    valid = np.full(len(rows), -1, dtype=np.int64)
     counts = np.zeros((len(rows), n_classes), dtype=np.int64)
     with rasterio.open(image) as src, rasterio.open(labels) as lab:
         for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
             w = Window(int(c), int(r), size, size)
-            valid[i] = int(np.count_nonzero(~np.isnan(src.read(1, window=w))))
+            if need_valid:
+                valid[i] = int(np.count_nonzero(~np.isnan(src.read(1, window=w))))
             counts[i] = np.bincount(lab.read(1, window=w).ravel(), minlength=256)[:n_classes]
     return valid, counts
 
@@ -94,13 +104,14 @@ def extract(
     if not isinstance(img_arr, zarr.Array) or not isinstance(lab_arr, zarr.Array):
         raise DataError(f"{store}: 'image' and 'label' must be Zarr arrays; re-run `eoforge chips`")
     found: list[dict[str, np.ndarray]] = []
+    n = len(rows)
+    imgs = np.empty((n, *img_arr.shape[1:]), dtype=np.float32)
+    labs = np.empty((n, *lab_arr.shape[1:]), dtype=np.uint8)
     with rasterio.open(image) as src, rasterio.open(labels) as lab:
         for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
             w = Window(int(c), int(r), size, size)
-            img = src.read(window=w)
-            lb = lab.read(1, window=w)
-            img_arr[start + k] = img
-            lab_arr[start + k] = lb
+            img = imgs[k] = src.read(window=w)
+            lb = labs[k] = lab.read(1, window=w)
             if points is None:
                 continue
             yy, xx = np.nonzero(lb != IGNORE_INDEX)  # labels are unlabelled wherever the image is nodata
@@ -113,6 +124,8 @@ def extract(
                     "values": img[:, yy, xx].T,
                 }
             )
+    img_arr[start : start + n] = imgs  # one call per batch: zarr writes the chunks concurrently
+    lab_arr[start : start + n] = labs
     if points is None:
         return None
     if not found:
