@@ -15,7 +15,7 @@ from shapely import box as boxes
 from eoforge.chips.leakage import check_leakage
 from eoforge.chips.samplers import balance, grid_windows, random_windows
 from eoforge.chips.splits import SPLITS, centre_blocks, split_blocks, split_random, split_regions
-from eoforge.chips.store import ChipStore, consolidate, create_arrays
+from eoforge.chips.store import SHARD, ChipStore, consolidate, create_arrays
 from eoforge.chips.tasks import batches, extract, run_tasks, window_stats
 from eoforge.config import IGNORE_INDEX, ChipsConfig, ComputeConfig
 from eoforge.errors import InputError
@@ -115,10 +115,22 @@ def sample(
         before = counts[base].sum(axis=0) / max(int(counts[base].sum()), 1)
         chosen, share = balance(base, counts, cfg.balance.min_share)
         facts["balance"] = {
-            "added_chips": int(chosen.sum() - base.sum()),
+            "added_chips": int((chosen & ~base).sum()),
+            "removed_chips": int((base & ~chosen).sum()),
             "share_before": {n: float(s) for n, s in zip(scene.class_names, before, strict=True)},
-            "share_after": {n: share[str(i)] for i, n in enumerate(scene.class_names)},
+            "share_after": {n: float(s) for n, s in zip(scene.class_names, share, strict=True)},
         }
+        low = [
+            n
+            for n, s, p in zip(scene.class_names, share, counts.sum(axis=0), strict=True)
+            if p > 0 and s < cfg.balance.min_share
+        ]
+        if low:
+            log.warning(
+                "chips.balance: %s stay below %.0f%% of the labelled pixels (no chip left to add or remove)",
+                ", ".join(low),
+                100 * cfg.balance.min_share,
+            )
         rows, cols, counts = rows[chosen], cols[chosen], counts[chosen]
     return rows, cols, counts, facts
 
@@ -205,7 +217,7 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
                 grid.width,
                 pts,
             )
-            for a, b in batches(rows, STRIP, MAX_PER_TASK)
+            for a, b in batches(np.arange(n), SHARD, SHARD)  # whole shards: no file written by two tasks
         ]
         found = run_tasks(extract, args, client)
         consolidate(tmp / "chips.zarr")

@@ -42,15 +42,16 @@ def random_windows(
 
 def balance(
     base: np.ndarray, counts: np.ndarray, min_share: float, max_added: int | None = None
-) -> tuple[np.ndarray, dict[str, float]]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Pick chips so that every class present reaches ``min_share`` of the labelled pixels.
 
     ``counts`` is ``(n_candidates, n_classes)`` labelled pixels per class; ``base`` a boolean mask of the chips
-    chosen to start with (the grid). Greedy: while some present class is below its share, add the unchosen
-    candidate holding most pixels of the class furthest below it (candidates overlap, so rare areas are
-    oversampled). A class whose pixels are all chosen already stays below. Returns the chosen mask and the
-    final share per class index (as strings, for JSON). Hand-written: no maintained library balances
-    overlapping spatial windows by pixel counts.
+    chosen to start with (the grid). Greedy, two phases. Add: while some present class is below its share,
+    add the unchosen candidate holding most pixels of the class furthest below it (candidates overlap, so
+    rare areas are oversampled). Remove: while some class is still below, drop the chosen chip holding none
+    of the classes below and most pixels of the most over-represented class. Returns the chosen mask and
+    the final share per class. Hand-written: no maintained library balances overlapping spatial windows by
+    pixel counts.
     """
     chosen = base.copy()
     total = counts[chosen].sum(axis=0).astype(np.float64)
@@ -60,12 +61,16 @@ def balance(
     free[chosen] = -1.0
     limit = max_added if max_added is not None else len(counts)
     added = 0
+
+    def below() -> np.ndarray:
+        return present & (total / max(total.sum(), 1.0) < min_share)
+
     while added < limit:
-        share = total / max(total.sum(), 1.0)
-        below = present & ~stuck & (share < min_share)
-        if not below.any():
+        low = below() & ~stuck
+        if not low.any():
             break
-        c = int(np.argmin(np.where(below, share, np.inf)))
+        share = total / max(total.sum(), 1.0)
+        c = int(np.argmin(np.where(low, share, np.inf)))
         best = int(np.argmax(free[:, c]))
         if free[best, c] <= 0:
             stuck[c] = True
@@ -74,12 +79,14 @@ def balance(
         total += counts[best]
         free[best] = -1.0
         added += 1
-    share = total / max(total.sum(), 1.0)
-    low = [i for i in np.flatnonzero(present & (share < min_share))]
-    if low:
-        log.warning(
-            "chips.balance: classes %s stay below %.0f%% of the labelled pixels (every chip holding them is used)",
-            low,
-            100 * min_share,
-        )
-    return chosen, {str(i): float(s) for i, s in enumerate(share)}
+    while below().any():
+        low = below()
+        share = total / max(total.sum(), 1.0)
+        top = int(np.argmax(np.where(present, share, -np.inf)))
+        removable = chosen & (counts[:, low].sum(axis=1) == 0) & (counts[:, top] > 0)
+        if not removable.any():
+            break
+        worst = int(np.argmax(np.where(removable, counts[:, top], -1)))
+        chosen[worst] = False
+        total -= counts[worst]
+    return chosen, total / max(total.sum(), 1.0)

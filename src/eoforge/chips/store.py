@@ -4,7 +4,7 @@
   indices (255 = unlabelled); per-chip ``row``, ``col``, ``split`` (0 train, 1 val, 2 test), ``transform``
   (chip, affine) and pixel-centre coordinates ``chip_x`` (chip, x), ``chip_y`` (chip, y); a ``spatial_ref``
   variable with the CRS (CF grid mapping). Dimension names are stored, so ``xarray.open_zarr`` opens it.
-  One chunk per chip.
+  One chunk per chip, ``SHARD`` chunks per file (Zarr v3 sharding).
 - ``index.parquet``: GeoParquet, one row per chip: footprint, ``chip, split, row, col, block_row, block_col,
   scene`` and ``px_<class>`` labelled pixels per class.
 - ``chips.json``: sizes, sampler, split mode, counts, chip indices per split.
@@ -31,6 +31,9 @@ from eoforge.errors import InputError
 from eoforge.geo import Grid
 from eoforge.io.atomic import atomic_dir
 
+SHARD = 64
+"""Chips per Zarr shard (one file holding that many one-chip chunks): fewer, larger files write ~2x faster.
+Extraction tasks cover whole shards, so no two tasks write one file."""
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 """Chip chunks: Blosc LZ4 with byte shuffle, several times faster to write than zarr's default zstd."""
 
@@ -94,6 +97,7 @@ def create_arrays(
 ) -> None:
     """Create the Zarr group with its per-chip coordinates; ``image``/``label`` chunks are filled by tasks."""
     n, c = len(rows), len(bands)
+    shard = min(SHARD, max(n, 1))
     g = zarr.open_group(str(path), mode="w")
     g.attrs.update(attrs)
     ref = g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0)
@@ -104,6 +108,8 @@ def create_arrays(
         "image",
         shape=(n, c, size, size),
         chunks=(1, c, size, size),
+        shards=(shard, c, size, size),
+        compressors=COMPRESSOR,
         dtype="float32",
         fill_value=np.nan,
         dimension_names=["chip", "band", "y", "x"],
@@ -113,6 +119,8 @@ def create_arrays(
         "label",
         shape=(n, size, size),
         chunks=(1, size, size),
+        shards=(shard, size, size),
+        compressors=COMPRESSOR,
         dtype="uint8",
         fill_value=IGNORE_INDEX,
         dimension_names=["chip", "y", "x"],
