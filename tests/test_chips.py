@@ -99,11 +99,11 @@ def test_filters_drop_nodata_and_unlabelled_chips(tmp_path: Path) -> None:
     nodata = np.zeros((h, w), dtype=bool)
     nodata[:, :32] = True  # the left quarter nodata
     scene = _prepare(tmp_path, labels, nodata)
-    _, cols, _, _ = sample(scene, ChipsConfig(size=32, min_valid=0.0, min_labelled=0.0))
+    _, cols, _, _, _ = sample(scene, ChipsConfig(size=32, min_valid=0.0, min_labelled=0.0))
     assert sorted(set(cols.tolist())) == [32, 64]
-    _, cols, counts, _ = sample(scene, ChipsConfig(size=32, stride=16, min_valid=0.75, min_labelled=0.0))
+    _, cols, counts, _, _ = sample(scene, ChipsConfig(size=32, stride=16, min_valid=0.75, min_labelled=0.0))
     assert sorted(set(cols.tolist())) == [32, 48, 64, 80]  # 96 is valid but has no labelled pixel
-    _, cols, counts, _ = sample(scene, ChipsConfig(size=32, stride=16, min_labelled=0.75))
+    _, cols, counts, _, _ = sample(scene, ChipsConfig(size=32, stride=16, min_labelled=0.75))
     assert sorted(set(cols.tolist())) == [32, 48, 64] and (counts.sum(axis=1) >= 0.75 * 1024).all()
 
 
@@ -119,21 +119,28 @@ def test_random_chips_are_seeded(tmp_path: Path) -> None:
 
 
 def test_balanced_raises_a_rare_class_to_its_share(tmp_path: Path) -> None:
-    labels = _two_class(128, 128)
-    labels[40:58, 70:88] = 3  # 324 px: 1.98 % of the scene
+    labels = _two_class(128, 256)
+    labels[40:58, 70:88] = 3  # 324 px: 0.99 % of the scene, 1.98 % of the left (train) half
     scene = _prepare(tmp_path, labels)
-    grid = sample(scene, ChipsConfig(size=32))
-    share = grid[2].sum(axis=0) / grid[2].sum()
-    assert share[2] < 0.02
-    rows, cols, counts, facts = sample(
-        scene, ChipsConfig(size=32, sampler="balanced", balance={"min_share": 0.05})
+    regions = gpd.GeoDataFrame(
+        {"split": ["train", "val", "test"]},
+        geometry=[pixel_box(0, 0, 128, 128), pixel_box(0, 128, 64, 256), pixel_box(64, 128, 128, 256)],
+        crs=CRS,
     )
-    share = counts.sum(axis=0) / counts.sum()
-    assert share[2] >= 0.05
-    assert facts["balance"]["share_after"]["c3"] == pytest.approx(share[2])
-    assert set(zip(grid[0].tolist(), grid[1].tolist(), strict=True)) <= set(
-        zip(rows.tolist(), cols.tolist(), strict=True)
-    )
+    regions.to_file(tmp_path / "regions.gpkg")
+    split = {"mode": "regions", "regions": {"path": tmp_path / "regions.gpkg"}}
+    grid = make_chips(scene, ChipsConfig(size=32, split=split), tmp_path / "grid").meta()
+    px = grid["class_pixels"]["train"]
+    assert px["c3"] / sum(px.values()) == pytest.approx(324 / 128**2)
+    cfg = ChipsConfig(size=32, sampler="balanced", balance={"min_share": 0.05}, split=split)
+    store = make_chips(scene, cfg, tmp_path / "bal")
+    meta, idx = store.meta(), store.index()
+    px = meta["class_pixels"]["train"]
+    assert px["c3"] / sum(px.values()) >= 0.05
+    assert meta["balance"]["share_after"]["c3"] == pytest.approx(px["c3"] / sum(px.values()))
+    assert meta["counts"]["val"] == grid["counts"]["val"] and meta["counts"]["test"] == grid["counts"]["test"]
+    assert set(idx[idx.split == "train"].col) > {0, 32, 64, 96}  # off-grid chips were added to train only
+    assert set(idx[idx.split != "train"].col) <= {128, 160, 192, 224}
 
 
 @settings(max_examples=60, deadline=None)

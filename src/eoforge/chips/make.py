@@ -57,9 +57,10 @@ def _keep(valid: np.ndarray, counts: np.ndarray, size: int, cfg: ChipsConfig) ->
 
 def sample(
     scene: PreparedScene, cfg: ChipsConfig, client: Client | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Chip corners (rows, cols) chosen by ``cfg.sampler`` that pass the filters, in row-major order, with
-    their labelled pixels per class, and facts for ``chips.json``."""
+    their labelled pixels per class, a mask of the sampler's chips (the rest: the balanced sampler's denser
+    pool of candidates, see :func:`choose_balanced`) and facts for ``chips.json``."""
     size, stride = cfg.size, cfg.stride or cfg.size
     h, w = scene.grid.height, scene.grid.width
     facts: dict[str, Any] = {}
@@ -96,7 +97,7 @@ def sample(
         rows, cols = np.asarray(rows_l, dtype=np.int64), np.asarray(cols_l, dtype=np.int64)
         counts = np.asarray(cnt_l, dtype=np.int64).reshape(len(rows_l), len(scene.class_ids))
         order = np.lexsort((cols, rows))
-        return rows[order], cols[order], counts[order], facts
+        return rows[order], cols[order], counts[order], np.ones(len(rows), dtype=bool), facts
     rows, cols = grid_windows(h, w, size, stride)
     base = np.ones(len(rows), dtype=bool)
     if cfg.sampler == "balanced":  # a denser pool of candidates to add from
@@ -111,28 +112,36 @@ def sample(
     valid, counts = _stats(scene, rows, cols, cfg, client)
     ok = _keep(valid, counts, size, cfg)
     rows, cols, counts, base = rows[ok], cols[ok], counts[ok], base[ok]
-    if cfg.sampler == "balanced":
-        before = counts[base].sum(axis=0) / max(int(counts[base].sum()), 1)
-        chosen, share = balance(base, counts, cfg.balance.min_share)
-        facts["balance"] = {
-            "added_chips": int((chosen & ~base).sum()),
-            "removed_chips": int((base & ~chosen).sum()),
-            "share_before": {n: float(s) for n, s in zip(scene.class_names, before, strict=True)},
-            "share_after": {n: float(s) for n, s in zip(scene.class_names, share, strict=True)},
-        }
-        low = [
-            n
-            for n, s, p in zip(scene.class_names, share, counts.sum(axis=0), strict=True)
-            if p > 0 and s < cfg.balance.min_share
-        ]
-        if low:
-            log.warning(
-                "chips.balance: %s stay below %.0f%% of the labelled pixels (no chip left to add or remove)",
-                ", ".join(low),
-                100 * cfg.balance.min_share,
-            )
-        rows, cols, counts = rows[chosen], cols[chosen], counts[chosen]
-    return rows, cols, counts, facts
+    return rows, cols, counts, base, facts
+
+
+def choose_balanced(
+    base: np.ndarray, counts: np.ndarray, eligible: np.ndarray, cfg: ChipsConfig, names: list[str]
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Balance the ``eligible`` chips (the train split) with :func:`balance`, starting from the grid chips
+    among them; other chips are untouched (grid chips kept, pool chips dropped). Returns the kept mask."""
+    start = base & eligible
+    sub = np.where(eligible[:, None], counts, 0)
+    before = sub[start].sum(axis=0) / max(int(sub[start].sum()), 1)
+    chosen, share = balance(start, sub, cfg.balance.min_share)
+    facts = {
+        "added_chips": int((chosen & ~start).sum()),
+        "removed_chips": int((start & ~chosen).sum()),
+        "share_before": {n: float(x) for n, x in zip(names, before, strict=True)},
+        "share_after": {n: float(x) for n, x in zip(names, share, strict=True)},
+    }
+    low = [
+        n
+        for n, x, p in zip(names, share, sub.sum(axis=0), strict=True)
+        if p > 0 and x < cfg.balance.min_share
+    ]
+    if low:
+        log.warning(
+            "chips.balance: %s stay below %.0f%% of the labelled training pixels (no chip left to add or remove)",
+            ", ".join(low),
+            100 * cfg.balance.min_share,
+        )
+    return chosen | (base & ~eligible), facts
 
 
 def make_chips(
@@ -160,12 +169,16 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
             f"{scene.image}: scene ({grid.width}x{grid.height} px) is smaller than one chip ({size} px); "
             "lower chips.size"
         )
-    rows, cols, counts, facts = sample(scene, cfg, client)
+    rows, cols, counts, base, facts = sample(scene, cfg, client)
     if len(rows) == 0:
         raise InputError(
             f"{scene.labels}: no chip has {cfg.min_valid:.0%} valid and {cfg.min_labelled:.0%} labelled pixels; "
             "lower chips.min_valid, chips.min_labelled or chips.size"
         )
+    names = scene.class_names
+    if cfg.sampler == "balanced" and sp.mode == "random":  # balance everything, then draw the splits
+        keep, facts["balance"] = choose_balanced(base, counts, np.ones(len(rows), dtype=bool), cfg, names)
+        rows, cols, counts, base = rows[keep], cols[keep], counts[keep], base[keep]
     if sp.mode == "blocks":
         codes = split_blocks(rows, cols, size, grid.shape, block, sp.buffer, sp.val, sp.test, sp.seed)
     elif sp.mode == "random":
@@ -174,6 +187,12 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
         if sp.regions is None:  # the config validator guarantees it; keeps mypy informed
             raise InputError("chips.split.mode regions needs chips.split.regions")
         codes = split_regions(rows, cols, size, grid, sp.buffer, sp.regions.path, sp.regions.column)
+    if cfg.sampler == "balanced" and sp.mode != "random":  # split first, then balance the training chips
+        keep, facts["balance"] = choose_balanced(base, counts, codes == 0, cfg, names)
+        dropped_pool = ~base & ~keep
+        rows, cols, counts, codes, base = (x[~dropped_pool] for x in (rows, cols, counts, codes, base))
+        codes[~keep[~dropped_pool]] = -1
+    codes[~base & (codes != 0)] = -1  # pool chips only ever join the training split
     dropped = int((codes < 0).sum())
     kept = codes >= 0
     rows, cols, counts, codes = rows[kept], cols[kept], counts[kept], codes[kept]
@@ -192,7 +211,6 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
     n = len(rows)
     br, bc = centre_blocks(rows, cols, size, block)
     split_names = np.asarray(SPLITS, dtype=object)[codes]
-    names = scene.class_names
     with atomic_dir(out_dir / "chips") as tmp:
         attrs = {
             "crs": grid.crs,

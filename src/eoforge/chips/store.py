@@ -17,7 +17,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import geopandas as gpd
 import numpy as np
@@ -98,13 +98,15 @@ def create_arrays(
     """Create the Zarr group with its per-chip coordinates; ``image``/``label`` chunks are filled by tasks."""
     n, c = len(rows), len(bands)
     shard = min(SHARD, max(n, 1))
-    g = zarr.open_group(str(path), mode="w")
-    g.attrs.update(attrs)
-    ref = g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0)
-    ref.attrs.update(
-        {"crs_wkt": rasterio.crs.CRS.from_user_input(grid.crs).to_wkt(), "spatial_ref": grid.crs}
+    g = zarr.open_group(str(path), mode="w", attributes=attrs)  # attributes given at creation: one write
+    g.create_array(
+        "spatial_ref",
+        shape=(),
+        dtype="int32",
+        fill_value=0,
+        attributes={"crs_wkt": rasterio.crs.CRS.from_user_input(grid.crs).to_wkt(), "spatial_ref": grid.crs},
     )
-    img = g.create_array(
+    g.create_array(
         "image",
         shape=(n, c, size, size),
         chunks=(1, c, size, size),
@@ -113,9 +115,14 @@ def create_arrays(
         dtype="float32",
         fill_value=np.nan,
         dimension_names=["chip", "band", "y", "x"],
+        attributes={
+            "grid_mapping": "spatial_ref",
+            "long_name": "image bands",
+            "band_names": bands,
+            "coordinates": "row col split chip_x chip_y",
+        },
     )
-    img.attrs.update({"grid_mapping": "spatial_ref", "long_name": "image bands", "band_names": bands})
-    lab = g.create_array(
+    g.create_array(
         "label",
         shape=(n, size, size),
         chunks=(1, size, size),
@@ -124,14 +131,13 @@ def create_arrays(
         dtype="uint8",
         fill_value=IGNORE_INDEX,
         dimension_names=["chip", "y", "x"],
-    )
-    lab.attrs.update(
-        {
+        attributes={
             "grid_mapping": "spatial_ref",
             "long_name": "class index",
             "flag_values": list(range(len(attrs["classes"]))),
             "flag_meanings": " ".join(n.replace(" ", "_") for n in attrs["classes"].values()),
-        }
+            "coordinates": "row col split chip_x chip_y",
+        },
     )
     t = grid.transform
     per_chip: dict[str, tuple[np.ndarray, list[str], dict[str, Any]]] = {
@@ -171,13 +177,14 @@ def create_arrays(
         ),
     }
     for name, (data, dims, a) in per_chip.items():
+        chunks: tuple[int, ...] | Literal["auto"] = (
+            (min(4096, max(len(data), 1)), *(int(d) for d in data.shape[1:])) if data.ndim else "auto"
+        )
         arr = g.create_array(
-            name, shape=data.shape, dtype=data.dtype, chunks=data.shape or "auto", dimension_names=dims
+            name, shape=data.shape, dtype=data.dtype, chunks=chunks, dimension_names=dims, attributes=a
         )
         if data.size:
             arr[...] = data
-        arr.attrs.update(a)
-    img.attrs["coordinates"] = "row col split chip_x chip_y"
 
 
 def consolidate(path: Path) -> None:
