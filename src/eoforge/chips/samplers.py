@@ -48,8 +48,8 @@ def balance(
     ``counts`` is ``(n_candidates, n_classes)`` labelled pixels per class; ``base`` a boolean mask of the chips
     chosen to start with (the grid). Greedy, two phases. Add: while some present class is below its share,
     add the unchosen candidate holding most pixels of the class furthest below it (candidates overlap, so
-    rare areas are oversampled). Remove: while some class is still below, drop the chosen chip holding none
-    of the classes below and most pixels of the most over-represented class. Returns the chosen mask and
+    rare areas are oversampled). Remove: while some class is still below, drop the chosen chip with the
+    largest share of the most common class among those whose removal raises every class below. Returns the chosen mask and
     the final share per class. Hand-written: no maintained library balances overlapping spatial windows by
     pixel counts.
     """
@@ -79,14 +79,17 @@ def balance(
         total += counts[best]
         free[best] = -1.0
         added += 1
+    labelled = np.maximum(counts.sum(axis=1), 1).astype(np.float64)
+    frac = counts / labelled[:, None]
     while below().any():
         low = below()
         share = total / max(total.sum(), 1.0)
         top = int(np.argmax(np.where(present, share, -np.inf)))
-        removable = chosen & (counts[:, low].sum(axis=1) == 0) & (counts[:, top] > 0)
+        # dropping a chip raises class c's share iff the chip holds less of c than the selection does
+        removable = chosen & (frac[:, low] < share[low]).all(axis=1) & (counts[:, top] > 0)
         if not removable.any():
             break
-        worst = int(np.argmax(np.where(removable, counts[:, top], -1)))
+        worst = int(np.argmax(np.where(removable, frac[:, top], -1.0)))
         chosen[worst] = False
         total -= counts[worst]
     return chosen, total / max(total.sum(), 1.0)
