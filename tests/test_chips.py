@@ -342,3 +342,22 @@ def test_plots_are_pngs_of_the_store(built: ChipStore) -> None:
             assert im.width > 200 and im.height > 150
     with pytest.raises(KeyError):
         class_histogram_png(built, ["nope"])
+
+
+def test_regions_path_is_relative_to_the_config_and_cli_compute(tmp_path: Path) -> None:
+    import yaml
+
+    from eoforge.config import load_config, with_compute
+
+    raw = {
+        "inputs": {"images": ["a.tif"], "labels": {"path": "l.tif"}, "classes": {1: "a", 2: "b"}},
+        "chips": {"split": {"mode": "regions", "regions": {"path": "regions.gpkg", "column": "part"}}},
+    }
+    (tmp_path / "a.tif").touch()
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(tmp_path / "run.yaml")
+    assert cfg.chips.split.regions is not None and cfg.chips.split.regions.path == tmp_path / "regions.gpkg"
+    assert with_compute(cfg, None, None) is cfg
+    assert with_compute(cfg, None, 3).compute.workers == 3
+    with pytest.raises(InputError, match="--scheduler/--workers: .*not both"):
+        with_compute(cfg, "tcp://127.0.0.1:8786", 2)
