@@ -160,7 +160,8 @@ def test_block_split_never_leaks(
 
     rows, cols = grid_windows(h, w, size, stride)
     block = size * block_mult
-    code = split_blocks(rows, cols, size, (h, w), block, buffer, 0.2, 0.2, seed)
+    code, blocks = split_blocks(rows, cols, size, (h, w), block, buffer, 0.2, 0.2, seed)
+    assert blocks.shape == (-(-h // block), -(-w // block))
     kept = code >= 0
     assert len(leaks(rows[kept], cols[kept], code[kept], size, buffer)) == 0
     # every pixel of a kept chip lies in a block of the chip's split (what evaluation rebuilds from blocks)
@@ -169,7 +170,7 @@ def test_block_split_never_leaks(
     for i in np.flatnonzero(kept):
         for r in range(rows[i] // block, (rows[i] + size - 1) // block + 1):
             for c in range(cols[i] // block, (cols[i] + size - 1) // block + 1):
-                assert owner.setdefault((r, c), int(code[i])) == code[i]
+                assert owner.setdefault((r, c), int(code[i])) == code[i] == blocks[r, c]
         assert owner[(int(br[i]), int(bc[i]))] == code[i]
 
 
@@ -256,6 +257,8 @@ def test_index_points_and_info(built: ChipStore) -> None:
     owner = {(r.row, r.col, r.split) for r in idx.itertuples()}
     for p in pts.head(20).itertuples():  # every point lies in a chip of its split
         assert any(r <= p.row < r + 32 and c <= p.col < c + 32 and s == p.split for r, c, s in owner)
+    blocks = built.meta()["block_splits"]  # evaluation can rebuild a per-pixel split raster from these
+    assert all(blocks[r.block_row][r.block_col] == r.split for r in idx.itertuples())
     counts = info(built)
     assert counts["train"]["chips"] == int((idx.split == "train").sum())
     assert sum(v["c1"] + v["c2"] for v in counts.values()) == int(idx.px_c1.sum() + idx.px_c2.sum())

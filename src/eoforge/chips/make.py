@@ -179,8 +179,11 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
     if cfg.sampler == "balanced" and sp.mode == "random":  # balance everything, then draw the splits
         keep, facts["balance"] = choose_balanced(base, counts, np.ones(len(rows), dtype=bool), cfg, names)
         rows, cols, counts, base = rows[keep], cols[keep], counts[keep], base[keep]
+    block_splits = None
     if sp.mode == "blocks":
-        codes = split_blocks(rows, cols, size, grid.shape, block, sp.buffer, sp.val, sp.test, sp.seed)
+        codes, block_splits = split_blocks(
+            rows, cols, size, grid.shape, block, sp.buffer, sp.val, sp.test, sp.seed
+        )
     elif sp.mode == "random":
         codes = split_random(rows, cols, size, sp.buffer, sp.val, sp.test, sp.seed)
     else:
@@ -265,6 +268,9 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
             "sampler": cfg.sampler,
             "split_mode": sp.mode,
             "blocks_define_splits": sp.mode == "blocks",
+            "block_splits": None
+            if block_splits is None
+            else [[SPLITS[int(v)] for v in r] for r in block_splits],
             "block_size": block,
             "buffer": sp.buffer,
             "min_valid": cfg.min_valid,

@@ -117,5 +117,5 @@ def class_histogram_png(store: ChipStore, class_names: list[str]) -> bytes:
     ax.set_ylabel("share of the split's labelled pixels")
     ax.set_ylim(0, min(1.0, float(share.max()) * 1.3 + 0.02))
     ax.legend(frameon=False, fontsize=8)
-    ax.set_title("Classes per split")
+    ax.set_title("Classes per split (a pixel counts once per chip holding it)")
     return _png(fig)

@@ -59,11 +59,12 @@ def split_blocks(
     val: float,
     test: float,
     seed: int,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Spatial block split: blocks go whole to a split (weighted by the chips inside them); a chip takes
     its centre block's split and is dropped (``-1``) if its footprint grown by ``ceil(buffer / 2)`` px
     touches a block of another split. Two kept chips of different splits are then at least ``buffer`` px
-    apart, and every pixel of a chip lies in a block of the chip's split."""
+    apart, and every pixel of a chip lies in a block of the chip's split. Returns the chips' split codes and
+    the ``(block rows, block cols)`` grid of block split codes."""
     height, width = grid_shape
     nbr, nbc = math.ceil(height / block), math.ceil(width / block)
     br, bc = centre_blocks(rows, cols, size, block)
@@ -84,7 +85,7 @@ def split_blocks(
         touched = blocks[r0[i] : r1[i] + 1, c0[i] : c1[i] + 1]
         if (touched != code[i]).any():
             code[i] = -1
-    return code
+    return code, blocks
 
 
 def split_random(
