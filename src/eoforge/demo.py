@@ -96,6 +96,10 @@ def demo_config(epochs: int = 40) -> RunConfig:
             "model": {"arch": "unet", "encoder": "resnet18"},
             "train": {"epochs": epochs, "batch_size": 16, "lr": 0.002, "patience": 12},
             "predict": {"tile": 128, "overlap": 32},
+            # a user's own rule as a third baseline: vegetation index high -> forest, else developed
+            "evaluate": {
+                "baselines": [{"index": "NDVI", "above": 0.3, "then": "forest", "else": "developed"}]
+            },
         },
         source="demo",
     )

@@ -53,16 +53,16 @@ def window_stats(
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each chip: its valid (non-nodata) pixel count and its labelled pixel count per class.
 
-    Reads the labels, and band 1 of the image only when ``need_valid`` (every band is NaN where any is, see
-    ``RasterStack``); otherwise the valid count is -1 (unknown; labelled pixels are always valid ones).
+    Reads the labels, and the image only when ``need_valid``; otherwise the valid count is -1 (unknown;
+    prepare marks nodata pixels unlabelled, so labelled pixels are always valid ones).
     """
     valid = np.full(len(rows), -1, dtype=np.int64)
     counts = np.zeros((len(rows), n_classes), dtype=np.int64)
     with rasterio.open(image) as src, rasterio.open(labels) as lab:
         for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
             w = Window(int(c), int(r), size, size)
-            if need_valid:
-                valid[i] = int(np.count_nonzero(~np.isnan(src.read(1, window=w))))
+            if need_valid:  # valid: any band is not NaN (under nodata_rule 'all' one band may be NaN)
+                valid[i] = int(np.count_nonzero(~np.isnan(src.read(window=w)).all(axis=0)))
             counts[i] = np.bincount(lab.read(1, window=w).ravel(), minlength=256)[:n_classes]
     return valid, counts
 
