@@ -316,18 +316,24 @@ class ChipsConfig(_Strict):
     count: int | None = Field(default=None, gt=0, description="Number of chips drawn by the random sampler.")
     seed: int = Field(default=0, description="Random seed of the random and balanced samplers.")
     min_valid: float = Field(
-        default=0.0,
+        default=0.5,
         ge=0.0,
         le=1.0,
         description="Minimum fraction of non-nodata image pixels in a chip (all-nodata chips are always dropped).",
     )
-    min_labelled: float = Field(
-        default=0.5,
+    min_labelled: float | None = Field(
+        default=None,
         ge=0.0,
         le=1.0,
-        description="Minimum fraction of labelled pixels in a chip (nodata pixels count as unlabelled); chips "
-        "without any labelled pixel are always dropped.",
+        description="Minimum fraction of labelled pixels in a chip (nodata pixels count as unlabelled; chips "
+        "without any labelled pixel are always dropped). Default: min_valid, as before this key existed.",
     )
+
+    @property
+    def labelled_fraction(self) -> float:
+        """The effective ``min_labelled``."""
+        return self.min_valid if self.min_labelled is None else self.min_labelled
+
     balance: BalanceConfig = Field(
         default_factory=BalanceConfig, description="Target class shares of the balanced sampler."
     )

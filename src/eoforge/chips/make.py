@@ -39,7 +39,15 @@ def _stats(
     """Valid and per-class labelled pixels of chips sorted by (row, col)."""
     k = len(scene.class_ids)
     args = [
-        (str(scene.image), str(scene.labels), rows[a:b], cols[a:b], cfg.size, k, cfg.min_valid > 0)
+        (
+            str(scene.image),
+            str(scene.labels),
+            rows[a:b],
+            cols[a:b],
+            cfg.size,
+            k,
+            cfg.min_valid > cfg.labelled_fraction,
+        )
         for a, b in batches(rows, STRIP, MAX_PER_TASK)
     ]
     res = run_tasks(window_stats, args, client)
@@ -50,9 +58,11 @@ def _stats(
 
 def _keep(valid: np.ndarray, counts: np.ndarray, size: int, cfg: ChipsConfig) -> np.ndarray:
     area = size * size
-    labelled = counts.sum(axis=1)  # labelled pixels are valid ones; valid is -1 when unread (min_valid 0)
+    labelled = counts.sum(
+        axis=1
+    )  # labelled pixels are valid: valid is -1 (unread) when min_labelled implies it
     enough = (valid < 0) | (valid >= cfg.min_valid * area)
-    return enough & (labelled > 0) & (labelled >= cfg.min_labelled * area)
+    return enough & (labelled > 0) & (labelled >= cfg.labelled_fraction * area)
 
 
 def sample(
@@ -172,7 +182,7 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
     rows, cols, counts, base, facts = sample(scene, cfg, client)
     if len(rows) == 0:
         raise InputError(
-            f"{scene.labels}: no chip has {cfg.min_valid:.0%} valid and {cfg.min_labelled:.0%} labelled pixels; "
+            f"{scene.labels}: no chip has {cfg.min_valid:.0%} valid and {cfg.labelled_fraction:.0%} labelled pixels; "
             "lower chips.min_valid, chips.min_labelled or chips.size"
         )
     names = scene.class_names
@@ -274,7 +284,7 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
             "block_size": block,
             "buffer": sp.buffer,
             "min_valid": cfg.min_valid,
-            "min_labelled": cfg.min_labelled,
+            "min_labelled": cfg.labelled_fraction,
             "counts": {s: len(v) for s, v in splits.items()},
             "class_pixels": {
                 s: {name: int(counts[codes == k, i].sum()) for i, name in enumerate(names)}
