@@ -290,8 +290,9 @@ class BalanceConfig(_Strict):
         default=0.05,
         gt=0.0,
         lt=0.5,
-        description="Target share of labelled pixels for every class present in the scene: chips richest in "
-        "the classes below it are added (they may overlap) until each class reaches it or no chip is left.",
+        description="Target share of the training split's labelled pixels for every class present: chips "
+        "richest in the classes below it are added (they may overlap), then chips of common classes removed (never "
+        "below half the grid's chip count) until each class reaches it.",
     )
 
 

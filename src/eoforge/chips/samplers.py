@@ -49,7 +49,8 @@ def balance(
     chosen to start with (the grid). Greedy, two phases. Add: while some present class is below its share,
     add the unchosen candidate holding most pixels of the class furthest below it (candidates overlap, so
     rare areas are oversampled). Remove: while some class is still below, drop the chosen chip with the
-    largest share of the most common class among those whose removal raises every class below. Returns the chosen mask and
+    largest share of the most common class among those whose removal raises every class below, never
+    leaving fewer chips than half of the starting ones. Returns the chosen mask and
     the final share per class. Hand-written: no maintained library balances overlapping spatial windows by
     pixel counts.
     """
@@ -81,7 +82,8 @@ def balance(
         added += 1
     labelled = np.maximum(counts.sum(axis=1), 1).astype(np.float64)
     frac = counts / labelled[:, None]
-    while below().any():
+    floor = int(base.sum()) // 2  # removing never leaves fewer chips than half of the starting ones
+    while below().any() and int(chosen.sum()) > floor:
         low = below()
         share = total / max(total.sum(), 1.0)
         top = int(np.argmax(np.where(present, share, -np.inf)))
