@@ -20,6 +20,7 @@ from rasterio.windows import Window
 
 from eoforge.config import IGNORE_INDEX
 from eoforge.errors import DataError
+from eoforge.io.rasters import valid_mask
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -61,8 +62,8 @@ def window_stats(
     with rasterio.open(image) as src, rasterio.open(labels) as lab:
         for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
             w = Window(int(c), int(r), size, size)
-            if need_valid:  # valid: any band is not NaN (under nodata_rule 'all' one band may be NaN)
-                valid[i] = int(np.count_nonzero(~np.isnan(src.read(window=w)).all(axis=0)))
+            if need_valid:
+                valid[i] = int(np.count_nonzero(valid_mask(src.read(window=w))))
             counts[i] = np.bincount(lab.read(1, window=w).ravel(), minlength=256)[:n_classes]
     return valid, counts
 
