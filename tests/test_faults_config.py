@@ -184,6 +184,8 @@ UNBOUNDED = {  # numeric fields that legitimately take any value, and why
     "inputs.nodata": "any number (NaN included) can be a nodata value",
     "inputs.labels.nodata": "any number can be a label raster's nodata value",
     "chips.split.seed": "any integer is a seed",
+    "chips.seed": "any integer is a seed",
+    "chips.points.seed": "any integer is a seed",
     "train.seed": "any integer is a seed",
     "evaluate.seed": "any integer is a seed",
     "inputs.labels.value": "checked against the class ids",

@@ -199,15 +199,83 @@ def _stage(name: str, doc: str) -> None:
             out_console.print(
                 f"prepared {scene.grid.width}x{scene.grid.height} px, {len(scene.bands)} bands: {scene.root}"
             )
-        elif name == "chips":
-            store = result
-            out_console.print(f"chips: { {k: len(v) for k, v in store.splits.items()} } in {store.root}")
         elif name == "train":
             out_console.print(f"model package: {result}")
 
 
 _stage("prepare", "Stack bands, rasterize labels and compute band statistics into OUT/prepared.")
-_stage("chips", "Cut chips and split them by spatial blocks into OUT/chips (needs OUT/prepared).")
+
+
+class _DefaultGroup(click.Group):
+    """A group whose first argument, when it is not one of its subcommands, goes to ``default`` instead:
+    ``eoforge chips CONFIG -o OUT`` is ``eoforge chips make CONFIG -o OUT``."""
+
+    default = "make"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group("chips", cls=_DefaultGroup)
+def chips_group() -> None:
+    """Chips: `eoforge chips CONFIG -o OUT` cuts them (the stage); `info` and `export` read a run's store."""
+
+
+@chips_group.command("make")
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Run directory.")
+@click.option("--scheduler", default=None, help="Dask scheduler address tcp://host:8786 (compute.scheduler).")
+@click.option(
+    "--workers", type=int, default=None, help="Start a local Dask cluster of N workers (compute.workers)."
+)
+def chips_make(config: Path, out: Path, scheduler: str | None, workers: int | None) -> None:
+    """Sample, filter and split chips into OUT/chips (needs OUT/prepared); checks the splits for leakage."""
+    from eoforge import pipeline
+    from eoforge.config import load_config, with_compute
+
+    cfg = with_compute(load_config(config), scheduler, workers)
+    _config_warnings(cfg)
+    store = pipeline.run_stage(cfg, out, "chips")
+    out_console.print(f"chips: { {k: len(v) for k, v in store.splits.items()} } in {store.root}")
+
+
+def _store_of(run: Path) -> Any:
+    from eoforge.chips import ChipStore
+
+    return ChipStore.load(run / "chips" if (run / "chips" / "chips.json").is_file() else run)
+
+
+@chips_group.command("info")
+@click.argument("run", type=click.Path(path_type=Path))
+def chips_info(run: Path) -> None:
+    """Chips and labelled pixels per split and class of RUN's store (RUN or RUN/chips)."""
+    from eoforge.chips.store import info
+
+    counts = info(_store_of(run))
+    cols = list(next(iter(counts.values())))
+    table = Table(title=f"chips of {run}")
+    table.add_column("split")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for split, row in counts.items():
+        table.add_row(split, *(f"{row[c]:,}" for c in cols))
+    out_console.print(table)
+
+
+@chips_group.command("export")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["tif"]), default="tif", show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Folder to write.")
+def chips_export(run: Path, fmt: str, output: Path) -> None:
+    """Write RUN's chips as GeoTIFFs (image and label per chip, by split) plus footprints.gpkg, for QGIS."""
+    from eoforge.chips.store import export_tif
+
+    n = export_tif(_store_of(run), output)
+    out_console.print(f"wrote {n} chips as {fmt} to {output}")
+
+
 _stage("train", "Train the model on OUT/chips and write the package OUT/model.")
 
 _classes_opt = click.option(

@@ -178,6 +178,14 @@ class InputsConfig(_Strict):
         return self
 
 
+class RegionsConfig(_Strict):
+    path: Path = Field(
+        description="Vector file (any OGR format) of regions; each chip goes to the split of the region that "
+        "holds it (chips touching regions of two splits, or outside every region, are dropped)."
+    )
+    column: str = Field(default="split", description="Column naming each region's split: train, val or test.")
+
+
 class GridConfig(_Strict):
     resolution: float | None = Field(
         default=None, gt=0, description="Pixel size in CRS units; default: the finest among the inputs."
@@ -243,32 +251,105 @@ class PrepareConfig(_Strict):
 
 
 class SplitConfig(_Strict):
+    mode: Literal["blocks", "random", "regions"] = Field(
+        default="blocks",
+        description="blocks: whole spatial blocks go to one split; random: each chip drawn at random (warns: "
+        "neighbouring chips of different splits leak spatially); regions: the split named by `regions`.",
+    )
     val: float = Field(default=0.15, ge=0.0, lt=1.0, description="Fraction of chips for validation.")
     test: float = Field(default=0.15, ge=0.0, lt=1.0, description="Fraction of chips for the test split.")
     block_size: int | None = Field(
         default=None,
         gt=0,
-        description="Side in pixels of the spatial blocks that are assigned to one split as a whole; chips that "
-        "straddle two blocks are dropped, so no pixel is shared between splits. Default: 2 x chip size.",
+        description="Side in pixels of the spatial blocks that are assigned to one split as a whole; a chip "
+        "whose footprint (grown by half the buffer) touches blocks of two splits is dropped, so no pixel is "
+        "shared between splits. Default: 2 x chip size.",
     )
-    seed: int = Field(default=0, description="Random seed of the block assignment.")
+    buffer: int = Field(
+        default=0,
+        ge=0,
+        description="Minimum gap in pixels between chips of different splits (every mode); checked after each "
+        "chips run.",
+    )
+    regions: RegionsConfig | None = Field(
+        default=None, description="Regions naming the split of each area (mode: regions)."
+    )
+    seed: int = Field(default=0, description="Random seed of the block or chip assignment.")
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitConfig:
-        if self.val + self.test >= 0.9:
+        if self.mode != "regions" and self.val + self.test >= 0.9:
             raise ValueError("val + test must leave at least 10% of the chips for training")
+        if (self.mode == "regions") != (self.regions is not None):
+            raise ValueError("give split.regions exactly when split.mode is 'regions'")
         return self
+
+
+class BalanceConfig(_Strict):
+    min_share: float = Field(
+        default=0.05,
+        gt=0.0,
+        lt=0.5,
+        description="Target share of the training split's labelled pixels for every class present: chips "
+        "richest in the classes below it are added (they may overlap), then chips of common classes removed (never "
+        "below half the grid's chip count) until each class reaches it.",
+    )
+
+
+class PointsConfig(_Strict):
+    per_class: int = Field(
+        gt=0, description="Labelled pixels sampled per class and split (all of them where a class has fewer)."
+    )
+    seed: int = Field(default=0, description="Random seed of the point sample.")
 
 
 class ChipsConfig(_Strict):
     size: int = Field(default=128, ge=32, description="Chip side in pixels (a multiple of 32 for U-Net).")
     stride: int | None = Field(
-        default=None, gt=0, description="Step between chips in pixels (default: size)."
+        default=None, gt=0, description="Step between grid chips in pixels (default: size)."
     )
+    sampler: Literal["grid", "random", "balanced"] = Field(
+        default="grid",
+        description="grid: a chip every `stride` px, the last row and column shifted to the scene edge; random: "
+        "`count` chips at seeded random places; balanced: the grid chips plus chips rich in rare classes until "
+        "every class reaches `balance.min_share` of the labelled pixels.",
+    )
+    count: int | None = Field(default=None, gt=0, description="Number of chips drawn by the random sampler.")
+    seed: int = Field(default=0, description="Random seed of the random and balanced samplers.")
     min_valid: float = Field(
-        default=0.5, ge=0.0, le=1.0, description="Minimum fraction of labelled, non-nodata pixels in a chip."
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Minimum fraction of non-nodata image pixels in a chip (all-nodata chips are always dropped).",
+    )
+    min_labelled: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Minimum fraction of labelled pixels in a chip (nodata pixels count as unlabelled; chips "
+        "without any labelled pixel are always dropped). Default: min_valid, as before this key existed.",
+    )
+
+    @property
+    def labelled_fraction(self) -> float:
+        """The effective ``min_labelled``."""
+        return self.min_valid if self.min_labelled is None else self.min_labelled
+
+    balance: BalanceConfig = Field(
+        default_factory=BalanceConfig, description="Target class shares of the balanced sampler."
+    )
+    points: PointsConfig | None = Field(
+        default=None,
+        description="Also store a stratified sample of labelled pixels per class and split in points.parquet "
+        "(GeoParquet, band values included) for pixel models.",
     )
     split: SplitConfig = Field(default_factory=SplitConfig, description="Spatially disjoint splits.")
+
+    @model_validator(mode="after")
+    def _count(self) -> ChipsConfig:
+        if self.sampler == "random" and self.count is None:
+            raise ValueError("chips.sampler 'random' needs chips.count (the number of chips)")
+        return self
 
     @field_validator("size")
     @classmethod
@@ -532,6 +613,20 @@ class RunConfig(_Strict):
         return self.model_dump(mode="json", by_alias=True)
 
 
+def with_compute(cfg: RunConfig, scheduler: str | None, workers: int | None) -> RunConfig:
+    """``cfg`` with the CLI's ``--scheduler`` / ``--workers`` replacing its ``compute`` section when given."""
+    if scheduler is None and workers is None:
+        return cfg
+    update = cfg.compute.model_dump() | {"scheduler": scheduler, "workers": workers}
+    try:
+        compute = ComputeConfig.model_validate(update)
+    except ValidationError as exc:
+        raise InputError(
+            f"--scheduler/--workers: {exc.errors(include_url=False)[0]['msg']}; give one of them"
+        ) from None
+    return cfg.model_copy(update={"compute": compute})
+
+
 def class_index(classes: dict[int, str], value: int | str) -> int | None:
     """Index (0..K-1) of a class given by id or by name (case-insensitive), or None."""
     ids = list(classes)
@@ -624,6 +719,11 @@ def _absolutise(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         for m in masks if isinstance(masks, list) else []:
             if isinstance(m, dict) and m.get("path") is not None:
                 m["path"] = _abs(base, m["path"])
+    chips = raw.get("chips")
+    split = chips.get("split") if isinstance(chips, dict) else None
+    regions = split.get("regions") if isinstance(split, dict) else None
+    if isinstance(regions, dict) and "path" in regions and not Path(str(regions["path"])).is_absolute():
+        regions["path"] = str(base / str(regions["path"]))
     prep = raw.get("prepare")
     if isinstance(prep, dict):
         if isinstance(prep.get("aoi"), str):

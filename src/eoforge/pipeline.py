@@ -52,7 +52,7 @@ def stage_prepare(cfg: RunConfig, out: Path) -> PreparedScene:
 
 
 def stage_chips(cfg: RunConfig, out: Path) -> ChipStore:
-    return make_chips(PreparedScene.load(out / "prepared"), cfg.chips, out)
+    return make_chips(PreparedScene.load(out / "prepared"), cfg.chips, out, compute=cfg.compute)
 
 
 def stage_train(cfg: RunConfig, out: Path, progress: bool = False) -> Path:

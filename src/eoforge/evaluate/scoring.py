@@ -97,11 +97,21 @@ def _chip_table(store: ChipStore) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
     return rows, cols, codes, block
 
 
-def _block_splits(store: ChipStore, grid_shape: tuple[int, int], block: int) -> np.ndarray:
-    """Split code of every spatial block (0 where a block holds no chip)."""
-    idx = store.index()
+def _block_splits(store: ChipStore, grid_shape: tuple[int, int], block: int) -> np.ndarray | None:
+    """Split code of every spatial block (0 where a block holds no chip), or None when blocks do not define
+    the splits (random or region splits: the split of a pixel is then that of the chip covering it)."""
+    meta = json.loads((store.root / "chips.json").read_text())
+    if not meta.get("blocks_define_splits", True):
+        return None
     nbr, nbc = -(-grid_shape[0] // block), -(-grid_shape[1] // block)
     table = np.zeros((nbr, nbc), np.uint8)
+    named = meta.get("block_splits")
+    if named:
+        for r, row in enumerate(named[:nbr]):
+            for c, name in enumerate(row[:nbc]):
+                table[r, c] = SPLIT_CODES.get(name, 0)
+        return table
+    idx = store.index()
     if {"block_row", "block_col"} <= set(idx.columns):
         for br, bc, s in zip(idx["block_row"], idx["block_col"], idx["split"], strict=True):
             if 0 <= br < nbr and 0 <= bc < nbc:
@@ -185,7 +195,7 @@ def evaluate(
     grid = scene.grid
     rows, cols, codes, block_size = _chip_table(store)
     block_split = _block_splits(store, grid.shape, block_size)
-    nbc = block_split.shape[1]
+    nbc = -(-grid.width // block_size)
     scorers = build_scorers(predictor, store, scene, map_path, cfg)
     cms = [BlockConfusion(k) for _ in scorers]
     split_counts = {s: np.zeros(k, np.int64) for s in SPLIT_CODES}
@@ -213,13 +223,16 @@ def evaluate(
             rasterio.open(tmp / "splits.tif", "w", dtype="uint8", nodata=0, **profile) as sp,
         ):
             tp.descriptions = ("reference class id of the scored test pixels",)
-            sp.descriptions = ("split of the spatial block: 1 train, 2 val, 3 test",)
+            sp.descriptions = (
+                "split of the pixel's spatial block (of its chip for random/region splits): 1 train, 2 val, 3 test",
+            )
             for win in block_windows(grid, block):
                 lab = lab_src.read(1, window=win)
                 cover = _coverage(win, rows, cols, codes, store.size)
                 r = np.arange(int(win.row_off), int(win.row_off + win.height)) // block_size
                 c = np.arange(int(win.col_off), int(win.col_off + win.width)) // block_size
-                sp.write(block_split[r[:, None], c[None, :]], 1, window=win)
+                by_block = cover if block_split is None else block_split[r[:, None], c[None, :]]
+                sp.write(by_block, 1, window=win)
                 labelled = lab != IGNORE_INDEX
                 for s, code in SPLIT_CODES.items():
                     sel = lab[(cover == code) & labelled]

@@ -1,0 +1,152 @@
+"""Chips stage throughput, from one run: against plain window reads, 2 Dask workers against 1, and the
+training loader against the demo U-Net's training step.
+
+    .venv/bin/python benchmarks/chips.py [--size 1536] [--bands 6] [--chip 64]
+
+1. chips/s of ``make_chips`` (grid sampler, filters, block split, extraction, Zarr + GeoParquet, leakage
+   check; in-process scheduler) against chips/s of plain rasterio window reads of the same windows (image
+   and labels, into numpy, nothing written). Target >= 0.7.
+2. ``make_chips`` on a LocalCluster of 2 single-threaded workers against 1 (clusters started before timing).
+   Target >= 1.6 on 2 free cores.
+3. samples/s of the training loader (``ChipDataset`` with D4 augmentation through a DataLoader, batch 16)
+   against samples/s of the demo U-Net (resnet18, 6 bands, 64 px, 7 classes) forward + backward + AdamW step.
+   Target >= 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from affine import Affine
+from rasterio.windows import Window
+
+from eoforge.chips import ChipStore, make_chips
+from eoforge.chips.make import make_chips_on
+from eoforge.config import ChipsConfig, parse_config
+from eoforge.prepare import PreparedScene, prepare
+
+
+def make_inputs(folder: Path, size: int, bands: int, classes: int) -> tuple[Path, Path]:
+    """A smooth random uint16 scene (tiled 256) and a blocky label raster of ``classes`` classes."""
+    rng = np.random.default_rng(0)
+    prof = {"driver": "GTiff", "width": size, "height": size, "crs": "EPSG:32633",
+            "transform": Affine(10, 0, 500000, 0, -10, 5000000), "tiled": True, "blockxsize": 256,
+            "blockysize": 256}  # fmt: skip
+    img, lab = folder / "img.tif", folder / "lab.tif"
+    cells = rng.integers(1, classes + 1, (size // 32 + 1, size // 32 + 1)).astype(np.uint8)
+    with (
+        rasterio.open(img, "w", count=bands, dtype="uint16", nodata=0, **prof) as d1,
+        rasterio.open(lab, "w", count=1, dtype="uint8", nodata=0, **prof) as d2,
+    ):
+        for r in range(0, size, 256):
+            h = min(256, size - r)
+            w = Window(0, r, size, h)
+            d1.write(rng.integers(1, 10000, (bands, h, size), dtype=np.uint16), window=w)
+            rows = (np.arange(r, r + h) // 32)[:, None]
+            d2.write(cells[rows, (np.arange(size) // 32)[None, :]], 1, window=w)
+    return img, lab
+
+
+def plain_reads(scene: PreparedScene, store: ChipStore) -> float:
+    idx = store.index()
+    t0 = time.perf_counter()
+    with rasterio.open(scene.image) as src, rasterio.open(scene.labels) as lab:
+        for r, c in zip(idx["row"], idx["col"], strict=True):
+            w = Window(int(c), int(r), store.size, store.size)
+            src.read(window=w)
+            lab.read(1, window=w)
+    return len(idx) / (time.perf_counter() - t0)
+
+
+def timed_chips(scene: PreparedScene, cfg: ChipsConfig, out: Path, client: object | None = None) -> float:
+    t0 = time.perf_counter()
+    store = make_chips_on(scene, cfg, out, client) if client is not None else make_chips(scene, cfg, out)
+    return sum(len(v) for v in store.splits.values()) / (time.perf_counter() - t0)
+
+
+def loader_vs_model(store: ChipStore, scene: PreparedScene, batches: int) -> tuple[float, float]:
+    from torch.utils.data import DataLoader
+
+    from eoforge.data import ChipDataset
+    from eoforge.models import create_model
+
+    ds = ChipDataset(store, "train", scene.mean, scene.std, augment=True)
+    dl = DataLoader(ds, batch_size=16, shuffle=True, num_workers=0, drop_last=True)
+    n, t0 = 0, time.perf_counter()
+    for i, b in enumerate(dl):
+        n += len(b["image"])
+        if i + 1 >= batches:
+            break
+    loader = n / (time.perf_counter() - t0)
+    torch.manual_seed(0)
+    model = create_model("unet", len(scene.bands), 7, "resnet18")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(16, len(scene.bands), store.size, store.size)
+    y = torch.randint(0, 7, (16, store.size, store.size))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for _ in range(2):  # warm-up
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    steps, t0 = 5, time.perf_counter()
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return loader, steps * 16 / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=1536, help="scene side in pixels")
+    ap.add_argument("--bands", type=int, default=6)
+    ap.add_argument("--chip", type=int, default=64)
+    ap.add_argument("--skip-dask", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    with tempfile.TemporaryDirectory() as d:
+        folder = Path(d)
+        img, lab = make_inputs(folder, args.size, args.bands, 7)
+        cfg = parse_config(
+            {
+                "inputs": {"images": [str(img)], "labels": {"path": str(lab)},
+                           "classes": {i: f"c{i}" for i in range(1, 8)}},
+                "chips": {"size": args.chip, "split": {"block_size": 4 * args.chip}},
+            }
+        )  # fmt: skip
+        scene = prepare(cfg.inputs, folder / "run")
+        timed_chips(scene, cfg.chips, folder / "warm")  # warm the OS cache and imports
+        ours = timed_chips(scene, cfg.chips, folder / "run")
+        store = ChipStore.load(folder / "run" / "chips")
+        plain = plain_reads(scene, store)
+        n = sum(len(v) for v in store.splits.values())
+        print(f"scene {args.size}^2 x {args.bands} bands, {n} chips of {args.chip} px")
+        print(
+            f"1. make_chips {ours:.0f} chips/s, plain window reads {plain:.0f} chips/s, ratio {ours / plain:.2f}"
+        )
+        if not args.skip_dask:
+            from distributed import Client, LocalCluster
+
+            rates = {}
+            for workers in (1, 2):
+                with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cl, Client(cl) as client:  # fmt: skip
+                    timed_chips(scene, cfg.chips, folder / f"w{workers}", client)  # warm the workers
+                    rates[workers] = timed_chips(scene, cfg.chips, folder / f"w{workers}", client)
+            print(f"2. 2 Dask workers {rates[2]:.0f} chips/s, 1 worker {rates[1]:.0f} chips/s, "
+                  f"ratio {rates[2] / rates[1]:.2f}")  # fmt: skip
+        loader, model = loader_vs_model(store, scene, batches=30)
+        print(
+            f"3. loader {loader:.0f} samples/s, U-Net training {model:.1f} samples/s, ratio {loader / model:.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

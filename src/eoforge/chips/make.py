@@ -1,0 +1,333 @@
+"""Stage 2, chips: sample chip windows, filter them, split them, extract them with Dask, check for leakage."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import geopandas as gpd
+import numpy as np
+from shapely import box as boxes
+
+from eoforge.chips.leakage import check_leakage
+from eoforge.chips.samplers import balance, grid_windows, random_windows
+from eoforge.chips.splits import SPLITS, centre_blocks, split_blocks, split_random, split_regions
+from eoforge.chips.store import SHARD, ChipStore, consolidate, create_arrays
+from eoforge.chips.tasks import batches, extract, run_tasks, window_stats
+from eoforge.config import IGNORE_INDEX, ChipsConfig, ComputeConfig
+from eoforge.errors import InputError
+from eoforge.io.atomic import atomic_dir
+from eoforge.prepare import PreparedScene
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+log = logging.getLogger(__name__)
+
+STRIP = 256
+"""Rows of the scene per Dask task (the prepared rasters' tile height): chips whose top row falls in one strip."""
+MAX_PER_TASK = 256
+"""At most this many chips per task (bounds a task's memory: ``MAX_PER_TASK`` chips are held at once)."""
+
+
+def _stats(
+    scene: PreparedScene, rows: np.ndarray, cols: np.ndarray, cfg: ChipsConfig, client: Client | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Valid and per-class labelled pixels of chips sorted by (row, col)."""
+    k = len(scene.class_ids)
+    args = [
+        (
+            str(scene.image),
+            str(scene.labels),
+            rows[a:b],
+            cols[a:b],
+            cfg.size,
+            k,
+            cfg.min_valid > cfg.labelled_fraction,
+        )
+        for a, b in batches(rows, STRIP, MAX_PER_TASK)
+    ]
+    res = run_tasks(window_stats, args, client)
+    if not res:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, k), dtype=np.int64)
+    return np.concatenate([r[0] for r in res]), np.concatenate([r[1] for r in res])
+
+
+def _keep(valid: np.ndarray, counts: np.ndarray, size: int, cfg: ChipsConfig) -> np.ndarray:
+    area = size * size
+    labelled = counts.sum(
+        axis=1
+    )  # labelled pixels are valid: valid is -1 (unread) when min_labelled implies it
+    enough = (valid < 0) | (valid >= cfg.min_valid * area)
+    return enough & (labelled > 0) & (labelled >= cfg.labelled_fraction * area)
+
+
+def sample(
+    scene: PreparedScene, cfg: ChipsConfig, client: Client | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Chip corners (rows, cols) chosen by ``cfg.sampler`` that pass the filters, in row-major order, with
+    their labelled pixels per class, a mask of the sampler's chips (the rest: the balanced sampler's denser
+    pool of candidates, see :func:`choose_balanced`) and facts for ``chips.json``."""
+    size, stride = cfg.size, cfg.stride or cfg.size
+    h, w = scene.grid.height, scene.grid.width
+    facts: dict[str, Any] = {}
+    if cfg.sampler == "random":
+        rng = np.random.default_rng(cfg.seed)
+        want = int(cfg.count or 0)
+        seen: set[tuple[int, int]] = set()
+        rows_l: list[int] = []
+        cols_l: list[int] = []
+        cnt_l: list[np.ndarray] = []
+        for _ in range(10):  # draw again for the chips the filters dropped; seeded, so reproducible
+            need = want - len(rows_l)
+            if need <= 0:
+                break
+            r, c = random_windows(h, w, size, 2 * need, rng)
+            fresh = [(int(a), int(b)) for a, b in zip(r, c, strict=True) if (int(a), int(b)) not in seen]
+            fresh = list(dict.fromkeys(fresh))
+            seen.update(fresh)
+            if not fresh:
+                continue
+            fr, fc = np.array([p[0] for p in fresh]), np.array([p[1] for p in fresh])
+            by_pos = np.lexsort((fc, fr))
+            valid, counts = (
+                np.empty(len(fr), dtype=np.int64),
+                np.empty((len(fr), len(scene.class_ids)), np.int64),
+            )
+            valid[by_pos], counts[by_pos] = _stats(scene, fr[by_pos], fc[by_pos], cfg, client)
+            ok = np.flatnonzero(_keep(valid, counts, size, cfg))[:need]  # the first passing, in draw order
+            rows_l.extend(fr[ok].tolist())
+            cols_l.extend(fc[ok].tolist())
+            cnt_l.extend(counts[ok])
+        if len(rows_l) < want:
+            log.warning("chips.sampler random: found %d of %d chips passing the filters", len(rows_l), want)
+        rows, cols = np.asarray(rows_l, dtype=np.int64), np.asarray(cols_l, dtype=np.int64)
+        counts = np.asarray(cnt_l, dtype=np.int64).reshape(len(rows_l), len(scene.class_ids))
+        order = np.lexsort((cols, rows))
+        return rows[order], cols[order], counts[order], np.ones(len(rows), dtype=bool), facts
+    rows, cols = grid_windows(h, w, size, stride)
+    base = np.ones(len(rows), dtype=bool)
+    if cfg.sampler == "balanced":  # a denser pool of candidates to add from
+        pool_stride = max(4, min(stride, size) // 4)
+        pr, pc = grid_windows(h, w, size, pool_stride)
+        grid_set = set(zip(rows.tolist(), cols.tolist(), strict=True))
+        extra = np.array([(a, b) not in grid_set for a, b in zip(pr.tolist(), pc.tolist(), strict=True)])
+        rows, cols = np.concatenate([rows, pr[extra]]), np.concatenate([cols, pc[extra]])
+        base = np.r_[base, np.zeros(int(extra.sum()), dtype=bool)]
+        order = np.lexsort((cols, rows))
+        rows, cols, base = rows[order], cols[order], base[order]
+    valid, counts = _stats(scene, rows, cols, cfg, client)
+    ok = _keep(valid, counts, size, cfg)
+    rows, cols, counts, base = rows[ok], cols[ok], counts[ok], base[ok]
+    return rows, cols, counts, base, facts
+
+
+def choose_balanced(
+    base: np.ndarray, counts: np.ndarray, eligible: np.ndarray, cfg: ChipsConfig, names: list[str]
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Balance the ``eligible`` chips (the train split) with :func:`balance`, starting from the grid chips
+    among them; other chips are untouched (grid chips kept, pool chips dropped). Returns the kept mask."""
+    start = base & eligible
+    sub = np.where(eligible[:, None], counts, 0)
+    before = sub[start].sum(axis=0) / max(int(sub[start].sum()), 1)
+    chosen, share = balance(start, sub, cfg.balance.min_share)
+    facts = {
+        "added_chips": int((chosen & ~start).sum()),
+        "removed_chips": int((start & ~chosen).sum()),
+        "share_before": {n: float(x) for n, x in zip(names, before, strict=True)},
+        "share_after": {n: float(x) for n, x in zip(names, share, strict=True)},
+    }
+    low = [
+        n
+        for n, x, p in zip(names, share, sub.sum(axis=0), strict=True)
+        if p > 0 and x < cfg.balance.min_share
+    ]
+    if low:
+        log.warning(
+            "chips.balance: %s stay below %.0f%% of the labelled training pixels (no chip left to add or remove)",
+            ", ".join(low),
+            100 * cfg.balance.min_share,
+        )
+    return chosen | (base & ~eligible), facts
+
+
+def make_chips(
+    scene: PreparedScene, cfg: ChipsConfig, out_dir: str | Path, compute: ComputeConfig | None = None
+) -> ChipStore:
+    """Cut, filter, split and store chips from a prepared scene into ``out_dir/chips``; Dask runs the reads
+    on the scheduler ``compute`` names (in this process by default)."""
+    from eoforge.compute import dask_client
+
+    with dask_client(compute) as client:
+        return make_chips_on(scene, cfg, Path(out_dir), client)
+
+
+def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client: Client | None) -> ChipStore:
+    """:func:`make_chips` on a given Dask client (``None``: in this process), e.g. one already started."""
+    size, sp = cfg.size, cfg.split
+    block = sp.block_size or 2 * size
+    grid = scene.grid
+    if block < size:
+        raise InputError(
+            f"chips.split.block_size ({block}) is smaller than chips.size ({size}); make it at least the chip size"
+        )
+    if grid.height < size or grid.width < size:
+        raise InputError(
+            f"{scene.image}: scene ({grid.width}x{grid.height} px) is smaller than one chip ({size} px); "
+            "lower chips.size"
+        )
+    rows, cols, counts, base, facts = sample(scene, cfg, client)
+    if len(rows) == 0:
+        raise InputError(
+            f"{scene.labels}: no chip has {cfg.min_valid:.0%} valid and {cfg.labelled_fraction:.0%} labelled pixels; "
+            "lower chips.min_valid, chips.min_labelled or chips.size"
+        )
+    names = scene.class_names
+    if cfg.sampler == "balanced" and sp.mode == "random":  # balance everything, then draw the splits
+        keep, facts["balance"] = choose_balanced(base, counts, np.ones(len(rows), dtype=bool), cfg, names)
+        rows, cols, counts, base = rows[keep], cols[keep], counts[keep], base[keep]
+    block_splits = None
+    if sp.mode == "blocks":
+        codes, block_splits = split_blocks(
+            rows, cols, size, grid.shape, block, sp.buffer, sp.val, sp.test, sp.seed
+        )
+    elif sp.mode == "random":
+        codes = split_random(rows, cols, size, sp.buffer, sp.val, sp.test, sp.seed)
+    else:
+        if sp.regions is None:  # the config validator guarantees it; keeps mypy informed
+            raise InputError("chips.split.mode regions needs chips.split.regions")
+        codes = split_regions(rows, cols, size, grid, sp.buffer, sp.regions.path, sp.regions.column)
+    if cfg.sampler == "balanced" and sp.mode != "random":  # split first, then balance the training chips
+        keep, facts["balance"] = choose_balanced(base, counts, codes == 0, cfg, names)
+        dropped_pool = ~base & ~keep
+        rows, cols, counts, codes, base = (x[~dropped_pool] for x in (rows, cols, counts, codes, base))
+        codes[~keep[~dropped_pool]] = -1
+    codes[~base & (codes != 0)] = -1  # pool chips only ever join the training split
+    dropped = int((codes < 0).sum())
+    kept = codes >= 0
+    rows, cols, counts, codes = rows[kept], cols[kept], counts[kept], codes[kept]
+    wanted = {"train": 1.0, "val": sp.val, "test": sp.test}
+    for k, s in enumerate(SPLITS):
+        if (sp.mode == "regions" or wanted[s] > 0) and not (codes == k).any():
+            hint = (
+                f"the regions in {sp.regions.path if sp.regions else ''} give no chip to '{s}'; add {s} regions"
+                if sp.mode == "regions"
+                else f"too few for a '{s}' split; lower chips.split.block_size or chips.size"
+            )
+            if sp.mode == "blocks":
+                hint = f"only {math.ceil(grid.height / block) * math.ceil(grid.width / block)} spatial block(s) of {block} px, {hint}"
+            if s == "train" or sp.mode != "regions":
+                raise InputError(f"{scene.image}: {hint}")
+    n = len(rows)
+    br, bc = centre_blocks(rows, cols, size, block)
+    split_names = np.asarray(SPLITS, dtype=object)[codes]
+    with atomic_dir(out_dir / "chips") as tmp:
+        attrs = {
+            "crs": grid.crs,
+            "transform": list(grid.transform)[:6],
+            "bands": scene.bands,
+            "classes": dict(zip(map(str, scene.class_ids), names, strict=True)),
+            "ignore_index": IGNORE_INDEX,
+            "chip_size": size,
+        }
+        create_arrays(tmp / "chips.zarr", grid, scene.bands, size, rows, cols, codes, attrs)
+        pts = (cfg.points.per_class, cfg.points.seed) if cfg.points is not None else None
+        args = [
+            (
+                str(scene.image),
+                str(scene.labels),
+                str(tmp / "chips.zarr"),
+                a,
+                rows[a:b],
+                cols[a:b],
+                codes[a:b],
+                size,
+                grid.width,
+                pts,
+            )
+            for a, b in batches(np.arange(n), SHARD, SHARD)  # whole shards: no file written by two tasks
+        ]
+        found = run_tasks(extract, args, client)
+        consolidate(tmp / "chips.zarr")
+        t = grid.transform
+        x0, y0 = t.c + cols * t.a, t.f + rows * t.e
+        x1, y1 = x0 + size * t.a, y0 + size * t.e
+        index = gpd.GeoDataFrame(
+            {
+                "chip": np.arange(n),
+                "split": split_names,
+                "row": rows,
+                "col": cols,
+                "block_row": br,
+                "block_col": bc,
+                "scene": str(scene.image),
+                **{f"px_{name}": counts[:, i] for i, name in enumerate(names)},
+            },
+            geometry=boxes(np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1)),
+            crs=grid.crs,
+        )
+        index.to_parquet(tmp / "index.parquet")
+        n_points = _write_points(tmp / "points.parquet", found, scene, cfg) if pts else 0
+        splits = {s: np.flatnonzero(codes == k).tolist() for k, s in enumerate(SPLITS)}
+        meta = {
+            "size": size,
+            "stride": cfg.stride or size,
+            "sampler": cfg.sampler,
+            "split_mode": sp.mode,
+            "blocks_define_splits": sp.mode == "blocks",
+            "block_splits": None
+            if block_splits is None
+            else [[SPLITS[int(v)] for v in r] for r in block_splits],
+            "block_size": block,
+            "buffer": sp.buffer,
+            "min_valid": cfg.min_valid,
+            "min_labelled": cfg.labelled_fraction,
+            "counts": {s: len(v) for s, v in splits.items()},
+            "class_pixels": {
+                s: {name: int(counts[codes == k, i].sum()) for i, name in enumerate(names)}
+                for k, s in enumerate(SPLITS)
+            },
+            "dropped_by_split": dropped,
+            "points": n_points,
+            **facts,
+            "splits": splits,
+        }
+        (tmp / "chips.json").write_text(json.dumps(meta))
+        check_leakage(rows, cols, split_names, size, sp.buffer, where=str(out_dir / "chips"))
+    log.info("chips: %s (%d dropped at split borders)", meta["counts"], dropped)
+    return ChipStore(root=out_dir / "chips", size=size, splits=splits)
+
+
+def _write_points(path: Path, found: list[Any], scene: PreparedScene, cfg: ChipsConfig) -> int:
+    from eoforge.chips.tasks import top_points
+
+    parts = [f for f in found if f is not None]
+    if not parts or cfg.points is None:
+        return 0
+    p = top_points(
+        {k: np.concatenate([f[k] for f in parts]) for k in parts[0]},
+        scene.grid.width,
+        cfg.points.per_class,
+        cfg.points.seed,
+    )
+    t = scene.grid.transform
+    x = t.c + (p["col"] + 0.5) * t.a + (p["row"] + 0.5) * t.b
+    y = t.f + (p["col"] + 0.5) * t.d + (p["row"] + 0.5) * t.e
+    ids = np.asarray(scene.class_ids)
+    gdf = gpd.GeoDataFrame(
+        {
+            "split": np.asarray(SPLITS, dtype=object)[p["split"]],
+            "label": p["label"].astype(np.uint8),
+            "class_id": ids[p["label"]],
+            "row": p["row"].astype(np.int64),
+            "col": p["col"].astype(np.int64),
+            **{b: p["values"][:, i] for i, b in enumerate(scene.bands)},
+        },
+        geometry=gpd.points_from_xy(x, y),
+        crs=scene.grid.crs,
+    )
+    gdf.to_parquet(path)
+    return len(gdf)

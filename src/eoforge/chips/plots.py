@@ -1,0 +1,121 @@
+"""Report figures of a chip store, as PNG bytes: chip footprints by split over the scene, and class
+histograms per split. Memory is bounded by the figure: the scene is read decimated to at most ``max_px``."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import rasterio
+from matplotlib.patches import Patch, Rectangle
+
+from eoforge.chips.splits import SPLITS
+from eoforge.chips.store import ChipStore
+from eoforge.prepare import PreparedScene
+
+SPLIT_COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#d62728"}
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _backdrop(scene: PreparedScene, max_px: int) -> np.ndarray:
+    """The scene decimated to at most ``max_px`` on its long side: RGB from red/green/blue bands when named,
+    else band 1 in grey; stretched between the 2nd and 98th percentiles."""
+    g = scene.grid
+    f = max(1, int(np.ceil(max(g.height, g.width) / max_px)))
+    shape = (max(1, g.height // f), max(1, g.width // f))
+    names = scene.bands
+    order = [names.index(b) + 1 for b in ("red", "green", "blue") if b in names]
+    order = order if len(order) == 3 else [1]
+    with rasterio.open(scene.image) as src:
+        img = src.read(order, out_shape=(len(order), *shape)).astype(np.float64)
+    if not np.isfinite(img).any():
+        return np.zeros((*shape, 3))
+    lo, hi = np.nanpercentile(img, 2), np.nanpercentile(img, 98)
+    img = np.clip(np.nan_to_num((img - lo) / max(hi - lo, 1e-9)), 0, 1).transpose(1, 2, 0)
+    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
+
+
+def footprint_map_png(store: ChipStore, scene: PreparedScene, max_px: int = 800) -> bytes:
+    """Chip footprints coloured by split (outlines; overlapping chips darken) over the scene."""
+    idx = store.index()
+    left, bottom, right, top = scene.grid.bounds
+    aspect = (top - bottom) / max(right - left, 1e-9)
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 7 * aspect)))
+    ax.imshow(_backdrop(scene, max_px), extent=(left, right, bottom, top), interpolation="nearest")
+    for s in SPLITS:
+        for geom in idx.geometry[idx["split"] == s]:
+            x0, y0, x1, y1 = geom.bounds
+            ax.add_patch(
+                Rectangle(
+                    (x0, y0),
+                    x1 - x0,
+                    y1 - y0,
+                    fill=True,
+                    alpha=0.12,
+                    lw=0.8,
+                    ec=SPLIT_COLORS[s],
+                    fc=SPLIT_COLORS[s],
+                )
+            )
+    counts = {s: int((idx["split"] == s).sum()) for s in SPLITS}
+    ax.legend(
+        handles=[
+            Patch(fc=SPLIT_COLORS[s], ec=SPLIT_COLORS[s], alpha=0.6, label=f"{s} ({counts[s]})")
+            for s in SPLITS
+        ],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        frameon=False,
+    )
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
+    ax.set_title(f"{len(idx)} chips of {store.size} px by split")
+    ax.ticklabel_format(useOffset=False, style="plain")
+    ax.tick_params(labelsize=7)
+    return _png(fig)
+
+
+def class_histogram_png(store: ChipStore, class_names: list[str]) -> bytes:
+    """Labelled pixels per class, one group of bars per class and one bar per split (share of the split's
+    labelled pixels, count on top), from the index's ``px_<class>`` columns."""
+    idx = store.index()
+    px = np.array(
+        [[int(idx.loc[idx["split"] == s, f"px_{n}"].sum()) for n in class_names] for s in SPLITS],
+        dtype=np.int64,
+    )
+    share = px / np.maximum(px.sum(axis=1, keepdims=True), 1)
+    x = np.arange(len(class_names))
+    width = 0.8 / len(SPLITS)
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(class_names) + 2), 3.5))
+    for k, s in enumerate(SPLITS):
+        bars = ax.bar(
+            x + (k - 1) * width, share[k], width, color=SPLIT_COLORS[s], label=f"{s} ({px[k].sum():,} px)"
+        )
+        for b, n in zip(bars, px[k], strict=True):
+            if n:
+                ax.text(
+                    b.get_x() + b.get_width() / 2,
+                    b.get_height(),
+                    f"{n:,}",
+                    ha="center",
+                    va="bottom",
+                    fontsize=6,
+                    rotation=90,
+                )
+    ax.set_xticks(x, class_names, rotation=30, ha="right")
+    ax.set_ylabel("share of the split's labelled pixels")
+    ax.set_ylim(0, min(1.0, float(share.max()) * 1.3 + 0.02))
+    ax.legend(frameon=False, fontsize=8)
+    ax.set_title("Classes per split (a pixel counts once per chip holding it)")
+    return _png(fig)

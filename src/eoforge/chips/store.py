@@ -1,0 +1,242 @@
+"""The chip store on disk and what reads it: ``OUT/chips/`` holds
+
+- ``chips.zarr``: ``image`` (chip, band, y, x) float32, NaN at nodata; ``label`` (chip, y, x) uint8 class
+  indices (255 = unlabelled); per-chip ``row``, ``col``, ``split`` (0 train, 1 val, 2 test), ``transform``
+  (chip, affine) and pixel-centre coordinates ``chip_x`` (chip, x), ``chip_y`` (chip, y); a ``spatial_ref``
+  variable with the CRS (CF grid mapping). Dimension names are stored, so ``xarray.open_zarr`` opens it.
+  One chunk per chip, ``SHARD`` chunks per file (Zarr v3 sharding).
+- ``index.parquet``: GeoParquet, one row per chip: footprint, ``chip, split, row, col, block_row, block_col,
+  scene`` and ``px_<class>`` labelled pixels per class.
+- ``chips.json``: sizes, sampler, split mode, counts, chip indices per split.
+- ``points.parquet`` (with ``chips.points``): a stratified pixel sample per split and class, band values.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import zarr
+from zarr.codecs import BloscCodec
+
+from eoforge.chips.splits import SPLITS
+from eoforge.config import IGNORE_INDEX
+from eoforge.errors import InputError
+from eoforge.geo import Grid
+from eoforge.io.atomic import atomic_dir
+
+SHARD = 64
+"""Chips per Zarr shard (one file holding that many one-chip chunks): fewer, larger files write ~2x faster.
+Extraction tasks cover whole shards, so no two tasks write one file."""
+COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+"""Chip chunks: Blosc LZ4 with byte shuffle, several times faster to write than zarr's default zstd."""
+
+
+@dataclass(frozen=True)
+class ChipStore:
+    """A written chip store: where it is and which chip indices belong to each split."""
+
+    root: Path
+    size: int
+    splits: dict[str, list[int]]
+
+    @property
+    def zarr_path(self) -> Path:
+        return self.root / "chips.zarr"
+
+    @property
+    def index_path(self) -> Path:
+        return self.root / "index.parquet"
+
+    @property
+    def points_path(self) -> Path:
+        return self.root / "points.parquet"
+
+    def arrays(self) -> tuple[zarr.Array, zarr.Array]:
+        g = zarr.open_group(str(self.zarr_path), mode="r")
+        return g["image"], g["label"]  # type: ignore[return-value]
+
+    def index(self) -> gpd.GeoDataFrame:
+        return gpd.read_parquet(self.index_path)
+
+    def meta(self) -> dict[str, Any]:
+        return dict(json.loads((self.root / "chips.json").read_text()))
+
+    def points(self) -> gpd.GeoDataFrame:
+        if not self.points_path.is_file():
+            raise InputError(
+                f"{self.points_path}: no point sample; set chips.points.per_class and re-run chips"
+            )
+        return gpd.read_parquet(self.points_path)
+
+    @classmethod
+    def load(cls, root: str | Path) -> ChipStore:
+        root = Path(root)
+        meta = root / "chips.json"
+        if not meta.is_file():
+            raise InputError(f"{meta}: not found; run `eoforge chips` first")
+        m = json.loads(meta.read_text())
+        return cls(root=root, size=m["size"], splits={k: list(v) for k, v in m["splits"].items()})
+
+
+def create_arrays(
+    path: Path,
+    grid: Grid,
+    bands: list[str],
+    size: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    codes: np.ndarray,
+    attrs: dict[str, Any],
+) -> None:
+    """Create the Zarr group with its per-chip coordinates; ``image``/``label`` chunks are filled by tasks."""
+    n, c = len(rows), len(bands)
+    shard = min(SHARD, max(n, 1))
+    g = zarr.open_group(str(path), mode="w", attributes=attrs)  # attributes given at creation: one write
+    g.create_array(
+        "spatial_ref",
+        shape=(),
+        dtype="int32",
+        fill_value=0,
+        attributes={"crs_wkt": rasterio.crs.CRS.from_user_input(grid.crs).to_wkt(), "spatial_ref": grid.crs},
+    )
+    g.create_array(
+        "image",
+        shape=(n, c, size, size),
+        chunks=(1, c, size, size),
+        shards=(shard, c, size, size),
+        compressors=COMPRESSOR,
+        dtype="float32",
+        fill_value=np.nan,
+        dimension_names=["chip", "band", "y", "x"],
+        attributes={
+            "grid_mapping": "spatial_ref",
+            "long_name": "image bands",
+            "band_names": bands,
+            "coordinates": "row col split chip_x chip_y",
+        },
+    )
+    g.create_array(
+        "label",
+        shape=(n, size, size),
+        chunks=(1, size, size),
+        shards=(shard, size, size),
+        compressors=COMPRESSOR,
+        dtype="uint8",
+        fill_value=IGNORE_INDEX,
+        dimension_names=["chip", "y", "x"],
+        attributes={
+            "grid_mapping": "spatial_ref",
+            "long_name": "class index",
+            "flag_values": list(range(len(attrs["classes"]))),
+            "flag_meanings": " ".join(n.replace(" ", "_") for n in attrs["classes"].values()),
+            "coordinates": "row col split chip_x chip_y",
+        },
+    )
+    t = grid.transform
+    per_chip: dict[str, tuple[np.ndarray, list[str], dict[str, Any]]] = {
+        "chip": (np.arange(n, dtype=np.int64), ["chip"], {}),
+        "band": (np.arange(1, c + 1, dtype=np.int64), ["band"], {"band_names": bands}),
+        "row": (rows.astype(np.int64), ["chip"], {"long_name": "scene row of the chip's top-left pixel"}),
+        "col": (cols.astype(np.int64), ["chip"], {"long_name": "scene column of the chip's top-left pixel"}),
+        "split": (
+            codes.astype(np.int8),
+            ["chip"],
+            {"flag_values": [0, 1, 2], "flag_meanings": " ".join(SPLITS)},
+        ),
+        "transform": (
+            np.stack(
+                [
+                    np.full(n, t.a),
+                    np.full(n, t.b),
+                    t.c + cols * t.a + rows * t.b,
+                    np.full(n, t.d),
+                    np.full(n, t.e),
+                    t.f + cols * t.d + rows * t.e,
+                ],
+                axis=1,
+            ),
+            ["chip", "affine"],
+            {"long_name": "GDAL-order affine (a, b, c, d, e, f) of each chip"},
+        ),
+        "chip_x": (
+            t.c + (cols[:, None] + np.arange(size)[None, :] + 0.5) * t.a,
+            ["chip", "x"],
+            {"standard_name": "projection_x_coordinate", "long_name": "pixel-centre x"},
+        ),
+        "chip_y": (
+            t.f + (rows[:, None] + np.arange(size)[None, :] + 0.5) * t.e,
+            ["chip", "y"],
+            {"standard_name": "projection_y_coordinate", "long_name": "pixel-centre y"},
+        ),
+    }
+    for name, (data, dims, a) in per_chip.items():
+        chunks: tuple[int, ...] | Literal["auto"] = (
+            (min(4096, max(len(data), 1)), *(int(d) for d in data.shape[1:])) if data.ndim else "auto"
+        )
+        arr = g.create_array(
+            name, shape=data.shape, dtype=data.dtype, chunks=chunks, dimension_names=dims, attributes=a
+        )
+        if data.size:
+            arr[...] = data
+
+
+def consolidate(path: Path) -> None:
+    with warnings.catch_warnings():  # consolidated metadata is a zarr-python extension of the v3 spec
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
+
+
+def info(store: ChipStore) -> dict[str, dict[str, int]]:
+    """Chips and labelled pixels per class, per split: ``{split: {"chips": n, "<class>": pixels, ...}}``."""
+    idx = store.index()
+    px = [c for c in idx.columns if c.startswith("px_")]
+    out: dict[str, dict[str, int]] = {}
+    for s in SPLITS:
+        sub = idx[idx["split"] == s]
+        out[s] = {"chips": len(sub), **{c[3:]: int(sub[c].sum()) for c in px}}
+    return out
+
+
+def export_tif(store: ChipStore, out_dir: str | Path) -> int:
+    """Write each chip as georeferenced GeoTIFFs for QGIS, ``DIR/<split>/chip_NNNNNN_image.tif`` (float32,
+    NaN nodata, band names) and ``…_label.tif`` (uint8 class indices, 255 nodata), plus the footprints as
+    ``DIR/footprints.gpkg``. Returns the number of chips written."""
+    idx = store.index()
+    images, labels = store.arrays()
+    g = zarr.open_group(str(store.zarr_path), mode="r")
+    crs = idx.crs
+    transforms = np.asarray(g["transform"][...])  # type: ignore[index]
+    bands = [str(b) for b in g["image"].attrs.get("band_names", [])]  # type: ignore[union-attr]
+    with atomic_dir(out_dir) as tmp:
+        for s in SPLITS:
+            (tmp / s).mkdir()
+        for r in idx.itertuples():
+            t = rasterio.Affine(*transforms[r.chip])
+            base = tmp / str(r.split) / f"chip_{int(r.chip):06d}"
+            img = np.asarray(images[r.chip])
+            profile = {
+                "driver": "GTiff",
+                "width": store.size,
+                "height": store.size,
+                "crs": crs,
+                "transform": t,
+            }
+            with rasterio.open(
+                f"{base}_image.tif", "w", count=img.shape[0], dtype="float32", nodata=np.nan, **profile
+            ) as dst:
+                dst.write(img)
+                if len(bands) == img.shape[0]:
+                    dst.descriptions = tuple(bands)
+            with rasterio.open(
+                f"{base}_label.tif", "w", count=1, dtype="uint8", nodata=IGNORE_INDEX, **profile
+            ) as dst:
+                dst.write(np.asarray(labels[r.chip]), 1)
+        idx.to_file(tmp / "footprints.gpkg", driver="GPKG")
+    return len(idx)
