@@ -82,6 +82,10 @@ def stage_evaluate(cfg: RunConfig, out: Path, credits: str | None = None) -> dic
         train_log=out / "train" / "metrics.csv",
         credits=credits,
     )
+    summary = out / "train" / "summary.json"
+    if summary.is_file():  # seed, precision, epochs: what makes the training reproducible
+        metrics["training"] = json.loads(summary.read_text())
+        write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     add_metrics(out / "model", metrics)
     return metrics
 
