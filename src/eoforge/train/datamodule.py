@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Sampler
 
 from eoforge.chips import ChipStore
 from eoforge.data import ChipDataset
@@ -14,6 +16,27 @@ from eoforge.data import ChipDataset
 def default_workers() -> int:
     """CPU count - 1 (the main process trains), at most 4: chips are one Zarr chunk each, cheap to read."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+class EpochShuffle(Sampler[int]):
+    """A shuffle that depends only on ``(seed, epoch)``, read when iteration starts.
+
+    The default sampler draws from the global generator whenever Lightning happens to create the iterator,
+    which differs between an uninterrupted and a resumed run; this one gives epoch e the same order in both.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: object) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = epoch  # a callable returning the current epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = int(self.epoch()) if callable(self.epoch) else 0
+        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        yield from torch.randperm(self.n, generator=g).tolist()
 
 
 class ChipDataModule(L.LightningDataModule):
@@ -31,6 +54,7 @@ class ChipDataModule(L.LightningDataModule):
         batch_size: int = 16,
         num_workers: int | None = None,
         pin_memory: bool = False,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.store = store
@@ -39,6 +63,11 @@ class ChipDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.pin_memory = pin_memory
+        self.seed = seed
+
+    def _epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
 
     def has(self, split: str) -> bool:
         return len(self.store.splits.get(split, [])) > 0
@@ -49,7 +78,7 @@ class ChipDataModule(L.LightningDataModule):
         return DataLoader(
             ds,  # type: ignore[arg-type]
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=EpochShuffle(len(ds), self.seed, self._epoch) if train else None,
             drop_last=train and len(ds) > self.batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,

@@ -200,6 +200,7 @@ def train(
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         pin_memory=uses_cuda(cfg.accelerator),
+        seed=cfg.seed,
     )
     has_val = data.has("val")
     monitor, mode = ("val_miou", "max") if has_val else ("train_loss", "min")
