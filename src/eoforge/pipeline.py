@@ -51,10 +51,11 @@ def stage_chips(cfg: RunConfig, out: Path) -> ChipStore:
     return make_chips(PreparedScene.load(out / "prepared"), cfg.chips, out)
 
 
-def stage_train(cfg: RunConfig, out: Path, progress: bool = False) -> Path:
+def stage_train(cfg: RunConfig, out: Path, progress: bool = False, resume: bool = True) -> Path:
     scene = PreparedScene.load(out / "prepared")
     store = ChipStore.load(out / "chips")
-    result = train(store, scene, cfg.model, cfg.train, out, progress=progress)
+    # resume: continue an interrupted training of the same config from OUT/train/checkpoints/last.ckpt
+    result = train(store, scene, cfg.model, cfg.train, out, progress=progress, resume=resume)
     meta = PackageMeta(
         arch=cfg.model.arch,
         encoder=cfg.model.encoder,
@@ -169,7 +170,7 @@ def run(
         elif stage == "chips":
             stage_chips(cfg, out)
         elif stage == "train":
-            stage_train(cfg, out, progress=progress)
+            stage_train(cfg, out, progress=progress, resume=resume)
         elif stage == "evaluate":
             metrics = stage_evaluate(cfg, out, credits=credits)
         else:
