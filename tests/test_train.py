@@ -237,3 +237,26 @@ def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
     ranks = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
     assert len(ranks) == 2 and all(r.startswith("2 ") for r in ranks)
     assert res.best_checkpoint is not None and res.best_checkpoint.is_file()
+
+
+def test_datamodule_loaders_with_workers_and_an_epoch_seeded_order(tmp_path: Path) -> None:
+    from eoforge.train import ChipDataModule
+    from eoforge.train.datamodule import EpochShuffle, default_workers
+
+    store, _ = _store(tmp_path)
+    dm = ChipDataModule(store, [1.0, 0.0, 0.0, 0.0], [2.0, 1.0, 1.0, 1.0], batch_size=3, num_workers=1)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2  # 8 chips, batch 3, last partial batch dropped
+    assert batches[0]["image"].shape == (3, 4, 32, 32) and batches[0]["mask"].dtype == torch.int64
+    images, _ = store.arrays()
+    raw = np.asarray(images[0:8])
+    got = torch.cat([b["image"] for b in batches])[:, 0].numpy()
+    # every chip is normalised with (x - mean) / std and comes from the train split only
+    assert all(np.any(np.all(np.isclose(g, (raw[:, 0] - 1.0) / 2.0), axis=(1, 2))) for g in got)
+    assert len(list(dm.val_dataloader())) == 2 and 1 <= max(default_workers(), 1) <= 4
+    epoch = [0]
+    s = EpochShuffle(8, seed=5, epoch=lambda: epoch[0])
+    first = list(s)
+    assert sorted(first) == list(range(8)) and list(s) == first
+    epoch[0] = 1
+    assert list(s) != first
