@@ -162,3 +162,14 @@ def test_hf_weights_from_the_hub_cache(tmp_path: Path, monkeypatch: pytest.Monke
     blob.write_bytes(data[:-10])  # corrupted in the cache
     with pytest.raises(InputError, match="is corrupt"):
         fetch_weights("hf://org/rgb-weights/weights/enc.pt")
+
+
+def test_cli_lists_encoders_and_refuses_an_unknown_arch(capsys: pytest.CaptureFixture[str]) -> None:
+    from eoforge.cli import main
+
+    main(["models", "--encoders", "mobilenetv3_small_05", "--arch", "fpn"])
+    assert "tu-mobilenetv3_small_050" in capsys.readouterr().out.split()
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "--encoders", "", "--arch", "nonet"])
+    assert exc.value.code == 2
+    assert "unknown model 'nonet'; choose one of: deeplabv3" in capsys.readouterr().err
