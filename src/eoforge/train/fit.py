@@ -115,8 +115,9 @@ def _strategy(cfg: TrainConfig) -> str:
     # plain "ddp" re-executes the command line in child processes, which would re-run the whole
     # `eoforge run` pipeline in each; without an external launcher (torchrun, SLURM) spawn the ranks instead
     external = any(k in os.environ for k in ("LOCAL_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
-    if cfg.strategy == "ddp" and not external:
-        log.info("strategy ddp without a launcher: using ddp_spawn")
+    several = isinstance(cfg.devices, int) and cfg.devices > 1
+    if not external and (cfg.strategy == "ddp" or (cfg.strategy == "auto" and several)):
+        log.info("strategy %s on %s devices without a launcher: using ddp_spawn", cfg.strategy, cfg.devices)
         return "ddp_spawn"
     return cfg.strategy
 
@@ -181,13 +182,14 @@ def train(
         weights_bands=model_cfg.weights_bands,
     )
     plan = resolve_precision(cfg.precision, cfg.accelerator)
+    class_weights = resolve_class_weights(cfg, scene)
     task = SegmentationTask(
         model,
         n_cls,
         cfg.lr,
         cfg.weight_decay,
         cfg.epochs,
-        loss=make_loss(cfg, resolve_class_weights(cfg, scene)),
+        loss=make_loss(cfg, class_weights),
         augment=BatchAugment(cfg.augment, store.size) if cfg.augment is not None else None,
         channels_last=plan.channels_last,
         freeze_encoder_epochs=model_cfg.freeze_encoder_epochs,
@@ -264,7 +266,7 @@ def train(
         "best_score": result.best_score,
         "resumed": resumed,
         "loss": cfg.loss,
-        "class_weights": resolve_class_weights(cfg, scene),
+        "class_weights": class_weights,
     }
     write_text(out / "summary.json", json.dumps(summary, indent=2))
     return result
