@@ -42,3 +42,66 @@ def identity_package(
         overlap=overlap,
     )
     return save_package(path, PickBand0(bands, len(class_ids)), meta, {"test": True})
+
+
+class WindowMean(nn.Module):
+    """Predicts, everywhere in a window, the class closest to the window's mean of band 0: an output that
+    depends on the window, so maps predicted with different tiles differ."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("k", torch.arange(num_classes, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x[:, :1].mean(dim=(2, 3), keepdim=True).expand(-1, -1, x.shape[2], x.shape[3])
+        return -((m - self.k) ** 2)
+
+
+if "test-window-mean" not in list_models():
+    register_model("test-window-mean")(lambda c, k, enc: WindowMean(c, k))
+
+
+def package_for(
+    path: Path,
+    arch: str,
+    bands: list[str],
+    classes: dict[int, str],
+    tile: int,
+    overlap: int,
+    chip_size: int = 32,
+) -> Path:
+    """A package of a registered test model for a scene with these bands and classes."""
+    meta = PackageMeta(
+        arch=arch,
+        encoder="none",
+        bands=bands,
+        mean=[0.0] * len(bands),
+        std=[1.0] * len(bands),
+        nodata=None,
+        chip_size=chip_size,
+        classes=[ClassInfo(c, n, "#336699") for c, n in classes.items()],
+        tile=tile,
+        overlap=overlap,
+    )
+    model = (
+        WindowMean(len(bands), len(classes))
+        if arch == "test-window-mean"
+        else PickBand0(len(bands), len(classes))
+    )
+    return save_package(path, model, meta, {"test": True})
+
+
+class TinyConv(nn.Module):
+    """One 3x3 convolution: a trainable model that fits and runs in milliseconds (fault and resume tests)."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, num_classes, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.conv(x)
+        return out
+
+
+if "test-tiny" not in list_models():
+    register_model("test-tiny")(lambda c, k, enc: TinyConv(c, k))

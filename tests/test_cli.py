@@ -110,7 +110,7 @@ def test_stages_one_by_one(tmp_path: Path, scene: dict, capsys: pytest.CaptureFi
     main(["-q", "chips", str(cfg), "--out", str(out)])
     assert (out / "chips" / "index.parquet").is_file()
     main(["-q", "train", str(cfg), "--out", str(out)])
-    assert (out / "model" / "model.pt").is_file() and (out / "train" / "metrics.csv").is_file()
+    assert (out / "model" / "model.safetensors").is_file() and (out / "train" / "metrics.csv").is_file()
     capsys.readouterr()
     main(["-q", "evaluate", str(cfg), "--out", str(out)])
     printed = capsys.readouterr().out

@@ -68,3 +68,36 @@ def test_weights_paths_resolve_and_urls_stay(tmp_path: Path) -> None:
         CONTRACT.replace("encoder: resnet18}", "encoder: resnet18, weights: 'https://h.org/e.pt'}")
     )
     assert load_config(path).model.weights == "https://h.org/e.pt"
+
+
+def test_inputs_and_prepare_keys_resolve_paths_and_check_values(tmp_path: Path) -> None:
+    raw = CONTRACT.replace(
+        "  images: [a.tif, b.tif]\n",
+        "  images: [[t1.tif, t2.tif], b.tif]\n  sensor: sentinel2-l2a\n  nodata: [0, null]\n"
+        "  masks: [{band: SCL, classes: [cloud_high]}, {path: m/clouds.gpkg}]\n",
+    ).replace("  nodata: -99999\n", "")
+    raw += "prepare: {grid: {like: ref.tif}, aoi: aoi.gpkg, indices: [NDVI], normalize: percentile}\n"
+    path = tmp_path / "run.yaml"
+    path.write_text(raw)
+    cfg = load_config(path)
+    assert cfg.inputs.images == [
+        [str(tmp_path / "t1.tif"), str(tmp_path / "t2.tif")],
+        str(tmp_path / "b.tif"),
+    ]
+    assert cfg.inputs.masks[1].path == str(tmp_path / "m" / "clouds.gpkg") and cfg.inputs.nodata == [0, None]
+    assert cfg.prepare.grid.like == str(tmp_path / "ref.tif") and cfg.prepare.aoi == str(
+        tmp_path / "aoi.gpkg"
+    )
+    assert cfg.inputs.nodata_rule == "all" and cfg.prepare.clip == (2.0, 98.0)
+    for bad, msg in (
+        ("prepare: {aoi: [1, 2, 0, 3]}", "min < max"),
+        ("prepare: {grid: {like: r.tif, resolution: 10}}", "not both"),
+        ("prepare: {clip: [50, 10]}", "0 <= low < high <= 100"),
+        ("prepare: {mosaic: max}", "prepare.mosaic"),
+    ):
+        path.write_text(CONTRACT + bad + "\n")
+        with pytest.raises(InputError, match=msg):
+            load_config(path)
+    path.write_text(CONTRACT.replace("  nodata: -99999\n", "  masks: [{classes: [1]}]\n"))
+    with pytest.raises(InputError, match="give a mask either `path` or `band`"):
+        load_config(path)

@@ -2,6 +2,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rasterio.windows import Window
 from sklearn.metrics import (
     accuracy_score,
     cohen_kappa_score,
@@ -11,7 +14,7 @@ from sklearn.metrics import (
 )
 
 from eoforge.evaluate.metrics import metrics_from_confusion
-from eoforge.evaluate.scoring import _owned_masks
+from eoforge.evaluate.scoring import _coverage
 
 
 def test_metrics_match_scikit_learn() -> None:
@@ -39,14 +42,27 @@ def test_mean_iou_skips_classes_absent_everywhere() -> None:
     assert m["mean_iou"] == pytest.approx((5 / 6 + 4 / 5) / 2)
 
 
-def test_each_test_pixel_counts_once() -> None:
-    rows = np.array([0, 0, 16, 40])
-    cols = np.array([0, 16, 16, 40])
-    masks = _owned_masks(rows, cols, 32)
-    cover = np.zeros((80, 80), int)
-    for r, c, m in zip(rows, cols, masks, strict=True):
-        cover[r : r + 32, c : c + 32] += m
-    union = np.zeros((80, 80), bool)
-    for r, c in zip(rows, cols, strict=True):
-        union[r : r + 32, c : c + 32] = True
-    assert cover.max() == 1 and (cover == 1).sum() == union.sum()
+@settings(max_examples=60, deadline=None)
+@given(
+    chips=st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60), st.integers(1, 3)), max_size=12),
+    win=st.tuples(st.integers(0, 70), st.integers(0, 70), st.integers(1, 40), st.integers(1, 40)),
+)
+def test_coverage_marks_exactly_the_pixels_of_chips(chips: list, win: tuple) -> None:
+    """Each pixel of a window gets the split code of the chip covering it; pixels outside chips get 0.
+
+    Chips of one split may overlap each other (a test pixel is then still counted once: it is one pixel of the
+    coverage raster), chips of different splits never do in a store, so the test keeps one split per pixel."""
+    size = 16
+    full = np.zeros((120, 120), np.uint8)
+    kept = []
+    for r, c, code in chips:
+        if np.isin(full[r : r + size, c : c + size], (0, code)).all():
+            full[r : r + size, c : c + size] = code
+            kept.append((r, c, code))
+    rows = np.array([k[0] for k in kept], np.int64)
+    cols = np.array([k[1] for k in kept], np.int64)
+    codes = np.array([k[2] for k in kept], np.uint8)
+    r0, c0, h, w = win
+    got = _coverage(Window(c0, r0, w, h), rows, cols, codes, size)
+    assert got.shape == (h, w)
+    assert (got == full[r0 : r0 + h, c0 : c0 + w]).all()

@@ -70,7 +70,9 @@ def test_run_then_predict_a_new_image(
         "metrics.json",
         "report.html",
         "config.yaml",
-        "model/model.pt",
+        "model/model.safetensors",
+        "model/model.onnx",
+        "model/item.json",
         "model/eoforge.json",
         "model/metrics.json",
         "model/config.yaml",
@@ -149,11 +151,11 @@ def test_run_resumes_and_reruns_only_what_the_config_changes(striped: dict, tmp_
         ("prepare", True),
         ("chips", True),
         ("train", False),
-        ("evaluate", False),
         ("predict", False),
+        ("evaluate", False),
     ]
 
     (out / "chips" / "chips.json").unlink()  # a lost output re-runs its stage and every later one
     seen.clear()
     run(parse_config(raw), out, on_stage=lambda s, skipped: seen.append((s, skipped)))
-    assert [s for s, skipped in seen if not skipped] == ["chips", "train", "evaluate", "predict"]
+    assert [s for s, skipped in seen if not skipped] == ["chips", "train", "predict", "evaluate"]

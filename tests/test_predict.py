@@ -21,10 +21,9 @@ def test_stitched_map_reproduces_the_input_layout(
     rng = np.random.default_rng(1)
     idx = rng.integers(0, 3, (h, w))
     band0 = idx.astype(np.float32)
-    band0[5:9, 7:20] = -9999  # nodata
-    img = write_tif(
-        tmp_path / "img.tif", np.stack([band0, rng.random((h, w), dtype=np.float32)]), nodata=-9999
-    )
+    band1 = rng.random((h, w), dtype=np.float32)
+    band0[5:9, 7:20] = band1[5:9, 7:20] = -9999  # nodata in every band: an invalid pixel
+    img = write_tif(tmp_path / "img.tif", np.stack([band0, band1]), nodata=-9999)
     pkg = identity_package(tmp_path / "model")
     res = predict(pkg, [img], tmp_path / "map.tif", tile=tile, overlap=overlap, batch_size=3)
     with rasterio.open(res.path) as src:

@@ -142,15 +142,17 @@ def test_missing_and_unreadable_images(scene: dict, tmp_path: Path) -> None:
         prepare(cfg, tmp_path / "run")
 
 
-def test_mismatched_grids_are_refused(scene: dict, tmp_path: Path) -> None:
-    other = write_tif(
-        tmp_path / "shifted.tif",
-        np.ones((64, 64), np.uint16),
-        transform=TRANSFORM @ TRANSFORM.translation(3, 0),
-    )
-    cfg = _cfg(scene, images=[str(scene["images"][0]), str(other)])
-    with pytest.raises(DataError, match="shifted.tif: grid .* differs from"):
-        prepare(cfg, tmp_path / "run")
+def test_shifted_grids_are_stacked_over_their_common_area(scene: dict, tmp_path: Path) -> None:
+    other_data = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) + 1
+    other = write_tif(tmp_path / "shifted.tif", other_data, transform=TRANSFORM @ TRANSFORM.translation(3, 0))
+    prep = prepare(_cfg(scene, images=[str(scene["images"][0]), str(other)]), tmp_path / "run")
+    assert prep.grid.width == 61 and prep.grid.height == 64
+    assert prep.grid.transform == TRANSFORM @ TRANSFORM.translation(3, 0)  # intersection, on the pixel grid
+    with rasterio.open(prep.image) as src, rasterio.open(scene["images"][0]) as b1:
+        img = src.read()
+        first = b1.read(1).astype(np.float32)
+    np.testing.assert_array_equal(img[1], other_data[:, :61].astype(np.float32))  # no resampling shift
+    np.testing.assert_array_equal(img[0][4:], first[4:, 3:])
 
 
 def test_scene_json_records_classes(scene: dict, tmp_path: Path) -> None:

@@ -115,3 +115,30 @@ def test_everest_whole_cycle(tmp_path: Path) -> None:
         assert m.crs.to_string() == "EPSG:32645" and m.shape == (655, 800)
         assert set(np.unique(m.read(1))) <= {0, 1, 255}
     assert result.metrics["baseline"]["overall_accuracy"] > 0.6
+
+
+S2_COMMON = [
+    "coastal", "blue", "green", "red", "rededge071", "rededge075", "rededge078",
+    "nir", "nir08", "nir09", "cirrus", "swir16", "swir22",
+]  # fmt: skip
+
+
+def test_slovenia_with_ndvi_and_ndwi_appended(tmp_path: Path) -> None:
+    """Indices appended as channels equal the numpy formulas; the rasterized LULC still matches lulc.tif."""
+    raw = _slovenia(ignore_unknown=True)
+    raw["inputs"]["bands"] = S2_COMMON
+    raw["prepare"] = {"indices": ["NDVI", "NDWI"]}
+    cfg = parse_config(raw)
+    prep = prepare(cfg.inputs, tmp_path / "run", prep=cfg.prepare)
+    assert prep.bands == [*S2_COMMON, "NDVI", "NDWI"]
+    img = rasterio.open(prep.image).read().astype(np.float64)
+    green, red, nir = img[2], img[3], img[7]
+    ok = ~np.isnan(img[13])
+    assert ok.mean() > 0.99
+    np.testing.assert_allclose(img[13][ok], ((nir - red) / (nir + red))[ok], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(img[14][ok], ((green - nir) / (green + nir))[ok], rtol=1e-5, atol=1e-6)
+    ours = rasterio.open(prep.labels).read(1)
+    ref = rasterio.open(Path(SAMPLES or "") / "eolearn-slovenia-s2" / "derived" / "lulc.tif").read(1)
+    ids = np.array([*SLOVENIA_CLASSES, 0])
+    ours_ids = ids[np.where(ours == IGNORE_INDEX, len(SLOVENIA_CLASSES), ours)]
+    assert (ours_ids[ref != 0] == ref[ref != 0]).mean() > 0.995

@@ -6,9 +6,12 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,11 +21,12 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from eoforge import __version__
-from eoforge.errors import EoforgeError
+from eoforge.errors import EoforgeError, os_error_line
 
 console = Console(stderr=True)
 out_console = Console(soft_wrap=True)
@@ -67,6 +71,9 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
 
     try:
         yield update
+    except BaseException:
+        bar.live.transient = True  # an error is one line: the bar goes
+        raise
     finally:
         if bar.live.is_started:
             bar.stop()
@@ -83,21 +90,27 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     _setup_logging(verbose, quiet, needs_lightning=ctx.invoked_subcommand in {"run", "demo", "train"})
 
 
+def _ci(m: dict[str, Any], key: str) -> str:
+    v = m.get(key)
+    if v is None:
+        return "n/a"
+    ci = (m.get("ci95") or {}).get(key)
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
+
+
+def _print_warnings(metrics: dict[str, Any]) -> None:
+    for w in metrics.get("warnings", []):
+        console.print(f"[yellow]warning ({w['code']}):[/yellow] {w['message']}", highlight=False)
+
+
 def _headline(out: Path, metrics: dict[str, Any], quiet: bool) -> None:
-    table = Table(title="test split")
-    for col in ("model", "overall accuracy", "kappa", "mean IoU"):
+    _print_warnings(metrics)
+    table = Table(title="test split: the delivered map, 95 % intervals over spatial blocks")
+    for col in ("model", "kappa", "mean IoU", "overall accuracy"):
         table.add_column(col)
-    table.add_row(
-        metrics["model"]["arch"],
-        f"{metrics['overall_accuracy']:.3f}",
-        f"{metrics['kappa']:.3f}",
-        f"{metrics['mean_iou']:.3f}",
-    )
-    if "baseline" in metrics:
-        b = metrics["baseline"]
-        table.add_row(
-            "random forest", f"{b['overall_accuracy']:.3f}", f"{b['kappa']:.3f}", f"{b['mean_iou']:.3f}"
-        )
+    rows = [(metrics["model"]["arch"], metrics)] + [(b["name"], b) for b in metrics.get("baselines", [])]
+    for name, m in rows:
+        table.add_row(name, _ci(m, "kappa"), _ci(m, "mean_iou"), _ci(m, "overall_accuracy"))
     if not quiet:
         out_console.print(table)
     out_console.print(f"map:     {out / 'map.tif'}")
@@ -106,9 +119,18 @@ def _headline(out: Path, metrics: dict[str, Any], quiet: bool) -> None:
     out_console.print(f"model:   {out / 'model'}")
 
 
+def _config_warnings(cfg: Any) -> None:
+    """Warnings a config shows before anything runs (they are repeated in the report)."""
+    from eoforge.config import config_warnings
+
+    for code, message in config_warnings(cfg):
+        console.print(f"[yellow]warning ({code}):[/yellow] {message}", highlight=False)
+
+
 def _run(cfg: Any, out: Path, ctx: click.Context, credits: str | None = None, fresh: bool = False) -> None:
     from eoforge.pipeline import run
 
+    _config_warnings(cfg)
     quiet = ctx.obj["quiet"]
     with _progress("predict", quiet) as update:
         result = run(
@@ -167,27 +189,265 @@ def _stage(name: str, doc: str) -> None:
         from eoforge.config import load_config
 
         cfg = load_config(config)
-        out.mkdir(parents=True, exist_ok=True)
+        _config_warnings(cfg)
+        result = pipeline.run_stage(cfg, out, name, progress=not ctx.obj["quiet"])
         if name == "prepare":
-            scene = pipeline.stage_prepare(cfg, out)
+            scene = result
             out_console.print(
                 f"prepared {scene.grid.width}x{scene.grid.height} px, {len(scene.bands)} bands: {scene.root}"
             )
         elif name == "chips":
-            store = pipeline.stage_chips(cfg, out)
+            store = result
             out_console.print(f"chips: { {k: len(v) for k, v in store.splits.items()} } in {store.root}")
         elif name == "train":
-            path = pipeline.stage_train(cfg, out, progress=not ctx.obj["quiet"])
-            out_console.print(f"model package: {path}")
-        elif name == "evaluate":
-            metrics = pipeline.stage_evaluate(cfg, out)
-            out_console.print(json.dumps({k: metrics[k] for k in ("overall_accuracy", "kappa", "mean_iou")}))
+            out_console.print(f"model package: {result}")
 
 
 _stage("prepare", "Stack bands, rasterize labels and compute band statistics into OUT/prepared.")
 _stage("chips", "Cut chips and split them by spatial blocks into OUT/chips (needs OUT/prepared).")
 _stage("train", "Train the model on OUT/chips and write the package OUT/model.")
-_stage("evaluate", "Score OUT/model on the test chips; write OUT/metrics.json and OUT/report.html.")
+
+_classes_opt = click.option(
+    "--classes",
+    multiple=True,
+    help="Classes as ID=NAME (repeat or comma-separate), to match reference values by name and name the rows.",
+)
+
+
+def _map_table(metrics: dict[str, Any], title: str) -> None:
+    from eoforge.evaluate.metrics import fmt
+
+    table = Table(title=title)
+    for col in ("class", "precision", "recall", "F1", "IoU", "support"):
+        table.add_column(col, justify="right")
+    for name, c in metrics["per_class"].items():
+        table.add_row(name, *(fmt(c[k]) for k in ("precision", "recall", "f1", "iou")), str(c["support"]))
+    out_console.print(table)
+    out_console.print(
+        f"overall accuracy {fmt(metrics['overall_accuracy'])}, balanced accuracy "
+        f"{fmt(metrics['balanced_accuracy'])}, kappa {fmt(metrics['kappa'])}, mean IoU {fmt(metrics['mean_iou'])} "
+        f"over {metrics['pixels']} {metrics['units']}"
+    )
+
+
+@cli.command("evaluate")
+@click.argument("target", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Run or output directory.")
+@click.option("--map", "map_path", type=click.Path(path_type=Path), help="A class map to score (any source).")
+@click.option(
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Image(s) to predict with TARGET.",
+)
+@click.option("--reference", type=click.Path(path_type=Path), help="Reference raster, polygons or points.")
+@click.option("--column", help="Class column of a vector reference.")
+@_classes_opt
+@click.option(
+    "--curves/--no-curves",
+    default=True,
+    show_default=True,
+    help="With MODEL_DIR --image: ROC/PR/calibration from the model's probabilities on the reference pixels.",
+)
+@click.pass_context
+def evaluate_cmd(
+    ctx: click.Context,
+    target: Path | None,
+    out: Path,
+    map_path: Path | None,
+    images: tuple[Path, ...],
+    reference: Path | None,
+    column: str | None,
+    classes: tuple[str, ...],
+    curves: bool,
+) -> None:
+    """Score a model or a map.
+
+    \b
+    eoforge evaluate CONFIG -o RUN      the run's delivered map on its test pixels (metrics.json, report.html)
+    eoforge evaluate --map MAP.tif --reference REF -o DIR      any map against any reference
+    eoforge evaluate MODEL_DIR --image IMG... --reference REF -o DIR   predict DIR/map.tif, then score it
+    """
+    from eoforge.errors import InputError
+
+    if map_path is not None or images:
+        if reference is None:
+            raise InputError(
+                "--reference is required with --map or --image; give a raster, polygons or points"
+            )
+        from eoforge.evaluate.compare import evaluate_map
+
+        predictor: Any = None
+        if map_path is not None:
+            if target is not None or images:
+                raise InputError(f"--map {map_path}: give either --map or MODEL_DIR --image ..., not both")
+        else:
+            if target is None:
+                raise InputError("--image needs the MODEL_DIR argument (a model package folder)")
+            from eoforge.package import load_package
+            from eoforge.predict import predict_scene
+
+            predictor = load_package(target)
+            if not classes:
+                classes = tuple(f"{c.id}={c.name}" for c in predictor.meta.classes)
+            with _progress("predict", ctx.obj["quiet"]) as update:
+                map_path = predict_scene(predictor, list(images), out / "map.tif", on_progress=update).path
+        metrics = evaluate_map(map_path, reference, out, column=column, classes=classes)
+        if images and curves:
+            _model_curves(predictor, images, reference, column, classes, out, metrics)
+        if not ctx.obj["quiet"]:
+            _map_table(metrics, f"{map_path.name} vs {reference.name}")
+        out_console.print(f"metrics: {out / 'metrics.json'}")
+        return
+    if target is None:
+        raise InputError("give a CONFIG (evaluate a run), or --map/--image with --reference; see --help")
+    if reference is not None or column is not None or classes:
+        raise InputError("--reference/--column/--classes need --map or --image; a run uses its test chips")
+    from eoforge import pipeline
+    from eoforge.config import load_config
+
+    cfg = load_config(target)
+    _config_warnings(cfg)
+    with _progress("predict", ctx.obj["quiet"]) as update:
+        metrics = pipeline.run_stage(cfg, out, "evaluate", on_progress=update)
+    _print_warnings(metrics)
+    out_console.print(json.dumps({k: metrics[k] for k in ("kappa", "mean_iou", "overall_accuracy")}))
+
+
+def _model_curves(
+    predictor: Any,
+    images: tuple[Path, ...],
+    reference: Path,
+    column: str | None,
+    classes: tuple[str, ...],
+    out: Path,
+    metrics: dict[str, Any],
+) -> None:
+    """Add ROC/PR/calibration to OUT/metrics.json and write their plots (roc.png, pr.png, reliability.png)."""
+    from eoforge.evaluate.compare import model_curves
+    from eoforge.evaluate.curves import plot_pr, plot_reliability, plot_roc
+    from eoforge.evaluate.reference import ClassTable
+    from eoforge.io.atomic import atomic_path as atomic_png
+    from eoforge.io.atomic import write_text
+
+    names = [c.name for c in predictor.meta.classes]
+    colors = [c.color for c in predictor.meta.classes]
+    acc = model_curves(predictor, list(images), reference, column, ClassTable.parse(classes))
+    metrics["curves"] = acc.to_json(names)
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    for name, png in (
+        ("roc.png", plot_roc(acc.roc(), names, colors)),
+        ("pr.png", plot_pr(acc.pr(), names, colors)),
+        ("reliability.png", plot_reliability(acc.calibration())),
+    ):
+        with atomic_png(out / name) as tmp:
+            tmp.write_bytes(png)
+    ece = metrics["curves"]["expected_calibration_error"]
+    out_console.print(
+        f"expected calibration error: {'n/a' if ece is None else f'{ece:.3f}'}; roc.png, pr.png"
+    )
+
+
+@cli.command("sample-design")
+@click.argument("map_path", metavar="MAP", type=click.Path(path_type=Path))
+@click.option("--total", required=True, type=click.IntRange(min=1), help="Number of sample points.")
+@click.option(
+    "--min-per-class",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="At least this many points per map class (rare classes), the rest proportional to area.",
+)
+@click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
+@click.option(
+    "--output", "-o", required=True, type=click.Path(path_type=Path), help="Points (.gpkg/.geojson/.fgb)."
+)
+def sample_design_cmd(map_path: Path, total: int, min_per_class: int, seed: int, output: Path) -> None:
+    """Propose a stratified random sample of MAP (strata = map classes) as points to label."""
+    from eoforge.evaluate.sampling import sample_design
+
+    des = sample_design(map_path, output, total, min_per_class, seed)
+    table = Table(title="sample design")
+    for col in ("map class", "map pixels", "points"):
+        table.add_column(col, justify="right")
+    for cid, npx, k in zip(des.classes.ids, des.classes.pixels, des.allocation, strict=True):
+        table.add_row(str(cid), str(npx), str(k))
+    out_console.print(table)
+    out_console.print(f"points: {des.path} (fill the 'reference' column, then run `eoforge area`)")
+
+
+@cli.command("explain")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--window", required=True, help="col,row,width,height of the window to explain, in pixels.")
+@click.option("--layers", default="", help="Comma-separated layer names whose feature maps to write.")
+@click.option("--cam-layer", default=None, help="Layer for Grad-CAM (default: the last before the head).")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Output folder.")
+def explain_cmd(
+    model_dir: Path, images: tuple[Path, ...], window: str, layers: str, cam_layer: str | None, out: Path
+) -> None:
+    """Grad-CAM per class and feature maps of named layers for a window of IMAGES (GeoTIFFs and PNGs)."""
+    from eoforge.evaluate.explain import explain, parse_window
+
+    res = explain(
+        model_dir,
+        list(images),
+        parse_window(window),
+        out,
+        [s.strip() for s in layers.split(",") if s.strip()],
+        cam_layer,
+    )
+    out_console.print(f"Grad-CAM layer: {res.cam_layer}")
+    for f in res.files:
+        out_console.print(f"wrote {f}")
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+@cli.command("area")
+@click.argument("map_path", metavar="MAP", type=click.Path(path_type=Path))
+@click.option("--reference", required=True, type=click.Path(path_type=Path), help="Labelled sample points.")
+@click.option("--column", required=True, help="Column of the points holding the reference class.")
+@_classes_opt
+@click.option(
+    "--out", "-o", required=True, type=click.Path(path_type=Path), help="Output folder (area.json)."
+)
+def area_cmd(map_path: Path, reference: Path, column: str, classes: tuple[str, ...], out: Path) -> None:
+    """Error-adjusted area per class with 95 % CI and accuracies with SE (Olofsson et al. 2014)."""
+    from eoforge.evaluate.area import area_estimate
+
+    est = area_estimate(map_path, reference, column, out, classes=list(classes))
+    ha = est.pixel_area_ha is not None
+    table = Table(title=f"area estimate: {map_path.name}")
+    for col in (
+        "class",
+        "map px",
+        "samples",
+        "area " + ("ha" if ha else "px"),
+        "± 95 %",
+        "UA ± SE",
+        "PA ± SE",
+    ):
+        table.add_column(col, justify="right")
+    for c in est.classes:
+        area, ci = (c.area_ha, c.area_ci95_ha) if ha else (c.area_pixels, c.area_ci95_pixels)
+        table.add_row(
+            c.name,
+            str(c.map_pixels),
+            str(c.sample_count),
+            _fmt(area, ",.1f"),
+            _fmt(ci, ",.1f"),
+            f"{_fmt(c.users_accuracy, '.3f')} ± {_fmt(c.users_accuracy_se, '.3f')}",
+            f"{_fmt(c.producers_accuracy, '.3f')} ± {_fmt(c.producers_accuracy_se, '.3f')}",
+        )
+    out_console.print(table)
+    out_console.print(
+        f"overall accuracy {est.overall_accuracy:.3f} ± {_fmt(est.overall_accuracy_se, '.3f')} (SE); "
+        f"written {out / 'area.json'}"
+    )
 
 
 @cli.command("predict")
@@ -207,6 +467,11 @@ _stage("evaluate", "Score OUT/model on the test chips; write OUT/metrics.json an
     show_default=True,
     help="bf16 autocast is ~2.5x faster on CPUs with AMX; class maps may differ from fp32 on a few pixels.",
 )
+@click.option(
+    "--ignore-band-names",
+    is_flag=True,
+    help="Accept images whose band names (descriptions) differ from the model's bands.",
+)
 @click.pass_context
 def predict_cmd(
     ctx: click.Context,
@@ -218,9 +483,15 @@ def predict_cmd(
     batch_size: int,
     device: str,
     precision: str,
+    ignore_band_names: bool,
 ) -> None:
     """Classify IMAGES (files stacked band-wise, in training band order) with MODEL_DIR into a COG."""
+    from eoforge.io.atomic import sweep_temporaries
+    from eoforge.io.guard import check_output_file
     from eoforge.predict import predict
+
+    check_output_file(output, [model_dir, *images], nbytes=_map_bytes(images))
+    sweep_temporaries(output.parent, depth=0, name=output.name)  # what a killed predict left
 
     with _progress("predict", ctx.obj["quiet"]) as update:
         res = predict(
@@ -233,10 +504,105 @@ def predict_cmd(
             device,
             on_progress=update,
             precision=precision,
+            ignore_band_names=ignore_band_names,
         )
     out_console.print(
         f"wrote {res.path} ({res.grid.width}x{res.grid.height} px, {res.windows} windows, "
         f"{res.pixels_per_second / 1e6:.2f} MP/s)"
+    )
+
+
+def _map_bytes(images: tuple[Path, ...]) -> int:
+    """Disk space a class map of ``images`` may take while written (raw tiled copy + COG), 0 if unknown."""
+    import rasterio
+
+    try:
+        with rasterio.open(images[0]) as src:
+            return 2 * 2 * src.width * src.height  # at most uint16, uncompressed, two copies
+    except (rasterio.errors.RasterioError, OSError, IndexError):
+        return 0  # predict itself reports an unreadable image
+
+
+@cli.command("package")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--output", "-o", required=True, type=click.Path(path_type=Path), help="Zip file to write.")
+@click.option("--no-onnx", is_flag=True, help="Do not add the ONNX export if the package lacks it.")
+def package_cmd(run_dir: Path, output: Path, no_onnx: bool) -> None:
+    """Zip the model package of RUN_DIR (or a model folder): weights, ONNX, STAC MLM item, config, metrics."""
+    from eoforge.package.archive import package_run
+
+    out = package_run(run_dir, output, onnx=not no_onnx)
+    out_console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+@cli.command("export")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--onnx", "to_onnx", is_flag=True, required=True, help="Export the network to ONNX.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), help="Also copy the .onnx file here.")
+def export_cmd(model_dir: Path, to_onnx: bool, output: Path | None) -> None:
+    """Export the network of the package MODEL_DIR to ONNX (dynamic batch/size, parity-checked vs torch)."""
+    import shutil
+
+    from eoforge.io.atomic import atomic_path
+    from eoforge.package.onnx import add_onnx
+
+    if not to_onnx:
+        raise click.UsageError("choose an export format: --onnx")
+    meta = add_onnx(model_dir)
+    if meta.onnx is None:  # add_onnx either records the export or raises
+        raise click.ClickException("ONNX export not recorded")
+    src = Path(model_dir) / meta.onnx.file
+    if output is not None:
+        with atomic_path(output) as tmp:
+            shutil.copyfile(src, tmp)
+        src = output
+    out_console.print(
+        f"wrote {src} (opset {meta.onnx.opset}, max |onnx - torch| = {meta.onnx.max_abs_diff:.2g})"
+    )
+
+
+@cli.command("serve")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--max-upload-mb", default=200, show_default=True, type=click.IntRange(1), help="Larger uploads get 413."
+)
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1),
+    help="/predict requests run at once.",
+)
+@click.option(
+    "--job-workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Background jobs (POST /jobs) run at once.",
+)
+@click.option(
+    "--queue",
+    "queue_size",
+    default=8,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Waiting beyond workers.",
+)
+def serve_cmd(
+    model: Path, host: str, port: int, max_upload_mb: int, workers: int, job_workers: int, queue_size: int
+) -> None:
+    """Serve MODEL (package folder or zip) over HTTP: REST API, OpenAPI docs at /docs, map page at /."""
+    from eoforge.serve import ServeSettings, run_server
+
+    run_server(
+        model,
+        ServeSettings(
+            max_upload_mb=max_upload_mb, workers=workers, job_workers=job_workers, queue=queue_size
+        ),
+        host=host,
+        port=port,
     )
 
 
@@ -271,18 +637,92 @@ def models_cmd(pattern: str | None, arch: str) -> None:
             out_console.print(e)
 
 
+@cli.command("sensors")
+def sensors_cmd() -> None:
+    """List the sensor presets of inputs.sensor (band names from file names, scale/offset, quality band)."""
+    from eoforge.prepare.sensors import SENSORS
+
+    table = Table("sensor", "bands (file token -> common name)", "quality band", "description")
+    for s in SENSORS.values():
+        bands = ", ".join(f"{b.token}->{b.name}" for b in s.bands)
+        table.add_row(s.name, bands, s.quality or "-", s.description)
+    out_console.print(table)
+
+
+@cli.command("indices")
+@click.option("--search", default=None, help="Only indices whose name or long name contains this text.")
+def indices_cmd(search: str | None) -> None:
+    """List the spectral indices of prepare.indices (Awesome Spectral Indices, via spyndex)."""
+    from eoforge.prepare.indices import list_indices
+
+    rows = list_indices()
+    if search:
+        rows = [r for r in rows if search.lower() in r[0].lower() or search.lower() in r[1].lower()]
+    table = Table("index", "name", "bands (common names)")
+    for name, long_name, bands in rows:
+        table.add_row(name, long_name, ", ".join(bands))
+    out_console.print(table)
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM, so `finally` blocks (temporary files, locks) run before exit."""
+
+
+_signalled: list[int] = []
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    _signalled.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Terminated
+
+
+def _signal_exit() -> None:
+    """Exit for a signal received during the command: 130 (`aborted`) for SIGINT, 143 for SIGTERM."""
+    if _signalled[-1] == signal.SIGTERM:
+        console.print("terminated")
+        sys.exit(128 + signal.SIGTERM)
+    console.print("aborted")
+    sys.exit(130)
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: eoforge errors and OS errors naming a path are one line and exit code 2; SIGINT exits 130
+    with `aborted`, SIGTERM 143 with `terminated`, both after cleaning up what was half-written."""
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, _on_signal)
+    _signalled.clear()
     try:
         cli.main(args=argv, prog_name="eoforge", standalone_mode=False)
     except EoforgeError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, markup=True, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        console.print("aborted")
-        sys.exit(130)
+    except OSError as exc:
+        if exc.filename is None and errno.errorcode.get(exc.errno or 0) not in _OS_ERRNOS:
+            raise  # not about a path the user gave: a bug, keep the traceback
+        line = escape(os_error_line(exc))
+        console.print(f"[red]error:[/red] {line}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(2)
+    except (click.exceptions.Abort, KeyboardInterrupt, Terminated):
+        if not _signalled:
+            _signalled.append(signal.SIGINT)
+        _signal_exit()
+    except SystemExit:
+        if _signalled:  # Lightning turns Ctrl-C during fit into sys.exit(1)
+            _signal_exit()
+        raise
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+
+
+_OS_ERRNOS = {"ENOSPC", "EDQUOT", "EROFS", "EFBIG", "EACCES", "EPERM"}
 
 
 if __name__ == "__main__":

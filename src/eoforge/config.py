@@ -7,20 +7,30 @@ file are resolved against the file's folder. The resolved config is saved with e
 from __future__ import annotations
 
 import glob
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from eoforge.errors import InputError
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 IGNORE_INDEX = 255
 """Class index of unlabelled pixels in prepared labels, chips and training targets."""
 
 
+NodataValue = Annotated[float, Field(allow_inf_nan=True)]
+"""A nodata value: any number, NaN included (the one place a config number may be NaN)."""
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `lr: .inf` or `.nan` anywhere is refused at load time (fields that mean NaN opt in)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
 class LabelsConfig(_Strict):
@@ -47,6 +57,11 @@ class LabelsConfig(_Strict):
         default=False,
         description="Burn every pixel a polygon touches, not only those whose centre is inside.",
     )
+    nodata: float | None = Field(
+        default=None,
+        description="Label raster value meaning 'unlabelled' when the file does not tag its nodata (e.g. -1); "
+        "the file's own nodata is used too.",
+    )
 
     @model_validator(mode="after")
     def _column_or_value(self) -> LabelsConfig:
@@ -55,15 +70,66 @@ class LabelsConfig(_Strict):
         return self
 
 
+class MaskConfig(_Strict):
+    path: str | None = Field(
+        default=None,
+        description="A mask raster (with `classes` or `bits`) or a vector file of areas to exclude (any OGR "
+        "format); relative to the config file.",
+    )
+    band: str | None = Field(
+        default=None,
+        description="Instead of `path`: a quality band of `inputs.sensor` found among the images by file name "
+        "(e.g. SCL, QA_PIXEL); applied again at predict time on new files.",
+    )
+    classes: list[int | str] | None = Field(
+        default=None,
+        description="Mask raster values that become nodata (or the sensor's class names, e.g. cloud_high).",
+    )
+    bits: list[int | str] | None = Field(
+        default=None,
+        description="Bit numbers of a QA band that make a pixel nodata when set (or the sensor's bit names, "
+        "e.g. cloud, cloud_shadow).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> MaskConfig:
+        if (self.path is None) == (self.band is None):
+            raise ValueError("give a mask either `path` or `band`")
+        if self.classes is not None and self.bits is not None:
+            raise ValueError("give a mask either `classes` or `bits`, not both")
+        if self.band is not None and self.classes is None and self.bits is None:
+            raise ValueError(f"mask band {self.band} needs `classes` or `bits`")
+        return self
+
+
 class InputsConfig(_Strict):
-    images: list[str] = Field(
-        description="Raster files or glob patterns, stacked band-wise in the order given (globs sorted)."
+    images: list[str | list[str]] = Field(
+        description="Raster files or glob patterns, stacked band-wise in the order given (globs sorted). An "
+        "entry that is a list is a mosaic: files covering different areas of the same bands. With `sensor`, "
+        "files are matched to bands by name and files of the same band are mosaicked."
+    )
+    sensor: str | None = Field(
+        default=None,
+        description="Sensor preset (`eoforge sensors` lists them): band names from file names, scale/offset, "
+        "quality band.",
+    )
+    masks: list[MaskConfig] = Field(
+        default_factory=list,
+        description="Pixels that become nodata: classes of a mask raster, bits of a QA band, areas of a vector.",
     )
     bands: list[str] | None = Field(
         default=None, description="Band names in stack order (STAC eo common names where known)."
     )
-    nodata: float | None = Field(
-        default=None, description="Nodata value for every input band; by default each file's own nodata."
+    nodata: NodataValue | list[NodataValue | None] | None = Field(
+        default=None,
+        description="Nodata value of the input bands: one value for every band, or a list with one value per "
+        "band of the stack (null = that band's own nodata); by default each file's own nodata. GDAL masks and "
+        "alpha bands always count as nodata.",
+    )
+    nodata_rule: Literal["all", "any"] = Field(
+        default="all",
+        description="A pixel is nodata where ALL bands are nodata ('all', default; a band that is nodata at a "
+        "valid pixel is filled with its mean) or where ANY band is ('any').",
     )
     labels: LabelsConfig = Field(description="Where the training labels are.")
     classes: dict[int, str] = Field(description="Class id -> class name, for every class in the labels.")
@@ -80,7 +146,25 @@ class InputsConfig(_Strict):
             raise ValueError(f"at most {IGNORE_INDEX - 1} classes are supported")
         if any(k < 0 or k > 65534 for k in v):
             raise ValueError("class ids must be between 0 and 65534")
+        seen: dict[str, int] = {}
+        for k, name in v.items():
+            if not name.strip():
+                raise ValueError(f"class {k} has an empty name; give every class a name")
+            if name.strip().casefold() in seen:
+                raise ValueError(
+                    f"classes {seen[name.strip().casefold()]} and {k} are both named '{name}' (names are "
+                    "compared ignoring case); give each class its own name"
+                )
+            seen[name.strip().casefold()] = k
         return dict(sorted(v.items()))
+
+    @field_validator("colors")
+    @classmethod
+    def _check_colors(cls, v: dict[int, str] | None) -> dict[int, str] | None:
+        for k, c in (v or {}).items():
+            if not _COLOR.match(c):
+                raise ValueError(f"colour of class {k} is '{c}'; write colours as '#rrggbb' (e.g. '#1f78b4')")
+        return v
 
     @model_validator(mode="after")
     def _label_ids_are_classes(self) -> InputsConfig:
@@ -88,7 +172,74 @@ class InputsConfig(_Strict):
             v = getattr(self.labels, key)
             if v is not None and v not in self.classes:
                 raise ValueError(f"labels.{key} {v} is not a class id; use one of {list(self.classes)}")
+        unknown = sorted(set(self.colors or {}) - set(self.classes))
+        if unknown:
+            raise ValueError(f"colors for {unknown}, which are not class ids; use ids of `classes`")
         return self
+
+
+class GridConfig(_Strict):
+    resolution: float | None = Field(
+        default=None, gt=0, description="Pixel size in CRS units; default: the finest among the inputs."
+    )
+    crs: str | None = Field(
+        default=None, description="Target CRS (e.g. EPSG:32633); default: the first file's."
+    )
+    like: str | None = Field(
+        default=None, description="A raster whose grid (CRS, transform, size) is used exactly, instead."
+    )
+
+    @model_validator(mode="after")
+    def _like_alone(self) -> GridConfig:
+        if self.like is not None and (self.resolution is not None or self.crs is not None):
+            raise ValueError("give grid.like or grid.resolution/crs, not both")
+        return self
+
+
+class PrepareConfig(_Strict):
+    grid: GridConfig = Field(
+        default_factory=GridConfig, description="Target grid every input is warped onto."
+    )
+    resampling: Literal["nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode"] = Field(
+        default="bilinear",
+        description="Resampling of image bands warped onto the grid (masks and labels always use nearest).",
+    )
+    mosaic: Literal["first", "last", "mean", "median"] = Field(
+        default="first",
+        description="Where mosaic files overlap: first valid pixel wins, last, mean or median.",
+    )
+    aoi: str | list[float] | None = Field(
+        default=None,
+        description="Area of interest: a vector file (any OGR format) or [minx, miny, maxx, maxy] in `aoi_crs`; "
+        "the grid is cropped to it and pixels outside are nodata.",
+    )
+    aoi_crs: str = Field(default="EPSG:4326", description="CRS of a bounding-box `aoi`.")
+    indices: list[str] = Field(
+        default_factory=list,
+        description="Spectral indices (Awesome Spectral Indices names via spyndex, `eoforge indices` lists them) "
+        "appended as channels; bands are found by common name.",
+    )
+    normalize: Literal["zscore", "minmax", "percentile"] = Field(
+        default="zscore",
+        description="Normalisation: zscore (exact mean/std), minmax, or percentile (stretch between `clip`).",
+    )
+    clip: tuple[float, float] = Field(
+        default=(2.0, 98.0), description="Lower and upper percentiles of `normalize: percentile`."
+    )
+
+    @field_validator("aoi")
+    @classmethod
+    def _bbox(cls, v: str | list[float] | None) -> str | list[float] | None:
+        if isinstance(v, list) and (len(v) != 4 or v[0] >= v[2] or v[1] >= v[3]):
+            raise ValueError("a bounding-box aoi is [minx, miny, maxx, maxy] with min < max")
+        return v
+
+    @field_validator("clip")
+    @classmethod
+    def _clip(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] < v[1] <= 100:
+            raise ValueError("clip is [low, high] percentiles with 0 <= low < high <= 100")
+        return v
 
 
 class SplitConfig(_Strict):
@@ -168,8 +319,8 @@ class AugmentConfig(_Strict):
 class TrainConfig(_Strict):
     epochs: int = Field(default=20, ge=1, description="Maximum number of epochs.")
     batch_size: int = Field(default=16, ge=1, description="Chips per batch.")
-    lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate.")
-    weight_decay: float = Field(default=1e-4, ge=0, description="AdamW weight decay.")
+    lr: float = Field(default=1e-3, gt=0, le=1.0, description="AdamW learning rate (0 < lr <= 1).")
+    weight_decay: float = Field(default=1e-4, ge=0, le=1.0, description="AdamW weight decay.")
     patience: int = Field(
         default=10, ge=1, description="Early stopping: epochs without val mIoU improvement."
     )
@@ -219,6 +370,22 @@ class TrainConfig(_Strict):
             raise ValueError("class_weights must be >= 0")
         return self
 
+    @field_validator("accelerator")
+    @classmethod
+    def _accelerator(cls, v: str) -> str:
+        if v not in ACCELERATORS:
+            raise ValueError(f"unknown accelerator '{v}'; choose one of: {', '.join(ACCELERATORS)}")
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"devices must be at least 1 (or 'auto'), got {v}")
+        if isinstance(v, str) and v != "auto":
+            raise ValueError(f"devices must be a number of devices or 'auto', got '{v}'")
+        return v
+
 
 class PredictConfig(_Strict):
     tile: int | None = Field(
@@ -226,6 +393,15 @@ class PredictConfig(_Strict):
     )
     overlap: int = Field(default=32, ge=0, description="Pixels shared by neighbouring windows.")
     batch_size: int = Field(default=8, ge=1, description="Windows per model call.")
+
+    @field_validator("tile")
+    @classmethod
+    def _tile(cls, v: int | None) -> int | None:
+        if v is not None and (v < 32 or v % 32):
+            raise ValueError(
+                f"tile must be a positive multiple of 32 (the U-Net downsamples 5 times), got {v}"
+            )
+        return v
 
 
 class ComputeConfig(_Strict):
@@ -235,11 +411,13 @@ class ComputeConfig(_Strict):
         "predict; results are identical whichever scheduler runs them.",
     )
     workers: int | None = Field(
-        default=None, ge=1, description="Start a local Dask cluster of this many worker processes."
+        default=None, ge=1, le=4096, description="Start a local Dask cluster of this many worker processes."
     )
-    threads_per_worker: int = Field(default=1, ge=1, description="Threads of each local Dask worker.")
+    threads_per_worker: int = Field(
+        default=1, ge=1, le=1024, description="Threads of each local Dask worker."
+    )
     connect_timeout: float = Field(
-        default=10.0, gt=0, description="Seconds to wait for compute.scheduler before failing."
+        default=10.0, gt=0, le=3600, description="Seconds to wait for compute.scheduler before failing."
     )
 
     @model_validator(mode="after")
@@ -251,18 +429,113 @@ class ComputeConfig(_Strict):
         return self
 
 
+class MapBaseline(_Strict):
+    map: Path = Field(
+        description="A class-map raster made by anything (another tool, an earlier run) whose pixel values are "
+        "class ids; scored on exactly the same test pixels as the model (warped onto the scene grid, nearest)."
+    )
+    name: str | None = Field(default=None, description="Name in the report (default: the file name).")
+
+
+class IndexRule(_Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    index: str = Field(
+        description="A spectral index of the Awesome Spectral Indices catalogue (spyndex), e.g. NDVI, MNDWI; "
+        "computed from the bands named by STAC common names (blue, green, red, nir, swir16, ...)."
+    )
+    above: float = Field(description="Threshold: pixels whose index is above it get `then`.")
+    then: int | str = Field(description="Class (id or name) where the index is above the threshold.")
+    otherwise: int | str = Field(alias="else", description="Class (id or name) elsewhere (YAML key `else`).")
+    name: str | None = Field(default=None, description="Name in the report (default: 'INDEX > above').")
+
+    @field_validator("index")
+    @classmethod
+    def _known_index(cls, v: str) -> str:
+        import difflib
+
+        import spyndex
+
+        names = list(spyndex.indices)
+        if v in names:
+            return v
+        by_upper = {n.upper(): n for n in names}
+        if v.upper() in by_upper:
+            return by_upper[v.upper()]
+        close = difflib.get_close_matches(v.upper(), list(by_upper), n=5)
+        hint = (
+            f"did you mean {', '.join(by_upper[c] for c in close)}?"
+            if close
+            else "e.g. NDVI, NDWI, MNDWI, NBR"
+        )
+        raise ValueError(f"unknown spectral index '{v}' (Awesome Spectral Indices names); {hint}")
+
+
+class EvaluateConfig(_Strict):
+    baselines: list[MapBaseline | IndexRule] = Field(
+        default_factory=list,
+        description="Your own baselines, scored on the same test pixels as the model: class-map rasters "
+        "(`{map: path}`) and simple index rules (`{index: MNDWI, above: 0.0, then: water, else: land}`).",
+    )
+    random_forest: bool = Field(
+        default=True, description="Train and score the per-pixel random-forest baseline."
+    )
+    rf_pixels: int = Field(
+        default=100_000, ge=100, le=10_000_000, description="Training pixels sampled for the random forest."
+    )
+    bootstrap: int = Field(
+        default=1000,
+        ge=0,
+        le=100_000,
+        description="Bootstrap resamples of the test blocks for the 95 % confidence intervals (0: none).",
+    )
+    seed: int = Field(default=0, description="Seed of the bootstrap and the random forest.")
+
+
 class RunConfig(_Strict):
     inputs: InputsConfig
+    prepare: PrepareConfig = Field(
+        default_factory=PrepareConfig,
+        description="Preparation recipe: grid, resampling, mosaic, AOI, indices, normalisation.",
+    )
     chips: ChipsConfig = Field(default_factory=ChipsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
+    evaluate: EvaluateConfig = Field(
+        default_factory=EvaluateConfig, description="Baselines and confidence intervals of the evaluation."
+    )
     compute: ComputeConfig = Field(
         default_factory=ComputeConfig, description="Dask scheduler used by the stages that scale out."
     )
 
+    @model_validator(mode="after")
+    def _rule_classes(self) -> RunConfig:
+        for rule in self.evaluate.baselines:
+            if isinstance(rule, IndexRule):
+                for key, v in (("then", rule.then), ("else", rule.otherwise)):
+                    if class_index(self.inputs.classes, v) is None:
+                        raise ValueError(
+                            f"evaluate.baselines {rule.index}: {key} '{v}' is not a class; "
+                            f"use one of {list(self.inputs.classes.values())}"
+                        )
+        return self
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        tile = self.predict.tile or 2 * self.chips.size
+        if self.predict.overlap >= tile:
+            raise ValueError(
+                f"predict.overlap {self.predict.overlap} must be smaller than the predict tile {tile}; lower it"
+            )
+        if self.chips.split.test <= 0:
+            raise ValueError(
+                "chips.split.test is 0 but `eoforge run` evaluates on the test split; give it > 0"
+            )
+        return self
+
     def dump(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", by_alias=True)
 
     @model_validator(mode="after")
     def _one_weight_per_class(self) -> RunConfig:
@@ -274,10 +547,64 @@ class RunConfig(_Strict):
         return self
 
 
-def resolve_images(patterns: list[str]) -> list[Path]:
-    """Expand globs (sorted) and check every file exists."""
+def class_index(classes: dict[int, str], value: int | str) -> int | None:
+    """Index (0..K-1) of a class given by id or by name (case-insensitive), or None."""
+    ids = list(classes)
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().lstrip("-").isdigit()):
+        v = int(value)
+        return ids.index(v) if v in classes else None
+    names = [n.strip().lower() for n in classes.values()]
+    key = value.strip().lower()
+    return names.index(key) if key in names else None
+
+
+def config_warnings(cfg: RunConfig) -> list[tuple[str, str]]:
+    """Problems a config can already show before anything runs, as ``(code, message)`` pairs."""
+    out: list[tuple[str, str]] = []
+    tile = cfg.predict.tile or 2 * cfg.chips.size
+    if tile > 2 * cfg.chips.size:
+        out.append(
+            (
+                "window_much_larger_than_chip",
+                f"predict.tile {tile} px is more than 2x the training chip ({cfg.chips.size} px): the model "
+                "sees far more context at predict time than in training, which can change its output; "
+                f"use a tile of at most {2 * cfg.chips.size} px or train on larger chips",
+            )
+        )
+    return out
+
+
+def check_devices(train: TrainConfig) -> None:
+    """Refuse at the start of a run what the machine cannot do: a GPU accelerator without a GPU, more
+    devices than there are, several CPU devices (Lightning would re-launch the run into the same folder)."""
+    import torch  # here, not at import: loading a config stays fast
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if train.accelerator in ("gpu", "cuda") and gpus == 0:
+        raise InputError(
+            f"train.accelerator: {train.accelerator} but no CUDA GPU is visible on this machine; "
+            "use accelerator: auto or cpu"
+        )
+    if train.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise InputError("train.accelerator: mps but MPS is not available here; use accelerator: auto or cpu")
+    on_gpu = train.accelerator in ("gpu", "cuda") or (train.accelerator == "auto" and gpus > 0)
+    if isinstance(train.devices, int) and train.devices > 1:
+        if not on_gpu:
+            raise InputError(
+                f"train.devices: {train.devices} on CPU would start {train.devices} training processes over "
+                "one run folder; use devices: 1 (one process uses all CPU cores)"
+            )
+        if train.devices > gpus:
+            raise InputError(
+                f"train.devices: {train.devices} but only {gpus} GPU(s) are visible; use devices: {gpus} or auto"
+            )
+
+
+def resolve_images(patterns: list[str] | list[str | list[str]]) -> list[Path]:
+    """Expand globs (sorted) and check every file exists; mosaic entries (lists) are flattened."""
     out: list[Path] = []
-    for pat in patterns:
+    flat = [p for entry in patterns for p in (entry if isinstance(entry, list) else [entry])]
+    for pat in flat:
         if any(ch in pat for ch in "*?["):
             hits = sorted(glob.glob(pat))
             if not hits:
@@ -291,6 +618,10 @@ def resolve_images(patterns: list[str]) -> list[Path]:
     return out
 
 
+def _abs(base: Path, p: object) -> str:
+    return str(p) if Path(str(p)).is_absolute() else str(base / str(p))
+
+
 def _absolutise(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     inputs = raw.get("inputs")
     if isinstance(inputs, dict):
@@ -299,11 +630,27 @@ def _absolutise(raw: dict[str, Any], base: Path) -> dict[str, Any]:
             imgs = [imgs]
         if isinstance(imgs, list):
             inputs["images"] = [
-                str(base / str(p)) if not Path(str(p)).is_absolute() else str(p) for p in imgs
+                [_abs(base, q) for q in p] if isinstance(p, list) else _abs(base, p) for p in imgs
             ]
         labels = inputs.get("labels")
         if isinstance(labels, dict) and "path" in labels and not Path(str(labels["path"])).is_absolute():
             labels["path"] = str(base / str(labels["path"]))
+        masks = inputs.get("masks")
+        for m in masks if isinstance(masks, list) else []:
+            if isinstance(m, dict) and m.get("path") is not None:
+                m["path"] = _abs(base, m["path"])
+    prep = raw.get("prepare")
+    if isinstance(prep, dict):
+        if isinstance(prep.get("aoi"), str):
+            prep["aoi"] = _abs(base, prep["aoi"])
+        grid = prep.get("grid")
+        if isinstance(grid, dict) and isinstance(grid.get("like"), str):
+            grid["like"] = _abs(base, grid["like"])
+    ev = raw.get("evaluate")
+    if isinstance(ev, dict) and isinstance(ev.get("baselines"), list):
+        for b in ev["baselines"]:
+            if isinstance(b, dict) and "map" in b and not Path(str(b["map"])).is_absolute():
+                b["map"] = str(base / str(b["map"]))
     model = raw.get("model")
     weights = model.get("weights") if isinstance(model, dict) else None
     if (
@@ -326,13 +673,37 @@ def parse_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
         raise InputError(f"{source}: invalid config ({problems}); fix these keys") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise InputError(
+                    f"key '{key}' appears twice in one section (line {key_node.start_mark.line + 1}); "
+                    "keep one of them"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path) -> RunConfig:
     """Read a YAML run config; relative paths are taken relative to the file's folder."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: config file not found; give the path of a YAML run config")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); save the config as UTF-8") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the config ({exc.strerror}); check its permissions") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
     if not isinstance(raw, dict):

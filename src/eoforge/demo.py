@@ -103,6 +103,10 @@ def demo_config(epochs: int = 40) -> RunConfig:
                 "class_weights": "auto",
             },
             "predict": {"tile": 128, "overlap": 32},
+            # a user's own rule as a third baseline: vegetation index high -> forest, else developed
+            "evaluate": {
+                "baselines": [{"index": "NDVI", "above": 0.3, "then": "forest", "else": "developed"}]
+            },
         },
         source="demo",
     )

@@ -6,10 +6,11 @@ Each ``stage_*`` function runs one stage from the config and what earlier stages
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,12 @@ import yaml
 
 from eoforge import __version__
 from eoforge.chips import ChipStore, make_chips
-from eoforge.config import RunConfig
+from eoforge.config import RunConfig, check_devices, config_warnings
+from eoforge.errors import EoforgeError, InputError, output_error
 from eoforge.evaluate import evaluate
-from eoforge.io.atomic import write_text
+from eoforge.io.atomic import OUTPUT_ERRNOS, sweep_temporaries, write_text
+from eoforge.io.guard import check_run_folder
+from eoforge.io.state import changed_inputs, fingerprint, load_state, paths_in, run_lock, tree_digest
 from eoforge.package import ClassInfo, PackageMeta, add_metrics, load_package, save_package
 from eoforge.predict import PredictResult, predict
 from eoforge.prepare import PreparedScene, prepare
@@ -44,7 +48,7 @@ def save_config(cfg: RunConfig, out: Path) -> None:
 
 def stage_prepare(cfg: RunConfig, out: Path) -> PreparedScene:
     save_config(cfg, out)
-    return prepare(cfg.inputs, out)
+    return prepare(cfg.inputs, out, prep=cfg.prepare)
 
 
 def stage_chips(cfg: RunConfig, out: Path) -> ChipStore:
@@ -63,6 +67,9 @@ def stage_train(cfg: RunConfig, out: Path, progress: bool = False, resume: bool 
         mean=scene.mean,
         std=scene.std,
         nodata=scene.nodata,
+        nodata_rule=scene.nodata_rule,
+        band_descriptions=scene.band_descriptions,
+        recipe=scene.recipe,
         chip_size=cfg.chips.size,
         classes=[
             ClassInfo(i, n, c)
@@ -75,13 +82,20 @@ def stage_train(cfg: RunConfig, out: Path, progress: bool = False, resume: bool 
 
 
 def stage_evaluate(cfg: RunConfig, out: Path, credits: str | None = None) -> dict[str, Any]:
+    """Score the delivered map ``OUT/map.tif`` (written by the predict stage) and the baselines."""
     predictor = load_package(out / "model")
     metrics = evaluate(
         predictor,
         ChipStore.load(out / "chips"),
+        PreparedScene.load(out / "prepared"),
+        out / "map.tif",
         out,
+        cfg=cfg.evaluate,
         train_log=out / "train" / "metrics.csv",
         credits=credits,
+        warnings=config_warnings(cfg),
+        config=cfg.dump(),
+        window={"tile": cfg.predict.tile or 2 * cfg.chips.size, "overlap": cfg.predict.overlap},
     )
     summary = out / "train" / "summary.json"
     if summary.is_file():  # seed, precision, epochs: what makes the training reproducible
@@ -97,25 +111,36 @@ def stage_predict(cfg: RunConfig, out: Path, on_progress: Progress | None = None
         out / "model",
         scene.sources,
         out / "map.tif",
+        tile=cfg.predict.tile or 2 * cfg.chips.size,
+        overlap=cfg.predict.overlap,
         batch_size=cfg.predict.batch_size,
         on_progress=on_progress,
     )
 
 
-STAGES = ("prepare", "chips", "train", "evaluate", "predict")
-_SECTIONS = {  # the config sections each stage's output depends on (through earlier stages too)
+STAGES = ("prepare", "chips", "train", "predict", "evaluate")
+_SECTIONS = {  # the config sections each stage's output depends on (earlier stages' through the cascade)
     "prepare": ("inputs",),
     "chips": ("inputs", "chips"),
-    "train": ("inputs", "chips", "model", "train", "predict"),
-    "evaluate": ("inputs", "chips", "model", "train", "predict"),
+    "train": ("inputs", "chips", "model", "train"),
+    # the package keeps the tile/overlap of the run that trained it (defaults of `eoforge predict`); the run's
+    # own map and its evaluation use the current `predict` section, so changing it never retrains
     "predict": ("inputs", "chips", "model", "train", "predict"),
+    "evaluate": ("inputs", "chips", "model", "train", "predict", "evaluate"),
 }
-_OUTPUT = {
-    "prepare": "prepared/scene.json",
-    "chips": "chips/chips.json",
-    "train": "model/eoforge.json",
-    "evaluate": "metrics.json",
-    "predict": "map.tif",
+_READS = {  # the sections whose file paths a stage reads (fingerprinted in stages.json)
+    "prepare": ("inputs",),
+    "chips": ("chips",),
+    "train": ("model", "train"),
+    "predict": ("predict",),
+    "evaluate": ("evaluate",),
+}
+_OUTPUTS = {  # what each stage writes under OUT (the first one names the stage's output in messages)
+    "prepare": ("prepared/scene.json", "prepared"),
+    "chips": ("chips/chips.json", "chips"),
+    "train": ("model/eoforge.json", "model", "train"),
+    "predict": ("map.tif",),
+    "evaluate": ("metrics.json", "report.html", "eval"),
 }
 STATE = "stages.json"
 
@@ -123,16 +148,124 @@ STATE = "stages.json"
 def stage_hash(cfg: RunConfig, stage: str) -> str:
     """Hash of what a stage's output depends on: the eoforge version and the config sections up to it."""
     dump = cfg.dump()
-    payload = {"eoforge": __version__, **{k: dump[k] for k in _SECTIONS[stage]}}
+    payload = {"eoforge": __version__, **{k: dump.get(k) for k in _SECTIONS[stage]}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _state(out: Path) -> dict[str, str]:
+def stage_inputs(cfg: RunConfig, stage: str) -> dict[str, list[Any]]:
+    """Fingerprints of the files a stage reads: every local path (or glob) named in its config sections."""
+    dump = cfg.dump()
+    return fingerprint(p for k in _READS[stage] for p in paths_in(dump.get(k)))
+
+
+def _outputs(out: Path, stage: str) -> list[Path]:
+    return [out / p for p in _OUTPUTS[stage]]
+
+
+def _stale(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path, stage: str) -> str | None:
+    """Why ``stage`` must run again (None when its outputs in ``out`` are up to date)."""
+    rec = state.get(stage)
+    if rec is None:
+        return "not run yet"
+    if not (out / _OUTPUTS[stage][0]).is_file():
+        return f"{_OUTPUTS[stage][0]} is missing"
+    if rec["config"] != stage_hash(cfg, stage):
+        return "config changed"
+    changed = changed_inputs(rec["inputs"], stage_inputs(cfg, stage))
+    if changed:
+        return f"input changed: {', '.join(changed[:3])}" + (" …" if len(changed) > 3 else "")
+    if rec["outputs"] != tree_digest(_outputs(out, stage)):
+        return "its outputs were changed or truncated since it ran"
+    return None
+
+
+def _record(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path, stage: str | None) -> None:
+    """Record ``stage`` as finished, drop the stages after it, refresh output digests; write stages.json."""
+    if stage is not None:
+        state[stage] = {"config": stage_hash(cfg, stage), "inputs": stage_inputs(cfg, stage), "outputs": ""}
+        for later in STAGES[STAGES.index(stage) + 1 :]:
+            state.pop(later, None)
+    for name, rec in state.items():  # later stages may add to earlier outputs (model/metrics.json)
+        rec["outputs"] = tree_digest(_outputs(out, name))
+    write_text(out / STATE, json.dumps({s: state[s] for s in STAGES if s in state}, indent=2))
+
+
+@contextlib.contextmanager
+def _output_errors(out: Path) -> Iterator[None]:
+    """A full, read-only or over-quota disk met by a library writing in place (Lightning's OUT/train, Zarr):
+    one line naming the file (or the run folder) instead of a traceback."""
     try:
-        state = json.loads((out / STATE).read_text())
-        return state if isinstance(state, dict) else {}
-    except (OSError, ValueError):
-        return {}
+        yield
+    except OSError as exc:
+        if isinstance(exc, EoforgeError) or exc.errno not in OUTPUT_ERRNOS:
+            raise
+        raise output_error(exc, exc.filename or out) from None
+
+
+def _run_stage(
+    cfg: RunConfig,
+    out: Path,
+    stage: str,
+    progress: bool,
+    credits: str | None,
+    on_progress: Progress | None,
+    resume: bool = True,
+) -> Any:
+    if stage == "prepare":
+        return stage_prepare(cfg, out)
+    if stage == "chips":
+        return stage_chips(cfg, out)
+    if stage == "train":
+        check_devices(cfg.train)
+        return stage_train(cfg, out, progress=progress, resume=resume)
+    if stage == "evaluate":
+        return stage_evaluate(cfg, out, credits=credits)
+    return stage_predict(cfg, out, on_progress=on_progress)
+
+
+def _open_run(cfg: RunConfig, out: Path) -> None:
+    """Checks and housekeeping under the lock: sweep what killed runs left, refresh OUT/config.yaml."""
+    removed = sweep_temporaries(out)
+    if removed:
+        log.info("removed %d temporary file(s) left by an interrupted run", len(removed))
+    save_config(cfg, out)
+
+
+def run_stage(
+    cfg: RunConfig,
+    out: str | Path,
+    stage: str,
+    progress: bool = False,
+    credits: str | None = None,
+    on_progress: Progress | None = None,
+) -> Any:
+    """Run one stage into ``out`` (the ``eoforge STAGE`` commands) under the run lock, and record it.
+
+    The stages before it must be up to date for this config (else a one-line error says which to run); the
+    stages after it are marked to re-run.
+    """
+    if stage not in STAGES:
+        raise InputError(f"unknown stage '{stage}'; choose one of: {', '.join(STAGES)}")
+    out = check_run_folder(out)
+    with run_lock(out):
+        _open_run(cfg, out)
+        state = load_state(out / STATE)
+        for before in STAGES[: STAGES.index(stage)]:
+            why = _stale(state, cfg, out, before)
+            if why is not None and before == "predict":
+                # evaluation scores the delivered map: `eoforge evaluate` predicts it first when needed
+                with _output_errors(out):
+                    _run_stage(cfg, out, before, progress, credits, on_progress)
+                _record(state, cfg, out, before)
+                continue
+            if why is not None:
+                first = out / _OUTPUTS[before][0]
+                problem = "not found" if not first.is_file() else f"out of date ({why})"
+                raise InputError(f"{first}: {problem}; run `eoforge {before}` first")
+        with _output_errors(out):
+            result = _run_stage(cfg, out, stage, progress, credits, on_progress)
+        _record(state, cfg, out, stage)
+        return result
 
 
 def run(
@@ -144,39 +277,36 @@ def run(
     on_progress: Progress | None = None,
     resume: bool = True,
 ) -> RunResult:
-    """Run prepare → chips → train (+ package) → evaluate → predict into ``out``.
+    """Run prepare → chips → train (+ package) → predict → evaluate (scores the map) into ``out``.
 
-    With ``resume`` a stage is skipped when its output exists and was made from the same config (and every
-    stage before it was skipped too), so an interrupted run continues where it stopped. ``OUT/stages.json``
-    records the config hash of each finished stage.
+    With ``resume`` a stage is skipped when its outputs are those it wrote, from the same config sections
+    and the same input files (and every stage before it was skipped too), so an interrupted run continues
+    where it stopped. ``OUT/stages.json`` records, per finished stage, the config hash, the fingerprints of
+    the files it read and a digest of its outputs. One process at a time works in ``out`` (a lock).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    done = _state(out) if resume else {}
-    rerun = False
-    metrics: dict[str, Any] | None = None
-    for stage in STAGES:
-        h = stage_hash(cfg, stage)
-        skip = not rerun and done.get(stage) == h and (out / _OUTPUT[stage]).is_file()
-        log.debug("stage %s: %s", stage, "up to date" if skip else "running")
-        if on_stage is not None:
-            on_stage(stage, skip)
-        if skip:
-            continue
-        rerun = True
-        done.pop(stage, None)
-        if stage == "prepare":
-            stage_prepare(cfg, out)
-        elif stage == "chips":
-            stage_chips(cfg, out)
-        elif stage == "train":
-            stage_train(cfg, out, progress=progress, resume=resume)
-        elif stage == "evaluate":
-            metrics = stage_evaluate(cfg, out, credits=credits)
-        else:
-            stage_predict(cfg, out, on_progress=on_progress)
-        done[stage] = h
-        write_text(out / STATE, json.dumps(done, indent=2))
-    if metrics is None:
-        metrics = json.loads((out / "metrics.json").read_text())
+    out = check_run_folder(out)
+    check_devices(cfg.train)
+    with run_lock(out):
+        _open_run(cfg, out)
+        state = load_state(out / STATE) if resume else {}
+        rerun = False
+        metrics: dict[str, Any] | None = None
+        for stage in STAGES:
+            why = "an earlier stage ran" if rerun else _stale(state, cfg, out, stage)
+            log.debug("stage %s: %s", stage, why or "up to date")
+            if on_stage is not None:
+                on_stage(stage, why is None)
+            if why is None:
+                continue
+            if not rerun and why != "not run yet":
+                log.info("%s runs again: %s", stage, why)
+            rerun = True
+            state.pop(stage, None)
+            with _output_errors(out):
+                result = _run_stage(cfg, out, stage, progress, credits, on_progress, resume)
+            if stage == "evaluate":
+                metrics = result
+            _record(state, cfg, out, stage)
+        if metrics is None:
+            metrics = json.loads((out / "metrics.json").read_text())
     return RunResult(out=out, metrics=metrics, map=out / "map.tif")

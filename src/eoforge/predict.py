@@ -24,8 +24,9 @@ import rasterio.shutil
 from eoforge.errors import PackageError
 from eoforge.geo import Grid, Tile, overlap_tiles
 from eoforge.io.atomic import atomic_path
-from eoforge.io.rasters import RasterStack
+from eoforge.io.rasters import RasterStack, check_band_names, valid_mask
 from eoforge.package import Predictor, load_package
+from eoforge.prepare.recipe import RecipeSource, open_source
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _batches(
-    stack: RasterStack, tiles: list[Tile], batch_size: int, h: int, w: int
+    stack: RasterStack | RecipeSource, tiles: list[Tile], batch_size: int, h: int, w: int
 ) -> Iterator[tuple[list[Tile], np.ndarray]]:
     for i in range(0, len(tiles), batch_size):
         chunk = tiles[i : i + batch_size]
@@ -112,6 +113,7 @@ def predict_scene(
     overlap: int | None = None,
     batch_size: int = 8,
     on_progress: Callable[[int, int], None] | None = None,
+    ignore_band_names: bool = False,
 ) -> PredictResult:
     """Classify every pixel of the stacked ``images`` and write a class-id COG to ``out``."""
     meta = predictor.meta
@@ -123,7 +125,8 @@ def predict_scene(
         raise PackageError(f"predict overlap {overlap} must be smaller than the tile {tile}")
     out = Path(out)
     t0 = time.perf_counter()
-    with RasterStack(images, nodata=meta.nodata) as stack:
+    with open_source(meta, images) as stack:
+        check_band_names(stack.described_names, meta.source_band_names, ignore_band_names)
         if stack.count != len(meta.bands):
             raise PackageError(
                 f"{stack.paths[0]}: the image stack has {stack.count} bands but the model was trained on "
@@ -156,7 +159,7 @@ def predict_scene(
                         dst.write_colormap(1, _colormap(predictor))
                     done = 0
                     for chunk, batch in _prefetch(_batches(stack, tiles, batch_size, ph, pw)):
-                        invalid = np.isnan(batch[:, 0])
+                        invalid = ~valid_mask(batch)
                         classes = lut[predictor.predict_index(batch)]
                         classes[invalid] = nodata
                         for k, t in enumerate(chunk):
@@ -206,7 +209,10 @@ def predict(
     device: str = "cpu",
     on_progress: Callable[[int, int], None] | None = None,
     precision: str = "fp32",
+    ignore_band_names: bool = False,
 ) -> PredictResult:
     """Load a model package and classify a scene: ``eoforge predict MODEL_DIR IMAGE... -o OUT.tif``."""
     predictor = load_package(model_dir, device=device, precision=precision)
-    return predict_scene(predictor, images, out, tile, overlap, batch_size, on_progress)
+    return predict_scene(
+        predictor, images, out, tile, overlap, batch_size, on_progress, ignore_band_names=ignore_band_names
+    )

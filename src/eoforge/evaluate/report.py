@@ -1,14 +1,20 @@
-"""The self-contained HTML evaluation report (plots embedded as PNG)."""
+"""The self-contained HTML evaluation report: a jinja2 template (autoescaped), plots embedded as PNG.
+
+Warnings come first, then the headline (kappa and mean IoU with their 95 % intervals before overall
+accuracy) for the model and every baseline, so no number is read without its caveats.
+"""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import matplotlib
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -16,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from eoforge.config import IGNORE_INDEX
+from eoforge.evaluate.metrics import fmt
 from eoforge.package import Predictor
 
 # --- plots --------------------------------------------------------------------------------------------
@@ -28,10 +35,19 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _cm_plot(metrics: dict[str, Any], names: list[str]) -> str:
-    sets = [("U-Net" if metrics["model"]["arch"] == "unet" else metrics["model"]["arch"], metrics)]
+@dataclass(frozen=True)
+class Panel:
+    """One test chip: raw image ``(C, S, S)``, reference and prediction class indices (255 = none)."""
+
+    image: np.ndarray
+    reference: np.ndarray
+    prediction: np.ndarray
+
+
+def _cm_plot(metrics: dict[str, Any]) -> str:
+    sets = [(metrics["model"]["arch"], metrics)]
     if "baseline" in metrics:
-        sets.append(("Random forest", metrics["baseline"]))
+        sets.append(("random forest", metrics["baseline"]))
     fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 4.8), squeeze=False)
     for ax, (title, m) in zip(axes[0], sets, strict=True):
         cm = np.array(m["confusion_matrix"], dtype=float)
@@ -41,11 +57,12 @@ def _cm_plot(metrics: dict[str, Any], names: list[str]) -> str:
             ax.text(
                 c, r, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v > 0.5 else "black"
             )
+        names = [c["name"] for c in m["classes"]]
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(names)), names, fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("reference")
-        ax.set_title(f"{title}: OA {m['overall_accuracy']:.3f}, kappa {m['kappa']:.3f}")
+        ax.set_title(f"{title}: kappa {fmt(m['kappa'])}, OA {fmt(m['overall_accuracy'])}")
     return _png(fig)
 
 
@@ -80,14 +97,15 @@ def _rgb(img: np.ndarray, bands: list[str]) -> np.ndarray:
     return np.clip(np.nan_to_num((rgb - lo) / max(hi - lo, 1e-9)), 0, 1)
 
 
-def _panel_plot(panels: list[tuple[np.ndarray, np.ndarray, np.ndarray]], predictor: Predictor) -> str:
+def _panel_plot(panels: list[Panel], predictor: Predictor) -> str:
     from matplotlib.colors import ListedColormap
 
     colors = [c.color for c in predictor.meta.classes]
     cmap = ListedColormap(colors)
     k = len(colors)
     fig, axes = plt.subplots(len(panels), 3, figsize=(9, 3 * len(panels)), squeeze=False)
-    for row, (img, lab, pred) in zip(axes, panels, strict=True):
+    for row, panel in zip(axes, panels, strict=True):
+        img, lab, pred = panel.image, panel.reference, panel.prediction
         row[0].imshow(_rgb(img, predictor.meta.bands))
         row[1].imshow(
             np.ma.masked_equal(lab, IGNORE_INDEX), cmap=cmap, vmin=-0.5, vmax=k - 0.5, interpolation="nearest"
@@ -99,66 +117,45 @@ def _panel_plot(panels: list[tuple[np.ndarray, np.ndarray, np.ndarray]], predict
             vmax=k - 0.5,
             interpolation="nearest",
         )
-        for ax, t in zip(row, ("image", "reference", "prediction"), strict=True):
+        for ax, t in zip(row, ("image", "reference", "delivered map"), strict=True):
             ax.set_title(t)
             ax.axis("off")
     return _png(fig)
 
 
-def _table(m: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
-        f"<td>{v['f1']:.3f}</td><td>{v['iou']:.3f}</td><td>{v['support']}</td></tr>"
-        for n, v in m["per_class"].items()
-    )
-    return (
-        "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>IoU</th><th>support (px)</th>"
-        f"</tr>{rows}</table>"
-    )
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("eoforge.evaluate", "templates"),
+    autoescape=jinja2.select_autoescape(["html", "j2"]),
+    undefined=jinja2.StrictUndefined,
+)
+_ENV.filters["f3"] = fmt
+
+
+def _interval(m: dict[str, Any], key: str) -> str:
+    ci = (m.get("ci95") or {}).get(key)
+    return f"{fmt(m[key])} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else fmt(m[key])
+
+
+_ENV.filters["ci"] = _interval
 
 
 def render_report(
     metrics: dict[str, Any],
     predictor: Predictor,
-    panels: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    panels: list[Panel],
     train_log: str | Path | None,
     credits: str | None,
+    config: dict[str, Any] | None = None,
 ) -> str:
-    names = [c.name for c in predictor.meta.classes]
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>eoforge report</title><style>"
-        "body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
-        "</style></head><body><h1>eoforge evaluation report</h1>",
-        f"<p>Chips of {predictor.meta.chip_size} px, split by spatial blocks (no pixel shared between splits): "
-        + ", ".join(f"{k} {v}" for k, v in metrics.get("chips", {}).items())
-        + f". Test split: {metrics['pixels']} labelled pixels (each counted once). "
-        f"Model: {html.escape(metrics['model']['arch'])} / {html.escape(metrics['model']['encoder'])}, "
-        f"bands: {html.escape(', '.join(predictor.meta.bands))}.</p>",
-        "<h2>Headline</h2><table><tr><th>model</th><th>overall accuracy</th><th>kappa</th><th>mean IoU</th></tr>",
-        f"<tr><td>{html.escape(metrics['model']['arch'])}</td><td>{metrics['overall_accuracy']:.3f}</td>"
-        f"<td>{metrics['kappa']:.3f}</td><td>{metrics['mean_iou']:.3f}</td></tr>",
-    ]
-    if "baseline" in metrics:
-        b = metrics["baseline"]
-        parts.append(
-            f"<tr><td>random forest (per pixel)</td><td>{b['overall_accuracy']:.3f}</td><td>{b['kappa']:.3f}</td>"
-            f"<td>{b['mean_iou']:.3f}</td></tr>"
-        )
-    parts.append("</table>")
-    parts.append(f"<h2>Per class ({html.escape(metrics['model']['arch'])})</h2>{_table(metrics)}")
-    if "baseline" in metrics:
-        parts.append(f"<h2>Per class (random forest)</h2>{_table(metrics['baseline'])}")
-    parts.append(
-        f"<h2>Confusion matrices (row-normalised)</h2><img src='data:image/png;base64,{_cm_plot(metrics, names)}'>"
+    curves = _curves_plot(Path(train_log)) if train_log is not None else None
+    rows = [{"name": metrics["model"]["arch"], "kind": "model", **metrics}, *metrics.get("baselines", [])]
+    return _ENV.get_template("report.html.j2").render(
+        m=metrics,
+        meta=predictor.meta,
+        rows=rows,
+        cm_png=_cm_plot(metrics),
+        curves_png=curves,
+        panels_png=_panel_plot(panels, predictor) if panels else None,
+        credits=credits,
+        config_yaml=yaml.safe_dump(config, sort_keys=False) if config else None,
     )
-    if train_log is not None:
-        curves = _curves_plot(Path(train_log))
-        if curves:
-            parts.append(f"<h2>Training curves</h2><img src='data:image/png;base64,{curves}'>")
-    if panels:
-        parts.append(f"<h2>Test chips</h2><img src='data:image/png;base64,{_panel_plot(panels, predictor)}'>")
-    if credits:
-        parts.append(f"<h2>Data credits</h2><p>{html.escape(credits)}</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)

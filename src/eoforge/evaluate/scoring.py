@@ -1,125 +1,302 @@
-"""Stage 4, evaluate: honest accuracy on the test split, against a per-pixel random-forest baseline.
+"""Stage 5, evaluate: score the delivered map on the test pixels, against baselines on the same pixels.
 
-Each test pixel counts once (chips that overlap share pixels; a pixel belongs to the first chip that covers
-it). The random forest is trained on pixels of the training chips only, so both models see the same data.
-Writes ``metrics.json`` and a self-contained ``report.html`` (plots embedded as PNG).
+The model is scored through ``OUT/map.tif``, the map that `predict` wrote (same engine, window, overlap and
+backend users get), restricted to the test pixels: labelled pixels inside test chips, each counted once.
+The random forest, the majority class and the user's own baselines are scored on exactly those pixels.
+One streaming pass over the scene by blocks also writes ``OUT/eval/test_pixels.tif`` (reference class id where
+scored, nodata elsewhere) and ``OUT/eval/splits.tif`` (1 train, 2 val, 3 test: the split of each pixel's
+spatial block), so any other map can be scored on the same pixels. Confusion matrices are kept per test block
+for the bootstrap intervals. Writes ``metrics.json`` and ``report.html``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from sklearn.ensemble import RandomForestClassifier
-from torchmetrics.classification import MulticlassConfusionMatrix
+import rasterio
+from rasterio.windows import Window
 
 from eoforge.chips import ChipStore
-from eoforge.config import IGNORE_INDEX
+from eoforge.config import IGNORE_INDEX, EvaluateConfig, IndexRule, MapBaseline
 from eoforge.errors import InputError
-from eoforge.evaluate.metrics import metrics_from_confusion
-from eoforge.evaluate.report import render_report
-from eoforge.io.atomic import write_text
+from eoforge.evaluate.baselines import (
+    ForestScorer,
+    IndexRuleScorer,
+    MajorityScorer,
+    MapScorer,
+    Scorer,
+    training_pixels,
+)
+from eoforge.evaluate.metrics import bootstrap_intervals, metrics_from_confusion
+from eoforge.evaluate.report import Panel, render_report
+from eoforge.evaluate.warnings import conclusion_warnings
+from eoforge.io.atomic import atomic_dir, write_text
+from eoforge.io.rasters import block_windows
 from eoforge.package import Predictor
+from eoforge.prepare import PreparedScene
 
 log = logging.getLogger(__name__)
 
-
-def _owned_masks(rows: np.ndarray, cols: np.ndarray, size: int) -> list[np.ndarray]:
-    """For chips at (rows, cols), the pixels each chip owns: those no earlier chip in the list covers."""
-    masks = []
-    for i in range(len(rows)):
-        m = np.ones((size, size), dtype=bool)
-        near = np.nonzero((np.abs(rows[:i] - rows[i]) < size) & (np.abs(cols[:i] - cols[i]) < size))[0]
-        for j in near:
-            dr, dc = rows[j] - rows[i], cols[j] - cols[i]
-            m[max(dr, 0) : max(dr + size, 0), max(dc, 0) : max(dc + size, 0)] = False
-        masks.append(m)
-    return masks
+SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
+NO_PREDICTION = "(no prediction)"
 
 
-def _test_pixels(store: ChipStore) -> tuple[list[int], list[np.ndarray]]:
+@dataclass
+class BlockConfusion:
+    """Confusion matrices ``(K+1) x (K+1)`` per spatial test block; index K is 'no prediction'."""
+
+    k: int
+    blocks: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def add(self, keys: np.ndarray, ref: np.ndarray, pred: np.ndarray) -> None:
+        n = self.k + 1
+        uniq, local = np.unique(keys, return_inverse=True)
+        flat = np.bincount(local * n * n + ref * n + pred, minlength=len(uniq) * n * n)
+        for i, key in enumerate(uniq.tolist()):
+            cm = flat[i * n * n : (i + 1) * n * n].reshape(n, n)
+            if key in self.blocks:
+                self.blocks[key] += cm
+            else:
+                self.blocks[key] = cm.astype(np.int64)
+
+    def stack(self) -> np.ndarray:
+        if not self.blocks:
+            return np.zeros((0, self.k + 1, self.k + 1), np.int64)
+        return np.stack([self.blocks[k] for k in sorted(self.blocks)])
+
+    def total(self) -> np.ndarray:
+        return self.stack().sum(axis=0) if self.blocks else np.zeros((self.k + 1,) * 2, np.int64)
+
+
+def score(cms: BlockConfusion, names: list[str], ids: list[int], n_boot: int, seed: int) -> dict[str, Any]:
+    """Metrics of one scorer; a '(no prediction)' column appears only when the map has holes."""
+    total = cms.total()
+    k = len(names)
+    missing = int(total[:, k].sum())
+    if missing:
+        m = metrics_from_confusion(total, [*names, NO_PREDICTION], [*ids, -1])
+    else:
+        m = metrics_from_confusion(total[:k, :k], names, ids)
+    m["no_prediction_pixels"] = missing
+    m["ci95"] = bootstrap_intervals(cms.stack(), n=n_boot, seed=seed)
+    return m
+
+
+def _chip_table(store: ChipStore) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     idx = store.index()
-    test = idx[idx["split"] == "test"].sort_values(["row", "col"])
-    chips = test["chip"].to_list()
-    return chips, _owned_masks(test["row"].to_numpy(), test["col"].to_numpy(), store.size)
+    rows = idx["row"].to_numpy(np.int64)
+    cols = idx["col"].to_numpy(np.int64)
+    codes = idx["split"].map(SPLIT_CODES).fillna(0).to_numpy(np.uint8)
+    meta = json.loads((store.root / "chips.json").read_text())
+    block = int(meta.get("block_size") or 2 * store.size)
+    return rows, cols, codes, block
 
 
-def _train_pixels(store: ChipStore, max_pixels: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _block_splits(store: ChipStore, grid_shape: tuple[int, int], block: int) -> np.ndarray:
+    """Split code of every spatial block (0 where a block holds no chip)."""
+    idx = store.index()
+    nbr, nbc = -(-grid_shape[0] // block), -(-grid_shape[1] // block)
+    table = np.zeros((nbr, nbc), np.uint8)
+    if {"block_row", "block_col"} <= set(idx.columns):
+        for br, bc, s in zip(idx["block_row"], idx["block_col"], idx["split"], strict=True):
+            if 0 <= br < nbr and 0 <= bc < nbc:
+                table[int(br), int(bc)] = SPLIT_CODES.get(s, 0)
+    return table
+
+
+def _coverage(win: Window, rows: np.ndarray, cols: np.ndarray, codes: np.ndarray, size: int) -> np.ndarray:
+    """Split code of the chip covering each pixel of ``win`` (0: no chip). Splits never overlap."""
+    r0, c0, h, w = int(win.row_off), int(win.col_off), int(win.height), int(win.width)
+    out = np.zeros((h, w), np.uint8)
+    hit = np.flatnonzero((rows < r0 + h) & (rows + size > r0) & (cols < c0 + w) & (cols + size > c0))
+    for j in hit:
+        rs, cs = max(rows[j] - r0, 0), max(cols[j] - c0, 0)
+        out[rs : min(rows[j] + size - r0, h), cs : min(cols[j] + size - c0, w)] = codes[j]
+    return out
+
+
+def build_scorers(
+    predictor: Predictor,
+    store: ChipStore,
+    scene: PreparedScene,
+    map_path: Path,
+    cfg: EvaluateConfig,
+) -> list[Scorer]:
+    """The delivered map first, then majority class, random forest and the user's baselines."""
+    ids = predictor.class_ids
+    names = [c.name for c in predictor.meta.classes]
     images, labels = store.arrays()
-    rng = np.random.default_rng(seed)
-    chips = store.splits["train"]
-    per_chip = max(1, max_pixels // max(len(chips), 1))
-    xs, ys = [], []
-    for j in chips:
-        img, lab = np.asarray(images[j]), np.asarray(labels[j])
-        ok = (lab != IGNORE_INDEX) & ~np.isnan(img).any(axis=0)
-        sel = np.flatnonzero(ok)
-        if len(sel) > per_chip:
-            sel = rng.choice(sel, per_chip, replace=False)
-        xs.append(img.reshape(img.shape[0], -1)[:, sel].T)
-        ys.append(lab.reshape(-1)[sel])
-    return np.concatenate(xs), np.concatenate(ys)
+    x, y = training_pixels(images, labels, store.splits["train"], cfg.rf_pixels, cfg.seed)
+    if len(y) == 0:
+        raise InputError(f"{store.root}: the training chips hold no labelled pixel; re-run chips")
+    model = MapScorer(map_path, scene.grid, ids, name=predictor.meta.arch)
+    model.kind = "model"
+    scorers: list[Scorer] = [model]
+    majority = int(np.bincount(y, minlength=len(ids)).argmax())
+    scorers.append(MajorityScorer(majority, names[majority]))
+    if cfg.random_forest:
+        scorers.append(ForestScorer(x, y, seed=cfg.seed))
+    classes = dict(zip(ids, names, strict=True))
+    for b in cfg.baselines:
+        if isinstance(b, MapBaseline):
+            scorers.append(MapScorer(b.map, scene.grid, ids, name=b.name))
+        elif isinstance(b, IndexRule):
+            scorers.append(IndexRuleScorer(b, scene.bands, classes))
+    return scorers
 
 
 def evaluate(
     predictor: Predictor,
     store: ChipStore,
+    scene: PreparedScene,
+    map_path: str | Path,
     out_dir: str | Path,
+    cfg: EvaluateConfig | None = None,
     train_log: str | Path | None = None,
-    baseline: bool = True,
-    baseline_pixels: int = 100_000,
     credits: str | None = None,
-    batch_size: int = 16,
+    warnings: list[tuple[str, str]] | None = None,
+    config: dict[str, Any] | None = None,
+    window: dict[str, int] | None = None,
+    block: int = 512,
 ) -> dict[str, Any]:
-    """Score the model (and a random-forest baseline) on the test split; write metrics.json and report.html."""
+    """Score ``map_path`` (and the baselines) on the test pixels; write eval rasters, metrics and report.
+
+    ``window`` (``tile``, ``overlap``) says how the map was predicted, for the report (default: the package's).
+    """
+    cfg = cfg or EvaluateConfig()
     out_dir = Path(out_dir)
+    map_path = Path(map_path)
+    if not map_path.is_file():
+        raise InputError(
+            f"{map_path}: the map to score does not exist; run `eoforge predict` (or `run`) first"
+        )
     names = [c.name for c in predictor.meta.classes]
     ids = predictor.class_ids
     k = len(names)
-    images, labels = store.arrays()
-    chips, owned = _test_pixels(store)
-    if not chips:
+    if not store.splits.get("test"):
         raise InputError(
             f"{store.root}: the chip store has no test chips; set chips.split.test > 0 and re-run chips"
         )
-    cm_dl = MulticlassConfusionMatrix(num_classes=k, ignore_index=IGNORE_INDEX)
-    cm_rf = MulticlassConfusionMatrix(num_classes=k, ignore_index=IGNORE_INDEX)
-    rf = None
-    if baseline:
-        x, y = _train_pixels(store, baseline_pixels, seed=0)
-        rf = RandomForestClassifier(n_estimators=100, n_jobs=-1, random_state=0).fit(x, y)
-        log.info("random forest baseline trained on %d pixels", len(y))
-    panels: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for i in range(0, len(chips), batch_size):
-        sel = chips[i : i + batch_size]
-        img = np.stack([np.asarray(images[j]) for j in sel])
-        lab = np.stack([np.asarray(labels[j]) for j in sel]).astype(np.int64)
-        mine = np.stack(owned[i : i + batch_size])
-        target = np.where(mine & ~np.isnan(img).any(axis=1), lab, IGNORE_INDEX)
-        pred = predictor.predict_index(img).astype(np.int64)
-        cm_dl.update(torch.from_numpy(pred), torch.from_numpy(target))
-        if rf is not None:
-            scored = target != IGNORE_INDEX  # the forest only classifies the pixels that are scored
-            if scored.any():
-                pixels = img.transpose(0, 2, 3, 1)[scored]
-                rf_pred = rf.predict(pixels).astype(np.int64)
-                cm_rf.update(torch.from_numpy(rf_pred), torch.from_numpy(target[scored]))
-        if len(panels) < 3:
-            panels.append((img[0], lab[0], np.where(np.isnan(img[0]).any(axis=0), IGNORE_INDEX, pred[0])))
-    metrics = metrics_from_confusion(cm_dl.compute().numpy(), names, ids)
+    grid = scene.grid
+    rows, cols, codes, block_size = _chip_table(store)
+    block_split = _block_splits(store, grid.shape, block_size)
+    nbc = block_split.shape[1]
+    scorers = build_scorers(predictor, store, scene, map_path, cfg)
+    cms = [BlockConfusion(k) for _ in scorers]
+    split_counts = {s: np.zeros(k, np.int64) for s in SPLIT_CODES}
+    needs_pixels = any(s.needs_pixels for s in scorers)
+    dtype, nodata = ("uint8", 255) if max(ids) < 255 else ("uint16", 65535)
+    id_of = np.asarray(ids, dtype=dtype)
+    profile = {
+        "driver": "GTiff",
+        "width": grid.width,
+        "height": grid.height,
+        "count": 1,
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+    }
+    try:
+        with (
+            atomic_dir(out_dir / "eval") as tmp,
+            rasterio.open(scene.labels) as lab_src,
+            rasterio.open(scene.image) as img_src,
+            rasterio.open(tmp / "test_pixels.tif", "w", dtype=dtype, nodata=nodata, **profile) as tp,
+            rasterio.open(tmp / "splits.tif", "w", dtype="uint8", nodata=0, **profile) as sp,
+        ):
+            tp.descriptions = ("reference class id of the scored test pixels",)
+            sp.descriptions = ("split of the spatial block: 1 train, 2 val, 3 test",)
+            for win in block_windows(grid, block):
+                lab = lab_src.read(1, window=win)
+                cover = _coverage(win, rows, cols, codes, store.size)
+                r = np.arange(int(win.row_off), int(win.row_off + win.height)) // block_size
+                c = np.arange(int(win.col_off), int(win.col_off + win.width)) // block_size
+                sp.write(block_split[r[:, None], c[None, :]], 1, window=win)
+                labelled = lab != IGNORE_INDEX
+                for s, code in SPLIT_CODES.items():
+                    sel = lab[(cover == code) & labelled]
+                    split_counts[s] += np.bincount(sel, minlength=k)[:k]
+                test = (cover == SPLIT_CODES["test"]) & labelled
+                tp.write(np.where(test, id_of[np.minimum(lab, k - 1)], nodata).astype(dtype), 1, window=win)
+                if not test.any():
+                    continue
+                ref = lab[test].astype(np.int64)
+                keys = (r[:, None] * nbc + c[None, :])[test]
+                pixels = img_src.read(window=win)[:, test].T if needs_pixels else None
+                for scorer, cm in zip(scorers, cms, strict=True):
+                    cm.add(keys, ref, scorer.predict(win, test, pixels))
+    finally:
+        for scorer in scorers:
+            close = getattr(scorer, "close", None)
+            if close is not None:
+                close()
+    if not cms[0].blocks:
+        raise InputError(f"{store.root}: the test chips hold no labelled pixel; re-run chips")
+    metrics = score(cms[0], names, ids, cfg.bootstrap, cfg.seed)
     metrics["model"] = {"arch": predictor.meta.arch, "encoder": predictor.meta.encoder}
+    metrics["scored_map"] = str(map_path)
+    metrics["map_window"] = window or {"tile": predictor.meta.tile, "overlap": predictor.meta.overlap}
     metrics["split"] = "test"
-    metrics["test_chips"] = len(chips)
-    metrics["chips"] = {split: len(ids) for split, ids in store.splits.items()}
+    metrics["test_chips"] = len(store.splits["test"])
+    metrics["test_blocks"] = len(cms[0].blocks)
+    metrics["block_size"] = block_size
+    metrics["chips"] = {s: len(v) for s, v in store.splits.items()}
+    metrics["class_pixels"] = {
+        s: dict(zip(names, (int(x) for x in v), strict=True)) for s, v in split_counts.items()
+    }
+    metrics["bootstrap"] = {"resamples": cfg.bootstrap, "unit": "spatial test block", "seed": cfg.seed}
+    baselines = []
+    for scorer, cm in zip(scorers[1:], cms[1:], strict=True):
+        baselines.append(
+            {"name": scorer.name, "kind": scorer.kind, **score(cm, names, ids, cfg.bootstrap, cfg.seed)}
+        )
+    metrics["baselines"] = baselines
+    rf = next((b for b in baselines if b["kind"] == "random_forest"), None)
     if rf is not None:
-        metrics["baseline"] = {
-            "model": "random_forest (scikit-learn, 100 trees, per-pixel band values)",
-            **metrics_from_confusion(cm_rf.compute().numpy(), names, ids),
-        }
-    write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    write_text(out_dir / "report.html", render_report(metrics, predictor, panels, train_log, credits))
+        metrics["baseline"] = rf  # the README's and earlier versions' key for the random forest
+    lost_counts = scene.lost_to_nodata
+    lost = dict(zip(names, lost_counts, strict=True)) if lost_counts else None
+    metrics["warnings"] = [
+        {"code": c, "message": m}
+        for c, m in conclusion_warnings(
+            metrics, dict(zip(names, scene.class_counts, strict=True)), lost, warnings or []
+        )
+    ]
+    panels = _panels(store, scene, map_path, ids)
+    metrics_text = json.dumps(metrics, indent=2)
+    write_text(out_dir / "metrics.json", metrics_text)
+    write_text(out_dir / "report.html", render_report(metrics, predictor, panels, train_log, credits, config))
+    for w in metrics["warnings"]:
+        log.warning("%s", w["message"])
     return metrics
+
+
+def _panels(
+    store: ChipStore, scene: PreparedScene, map_path: Path, ids: list[int], n: int = 3
+) -> list[Panel]:
+    """Image, reference and delivered-map windows of a few test chips spread over the split."""
+    idx = store.index()
+    test = idx[idx["split"] == "test"].sort_values(["row", "col"])
+    if test.empty:
+        return []
+    pick = test.iloc[np.unique(np.linspace(0, len(test) - 1, min(n, len(test))).astype(int))]
+    lut = np.full(65536, IGNORE_INDEX, dtype=np.uint8)
+    lut[np.asarray(ids)] = np.arange(len(ids))
+    out = []
+    with rasterio.open(scene.image) as img, rasterio.open(scene.labels) as lab, rasterio.open(map_path) as mp:
+        for row, col in zip(pick["row"], pick["col"], strict=True):
+            w = Window(int(col), int(row), store.size, store.size)
+            pred = mp.read(1, window=w, masked=True)
+            pred_idx = np.where(
+                np.ma.getmaskarray(pred), IGNORE_INDEX, lut[np.asarray(pred.filled(0), np.int64)]
+            )
+            out.append(Panel(img.read(window=w), lab.read(1, window=w), pred_idx))
+    return out

@@ -4,10 +4,16 @@ A folder holding ``model.pt`` (weights), ``eoforge.json`` (architecture, bands a
 nodata, chip size, classes with ids/names/colours), ``config.yaml`` (the resolved run config) and, after
 evaluation, ``metrics.json``. :func:`load_package` returns a :class:`Predictor`; ``predict`` and ``evaluate``
 need nothing else.
+
+Since issue 10 the weights are ``model.safetensors`` (``model.pt`` of earlier packages is still read), the folder
+also holds ``model.onnx`` (:mod:`eoforge.package.onnx`) and ``item.json`` (STAC MLM item,
+:mod:`eoforge.package.mlm`), and a zip of the folder works everywhere a folder does
+(:mod:`eoforge.package.archive`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -22,13 +28,16 @@ from torch import nn
 from eoforge import __version__
 from eoforge.errors import PackageError
 from eoforge.io.atomic import atomic_dir, write_text
-from eoforge.models import create_model
+from eoforge.package.fields import OnnxInfo, meta_problem
 
 log = logging.getLogger(__name__)
 
 META = "eoforge.json"
 PRECISIONS = ("fp32", "bf16")
-WEIGHTS = "model.pt"
+WEIGHTS = "model.safetensors"
+LEGACY_WEIGHTS = "model.pt"  # torch.save state dict, written by eoforge 0.1; still read
+ONNX = "model.onnx"
+ITEM = "item.json"
 
 
 @dataclass(frozen=True)
@@ -45,11 +54,23 @@ class PackageMeta:
     bands: list[str]
     mean: list[float]
     std: list[float]
-    nodata: float | None
+    nodata: float | list[float | None] | None
     chip_size: int
     classes: list[ClassInfo]
     tile: int
     overlap: int
+    onnx: OnnxInfo | None = None  # optional fields (with defaults) keep earlier packages loading
+    nodata_rule: str = "all"
+    band_descriptions: list[str] | None = None
+    recipe: dict[str, Any] | None = None  # eoforge.prepare.recipe.Recipe.to_json(); None in older packages
+
+    @property
+    def source_band_names(self) -> list[str]:
+        """Names the input files must carry (when they carry any): their descriptions at training, else the
+        recipe's raw bands (channels without indices), else bands."""
+        if self.band_descriptions:
+            return self.band_descriptions
+        return list(self.recipe["bands"]) if self.recipe else self.bands
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -60,11 +81,15 @@ class PackageMeta:
             "bands": self.bands,
             "normalization": {"mean": self.mean, "std": self.std},
             "nodata": self.nodata,
+            "nodata_rule": self.nodata_rule,
+            "band_descriptions": self.band_descriptions,
+            "recipe": self.recipe,
             "chip_size": self.chip_size,
             "predict": {"tile": self.tile, "overlap": self.overlap},
             "classes": [
                 {"index": i, "id": c.id, "name": c.name, "color": c.color} for i, c in enumerate(self.classes)
             ],
+            **({"onnx": self.onnx.to_json()} if self.onnx is not None else {}),
         }
 
     @classmethod
@@ -80,6 +105,10 @@ class PackageMeta:
             classes=[ClassInfo(int(c["id"]), c["name"], c["color"]) for c in m["classes"]],
             tile=int(m["predict"]["tile"]),
             overlap=int(m["predict"]["overlap"]),
+            onnx=OnnxInfo.from_json(m["onnx"]) if m.get("onnx") else None,
+            nodata_rule=m.get("nodata_rule", "any"),  # packages written before the rule existed used 'any'
+            band_descriptions=m.get("band_descriptions"),
+            recipe=m.get("recipe"),
         )
 
 
@@ -138,47 +167,64 @@ def save_package(
     meta: PackageMeta,
     config: dict[str, Any],
     metrics: dict[str, Any] | None = None,
+    onnx: bool = True,
 ) -> Path:
-    """Write a model package folder atomically."""
+    """Write a model package folder atomically: safetensors weights, metadata, config, ONNX, STAC MLM item.
+
+    ``onnx=False`` skips the ONNX export (``eoforge export --onnx`` adds it later); a model that cannot be
+    exported is packaged without it and the reason is logged.
+    """
+    from safetensors.torch import save_file
+
+    from eoforge.package.mlm import write_item
+    from eoforge.package.onnx import export_onnx
+
     out = Path(out)
+    problem = meta_problem(meta)
+    if problem:
+        raise PackageError(
+            f"{out}: cannot write a package whose metadata is invalid ({problem}); fix the config"
+        )
+    model = model.cpu().eval()
     with atomic_dir(out) as tmp:
-        torch.save(model.state_dict(), tmp / WEIGHTS)
+        # clone: safetensors refuses tensors sharing memory (tied or viewed parameters)
+        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "eoforge": __version__})
+        if onnx:
+            try:
+                meta = dataclasses.replace(meta, onnx=export_onnx(model, meta, tmp / ONNX))
+            except PackageError as exc:
+                log.warning("%s", exc)
         (tmp / META).write_text(json.dumps(meta.to_json(), indent=2))
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         if metrics is not None:
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_item(tmp, meta, metrics)
     return out
 
 
 def add_metrics(package: str | Path, metrics: dict[str, Any]) -> None:
-    write_text(Path(package) / "metrics.json", json.dumps(metrics, indent=2))
+    """Add evaluation metrics to a package folder (``metrics.json`` and the STAC item's properties)."""
+    from eoforge.package.mlm import write_item
+
+    package = Path(package)
+    write_text(package / "metrics.json", json.dumps(metrics, indent=2))
+    write_item(package, read_meta(package), metrics)
 
 
 def read_meta(path: str | Path) -> PackageMeta:
-    path = Path(path)
-    meta_path = path / META
-    if not path.is_dir() or not meta_path.is_file():
-        raise PackageError(
-            f"{path}: not a model package (no {META}); give the model/ folder written by training"
-        )
-    try:
-        return PackageMeta.from_json(json.loads(meta_path.read_text()))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise PackageError(f"{meta_path}: malformed package metadata ({exc}); re-run training") from None
+    """The metadata of a package folder or zip (one-line :class:`PackageError` naming the fix otherwise)."""
+    from eoforge.package.archive import open_package
+
+    with open_package(path) as pkg:
+        return pkg.meta()
 
 
 def load_package(path: str | Path, device: str = "cpu", precision: str = "fp32") -> Predictor:
-    """Load a model package folder into a :class:`Predictor`."""
-    path = Path(path)
-    meta = read_meta(path)
-    weights = path / WEIGHTS
-    if not weights.is_file():
-        raise PackageError(f"{path}: no {WEIGHTS} in the model package; re-run training")
-    model = create_model(meta.arch, len(meta.bands), len(meta.classes), meta.encoder)
-    try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except (RuntimeError, OSError) as exc:
-        raise PackageError(
-            f"{weights}: weights do not fit {meta.arch}/{meta.encoder} ({str(exc)[:120]})"
-        ) from None
+    """Load a model package folder or zip into a :class:`Predictor`."""
+    from eoforge.package.archive import open_package
+
+    with open_package(path) as pkg:
+        meta = pkg.meta()
+        model = pkg.model(meta)
     return Predictor(model, meta, device=device, precision=precision)

@@ -1,0 +1,178 @@
+"""Stage 1, prepare: apply the preparation recipe, rasterize the labels onto its grid, compute band statistics.
+
+Everything runs block by block, so memory is bounded by the block size, not the scene. Outputs, in
+``OUT/prepared/``: ``image.tif`` (float32 stack, NaN at nodata), ``labels.tif`` (uint8 class indices,
+255 = unlabelled) and ``scene.json`` (grid, bands, classes, normalisation statistics, class counts, recipe).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+
+from eoforge.config import IGNORE_INDEX, InputsConfig, PrepareConfig
+from eoforge.errors import InputError
+from eoforge.io.atomic import atomic_dir
+from eoforge.io.rasters import block_windows, valid_mask
+from eoforge.prepare.align import grid_like
+from eoforge.prepare.labels import ClassMapper, burn, is_vector, label_reader, load_vector
+from eoforge.prepare.recipe import RecipeSource, discover_bands, mask_specs, recipe_from_config
+from eoforge.prepare.scene import PreparedScene
+from eoforge.prepare.stats import BandStats, normalisation
+
+log = logging.getLogger(__name__)
+
+GDAL_CACHE_MB = 256
+
+PALETTE = ["#e41a1c", "#ffff33", "#a6d854", "#984ea3", "#1b7837", "#377eb8", "#bf812d", "#f781bf", "#999999"]
+
+
+def _colors(cfg: InputsConfig) -> list[str]:
+    given = cfg.colors or {}
+    return [given.get(cid, PALETTE[i % len(PALETTE)]) for i, cid in enumerate(cfg.classes)]
+
+
+def prepare(
+    cfg: InputsConfig, out_dir: str | Path, block: int = 512, prep: PrepareConfig | None = None
+) -> PreparedScene:
+    """Apply the preparation recipe, rasterize labels and compute statistics; write ``out_dir/prepared``."""
+    out_dir = Path(out_dir)
+    prep = prep or PrepareConfig()
+    mapper = ClassMapper(cfg.classes, cfg.labels.ignore_unknown)
+    recipe = recipe_from_config(cfg, prep, discover_bands(cfg))
+    grid_override = grid_like(prep.grid.like) if prep.grid.like else None
+    source = RecipeSource(
+        recipe, cfg.images, grid=grid_override, masks=mask_specs(cfg), aoi=prep.aoi, aoi_crs=prep.aoi_crs
+    )
+    with source:
+        grid = source.grid
+        bands = source.band_names
+        first = source.paths[0]
+        vector = is_vector(cfg.labels.path)
+        gdf = load_vector(cfg, grid, mapper) if vector else None
+        lab_src: Any = None
+        lab_reader: Any = None
+        if not vector:
+            lab_src, lab_reader = label_reader(cfg, grid)
+        n_cls = len(cfg.classes)
+        stats = BandStats(source.count)
+        n = 0
+        counts = np.zeros(n_cls, dtype=np.int64)
+        lost = np.zeros(n_cls, dtype=np.int64)
+        bg = IGNORE_INDEX
+        if cfg.labels.background is not None:  # validated against classes by the config
+            bg = list(cfg.classes).index(cfg.labels.background)
+        profile = {
+            "driver": "GTiff",
+            "width": grid.width,
+            "height": grid.height,
+            "crs": grid.crs,
+            "transform": grid.transform,
+            "tiled": True,
+            "blockxsize": 256,
+            "blockysize": 256,
+            "compress": "zstd",
+            "BIGTIFF": "IF_SAFER",  # stacks above 4 GiB are written as BigTIFF
+        }
+        try:
+            # GDAL's block cache defaults to 5 % of RAM; cap it so memory stays bounded by the blocks
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_dir(out_dir / "prepared") as tmp:
+                with (
+                    rasterio.open(
+                        tmp / "image.tif", "w", count=source.count, dtype="float32", nodata=np.nan, **profile
+                    ) as dst_img,
+                    rasterio.open(
+                        tmp / "labels.tif", "w", count=1, dtype="uint8", nodata=IGNORE_INDEX, **profile
+                    ) as dst_lab,
+                ):
+                    dst_img.descriptions = tuple(bands)
+                    for win in block_windows(grid, block):
+                        img = source.read(win)
+                        valid = valid_mask(img)
+                        if gdf is not None:
+                            lab = burn(gdf, grid, win, bg, cfg.labels.all_touched)
+                        else:
+                            raw = lab_reader.read(1, window=win)
+                            ok = ~np.isnan(raw) if raw.dtype.kind == "f" else np.ones(raw.shape, bool)
+                            for nd in (lab_reader.nodata, cfg.labels.nodata):
+                                if nd is not None:
+                                    ok &= raw != nd
+                            lab = mapper.array(raw, ok)
+                        gone = lab[~valid]
+                        lost += np.bincount(gone[gone != IGNORE_INDEX], minlength=n_cls)[:n_cls]
+                        lab[~valid] = IGNORE_INDEX
+                        dst_img.write(img, window=win)
+                        dst_lab.write(lab, 1, window=win)
+                        stats.update(img[:, valid])  # under 'all' a band may be NaN at a valid pixel
+                        n += int(valid.sum())
+                        counts += np.bincount(lab[lab != IGNORE_INDEX], minlength=n_cls)[:n_cls]
+                mapper.check(cfg.labels.path)
+                if n == 0:
+                    raise InputError(
+                        f"{first}: every pixel is nodata; check inputs.nodata, the masks and the AOI"
+                    )
+                if counts.sum() == 0:
+                    raise InputError(
+                        f"{cfg.labels.path}: no labelled pixel falls on valid image pixels; "
+                        "check that labels and image cover the same area"
+                    )
+                empty = [b for b, k in zip(bands, stats.n, strict=True) if k == 0]
+                if empty:
+                    raise InputError(
+                        f"{first}: channel(s) {', '.join(empty)} are nodata on every valid pixel; "
+                        "check inputs.nodata or drop them"
+                    )
+                norm = normalisation(stats, prep.normalize, str(tmp / "image.tif"), grid, prep.clip, block)
+                scene = PreparedScene(
+                    root=out_dir / "prepared",
+                    grid=grid,
+                    bands=bands,
+                    class_ids=list(cfg.classes),
+                    class_names=list(cfg.classes.values()),
+                    colors=_colors(cfg),
+                    mean=[float(x) for x in norm.offset],
+                    std=[float(x) for x in norm.scale],
+                    class_counts=[int(x) for x in counts],
+                    sources=list(cfg.images),
+                    nodata=cfg.nodata,
+                    nodata_rule=cfg.nodata_rule,
+                    lost_to_nodata=[int(x) for x in lost],
+                    band_descriptions=source.described_names,
+                    recipe=recipe.to_json(),
+                    normalization={"mode": norm.mode, "percentile_accuracy": norm.percentile_accuracy},
+                )
+                _warn_lost(scene)
+                (tmp / "scene.json").write_text(json.dumps(scene.to_json(), indent=2))
+        finally:
+            if lab_reader is not None and lab_reader is not lab_src:
+                lab_reader.close()
+            if lab_src is not None:
+                lab_src.close()
+    log.info(
+        "prepared %dx%d px, %d channels, %d labelled px", grid.width, grid.height, len(bands), counts.sum()
+    )
+    return scene
+
+
+LOST_WARN_FRACTION = 0.05
+
+
+def _warn_lost(scene: PreparedScene) -> None:
+    """Log a warning for each class losing more than 5 % of its labelled pixels to image nodata."""
+    for name, kept, lost in zip(
+        scene.class_names, scene.class_counts, scene.lost_to_nodata or [], strict=True
+    ):
+        if lost and lost > LOST_WARN_FRACTION * (kept + lost):
+            log.warning(
+                "class %s: %d of %d labelled pixels (%.0f%%) fall on image nodata and are dropped; "
+                "check inputs.nodata / inputs.nodata_rule",
+                name,
+                lost,
+                kept + lost,
+                100 * lost / (kept + lost),
+            )
