@@ -21,14 +21,21 @@ def test_unet_takes_any_band_count() -> None:
     assert {"unet", "fpn"} <= set(list_models())
 
 
-def test_local_encoder_weights_load_and_skip_mismatched_first_conv(tmp_path: Path) -> None:
+def test_local_encoder_weights_load_and_adapt_the_first_conv(tmp_path: Path) -> None:
     src = create_model("unet", 3, 2, "resnet18")
     path = tmp_path / "enc.pt"
     torch.save(src.encoder.state_dict(), path)  # RGB encoder weights
-    dst = create_model("unet", 6, 4, "resnet18", weights=path)  # 6 bands: conv1 differs, the rest loads
+    bands = ["blue", "green", "red", "nir", "swir16", "swir22"]
+    dst = create_model("unet", 6, 4, "resnet18", weights=path, bands=bands)
     a, b = src.encoder.state_dict(), dst.encoder.state_dict()
     assert torch.equal(a["layer1.0.conv1.weight"], b["layer1.0.conv1.weight"])
-    assert b["conv1.weight"].shape[1] == 6
+    w, v = a["conv1.weight"], b["conv1.weight"]
+    assert v.shape[1] == 6
+    # unnamed 3-band weights are red, green, blue: red is the model's third band, scaled by 3/6
+    assert torch.allclose(v[:, 2], w[:, 0] * 0.5) and torch.allclose(v[:, 0], w[:, 2] * 0.5)
+    assert torch.allclose(v[:, 3], w.mean(1) * 0.5)  # nir: the mean kernel
+    with pytest.raises(InputError, match="enc.pt: the model has 6 bands and the weights 3; name the model"):
+        create_model("unet", 6, 4, "resnet18", weights=path)  # never silently dropped any more
 
 
 def test_bad_weights_file(tmp_path: Path) -> None:

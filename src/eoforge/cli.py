@@ -785,12 +785,34 @@ def serve_cmd(
 
 
 @cli.command("models")
-def models_cmd() -> None:
-    """List the registered model architectures."""
-    from eoforge.models import list_models
+@click.option(
+    "--encoders",
+    "pattern",
+    default=None,
+    help="List the encoders instead, those containing PATTERN ('' for all; tu-NAME is any timm model).",
+)
+@click.option(
+    "--arch", default="unet", show_default=True, help="Architecture whose encoders --encoders lists."
+)
+def models_cmd(pattern: str | None, arch: str) -> None:
+    """List the registered model architectures, or with --encoders the encoders they accept."""
+    from eoforge.errors import InputError
+    from eoforge.models import list_encoders, list_models
 
-    for m in list_models():
-        out_console.print(m)
+    if pattern is None:
+        table = Table(title="architectures (model.arch)")
+        table.add_column("arch")
+        table.add_column("encoders (model.encoder)")
+        for m in list_models():
+            n = len(list_encoders(m))
+            table.add_row(m, f"{n} (eoforge models --encoders '' --arch {m})" if n else "-")
+        out_console.print(table)
+        return
+    if arch not in list_models():
+        raise InputError(f"unknown model '{arch}'; choose one of: {', '.join(list_models())}")
+    for e in list_encoders(arch):
+        if pattern.lower() in e.lower():
+            out_console.print(e)
 
 
 @cli.command("sensors")

@@ -94,7 +94,14 @@ def demo_config(epochs: int = 40) -> RunConfig:
                 "split": {"val": 0.15, "test": 0.2, "block_size": 128},
             },
             "model": {"arch": "unet", "encoder": "resnet18"},
-            "train": {"epochs": epochs, "batch_size": 16, "lr": 0.002, "patience": 12},
+            "train": {
+                "epochs": epochs,
+                "batch_size": 16,
+                "lr": 0.002,
+                "patience": 12,
+                "loss": "ce+dice",
+                "class_weights": "auto",
+            },
             "predict": {"tile": 128, "overlap": 32},
             # a user's own rule as a third baseline: vegetation index high -> forest, else developed
             "evaluate": {

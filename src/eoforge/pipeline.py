@@ -55,10 +55,11 @@ def stage_chips(cfg: RunConfig, out: Path) -> ChipStore:
     return make_chips(PreparedScene.load(out / "prepared"), cfg.chips, out, compute=cfg.compute)
 
 
-def stage_train(cfg: RunConfig, out: Path, progress: bool = False) -> Path:
+def stage_train(cfg: RunConfig, out: Path, progress: bool = False, resume: bool = True) -> Path:
     scene = PreparedScene.load(out / "prepared")
     store = ChipStore.load(out / "chips")
-    result = train(store, scene, cfg.model, cfg.train, out, progress=progress)
+    # resume: continue an interrupted training of the same config from OUT/train/checkpoints/last.ckpt
+    result = train(store, scene, cfg.model, cfg.train, out, progress=progress, resume=resume)
     meta = PackageMeta(
         arch=cfg.model.arch,
         encoder=cfg.model.encoder,
@@ -96,6 +97,10 @@ def stage_evaluate(cfg: RunConfig, out: Path, credits: str | None = None) -> dic
         config=cfg.dump(),
         window={"tile": cfg.predict.tile or 2 * cfg.chips.size, "overlap": cfg.predict.overlap},
     )
+    summary = out / "train" / "summary.json"
+    if summary.is_file():  # seed, precision, epochs: what makes the training reproducible
+        metrics["training"] = json.loads(summary.read_text())
+        write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     add_metrics(out / "model", metrics)
     return metrics
 
@@ -205,6 +210,7 @@ def _run_stage(
     progress: bool,
     credits: str | None,
     on_progress: Progress | None,
+    resume: bool = True,
 ) -> Any:
     if stage == "prepare":
         return stage_prepare(cfg, out)
@@ -212,7 +218,7 @@ def _run_stage(
         return stage_chips(cfg, out)
     if stage == "train":
         check_devices(cfg.train)
-        return stage_train(cfg, out, progress=progress)
+        return stage_train(cfg, out, progress=progress, resume=resume)
     if stage == "evaluate":
         return stage_evaluate(cfg, out, credits=credits)
     return stage_predict(cfg, out, on_progress=on_progress)
@@ -298,7 +304,7 @@ def run(
             rerun = True
             state.pop(stage, None)
             with _output_errors(out):
-                result = _run_stage(cfg, out, stage, progress, credits, on_progress)
+                result = _run_stage(cfg, out, stage, progress, credits, on_progress, resume)
             if stage == "evaluate":
                 metrics = result
             _record(state, cfg, out, stage)

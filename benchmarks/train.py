@@ -1,0 +1,91 @@
+"""Training throughput: samples/s of fp32 eager against `train.precision: auto` on the demo U-Net, one run.
+
+The demo's model (U-Net / resnet18, 6 bands, 7 classes, 64 px chips, batch 16) trains on random batches with
+the demo's loss (cross-entropy + Dice, class weights) and AdamW, exactly as `SegmentationTask` does: forward,
+loss, backward, optimiser step. The two settings alternate round by round, so load changes on a shared
+machine hit both alike; the ratio of the medians is printed.
+
+    python benchmarks/train.py [--rounds 5 --steps 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+
+from eoforge.config import TrainConfig
+from eoforge.models import create_model
+from eoforge.train.losses import make_loss
+from eoforge.train.speed import resolve_precision
+
+
+def make_step(precision: str, bands: int, classes: int, compile: bool = False):  # type: ignore[no-untyped-def]
+    plan = resolve_precision(precision, "cpu")
+    torch.manual_seed(0)
+    model = create_model("unet", bands, classes, "resnet18").train()
+    if plan.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    fwd = torch.compile(model) if compile else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    weights = [1.0] * classes
+    loss_fn = make_loss(TrainConfig(loss="ce+dice", class_weights=weights), weights)
+    bf16 = plan.precision == "bf16-mixed"
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        if plan.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            loss = loss_fn(fwd(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, plan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=4, help="Training steps per round and setting.")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--compile", action="store_true", help="Also torch.compile the auto setting.")
+    args = ap.parse_args()
+    bands, classes = 6, 7
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, bands, args.size, args.size, generator=g)
+    y = torch.randint(0, classes, (args.batch, args.size, args.size), generator=g)
+    settings = {"fp32 eager": make_step("32-true", bands, classes)}
+    auto_step, plan = make_step("auto", bands, classes, compile=args.compile)
+    auto_name = (
+        f"auto ({plan.precision}, channels-last {plan.channels_last}{', compiled' if args.compile else ''})"
+    )
+    settings[auto_name] = (auto_step, plan)
+    rates: dict[str, list[float]] = {k: [] for k in settings}
+    for step, _ in settings.values():  # warm-up (oneDNN primitive caches, compilation)
+        for _ in range(2):
+            step(x, y)
+    for _ in range(args.rounds):
+        for name, (step, _) in settings.items():
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                step(x, y)
+            rates[name].append(args.steps * args.batch / (time.perf_counter() - t))
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} x {bands} x {args.size}²"
+    )
+    for name, r in rates.items():
+        print(
+            f"{name:45s} {statistics.median(r):7.2f} samples/s  (rounds: {', '.join(f'{v:.1f}' for v in r)})"
+        )
+    a, b = (statistics.median(r) for r in rates.values())
+    print(f"ratio auto / fp32 eager: {b / a:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The Lightning DataModule owning the chip loaders (reusable by anyone training with Lightning)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from eoforge.chips import ChipStore
+from eoforge.data import ChipDataset
+
+
+def default_workers() -> int:
+    """CPU count - 1 (the main process trains), at most 4: chips are one Zarr chunk each, cheap to read."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+class EpochShuffle(Sampler[int]):
+    """A shuffle that depends only on ``(seed, epoch)``, read when iteration starts.
+
+    The default sampler draws from the global generator whenever Lightning happens to create the iterator,
+    which differs between an uninterrupted and a resumed run; this one gives epoch e the same order in both.
+    """
+
+    def __init__(self, n: int, seed: int, epoch: object) -> None:
+        self.n = n
+        self.seed = seed
+        self.epoch = epoch  # a callable returning the current epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = int(self.epoch()) if callable(self.epoch) else 0
+        g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+        yield from torch.randperm(self.n, generator=g).tolist()
+
+
+class ChipDataModule(L.LightningDataModule):
+    """Train/val/test loaders over a :class:`ChipStore` (``store.splits``), normalised with ``mean``/``std``.
+
+    The train loader shuffles and reads with ``num_workers`` persistent worker processes; augmentation runs
+    on the batch on the training device (see :mod:`eoforge.train.augment`), never here.
+    """
+
+    def __init__(
+        self,
+        store: ChipStore,
+        mean: list[float],
+        std: list[float],
+        batch_size: int = 16,
+        num_workers: int | None = None,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.mean = mean
+        self.std = std
+        self.batch_size = batch_size
+        self.num_workers = default_workers() if num_workers is None else num_workers
+        self.pin_memory = pin_memory
+        self.seed = seed
+
+    def _epoch(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.current_epoch) if trainer is not None else 0
+
+    def has(self, split: str) -> bool:
+        return len(self.store.splits.get(split, [])) > 0
+
+    def _loader(self, split: str, train: bool) -> DataLoader[dict[str, object]]:
+        ds = ChipDataset(self.store, split, self.mean, self.std)
+        workers = self.num_workers if train else 0
+        return DataLoader(
+            ds,  # type: ignore[arg-type]
+            batch_size=self.batch_size,
+            sampler=EpochShuffle(len(ds), self.seed, self._epoch) if train else None,
+            drop_last=train and len(ds) > self.batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.pin_memory,
+        )
+
+    def train_dataloader(self) -> DataLoader[dict[str, object]]:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader[dict[str, object]]:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader[dict[str, object]]:
+        return self._loader("test", train=False)

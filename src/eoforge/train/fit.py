@@ -1,0 +1,272 @@
+"""Stage 3, train: fit a registry model with PyTorch Lightning on a chip store.
+
+Checkpoints (``OUT/train/checkpoints/best.ckpt`` on val mIoU, ``last.ckpt`` every epoch), early stopping, a
+CSV log of the curves (``OUT/train/metrics.csv``) plus an optional TensorBoard or MLflow tracker, and
+``OUT/train/summary.json`` (seed, precision, epochs, best score). A run that stops (killed, interrupted)
+continues from ``last.ckpt`` when started again with the same config: same epoch, optimiser and scheduler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, Logger
+from torch import nn
+
+from eoforge import __version__
+from eoforge.chips import ChipStore
+from eoforge.config import ModelConfig, TrainConfig
+from eoforge.errors import InputError
+from eoforge.io.atomic import write_text
+from eoforge.models import create_model
+from eoforge.prepare import PreparedScene
+from eoforge.train.augment import BatchAugment
+from eoforge.train.datamodule import ChipDataModule
+from eoforge.train.losses import class_weights_from_counts, make_loss
+from eoforge.train.speed import resolve_precision, uses_cuda
+from eoforge.train.task import SegmentationTask
+
+log = logging.getLogger(__name__)
+
+RESUME = "resume.json"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model: nn.Module
+    best_checkpoint: Path | None
+    log_csv: Path
+    epochs_run: int
+    best_score: float | None
+    monitor: str
+    seed: int = 0
+    precision: str = "32-true"
+    resumed: bool = False
+
+
+class _Reseed(Callback):
+    """Re-seeds torch at every epoch start, so shuffling and augmentation of epoch e do not depend on whether
+    the run was resumed (Lightning checkpoints do not carry the random generators' states)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.manual_seed(self.seed * 100003 + trainer.current_epoch)
+
+
+def resolve_class_weights(cfg: TrainConfig, scene: PreparedScene) -> list[float] | None:
+    if cfg.class_weights is None:
+        return None
+    if cfg.class_weights == "auto":
+        w = class_weights_from_counts(scene.class_counts, cfg.class_weight_clip)
+        log.info(
+            "class weights (auto): %s", dict(zip(scene.class_names, [round(x, 2) for x in w], strict=True))
+        )
+        return w
+    if len(cfg.class_weights) != len(scene.class_ids):
+        raise InputError(
+            f"train.class_weights has {len(cfg.class_weights)} weights for {len(scene.class_ids)} classes; "
+            "give one per class"
+        )
+    return list(cfg.class_weights)
+
+
+def _trackers(cfg: TrainConfig, out: Path, params: dict[str, Any]) -> list[Logger]:
+    loggers: list[Logger] = [CSVLogger(save_dir=str(out), name="", version="")]
+    if cfg.logger == "tensorboard":
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            tb = TensorBoardLogger(save_dir=str(out), name="tensorboard", version="", default_hp_metric=False)
+            tb.experiment  # noqa: B018 (fails here, not mid-training, when no writer package is installed)
+        except ModuleNotFoundError:
+            raise InputError(
+                "train.logger: tensorboard is not installed; pip install tensorboard, or use logger: csv"
+            ) from None
+        loggers.append(tb)
+    elif cfg.logger == "mlflow":
+        try:
+            import mlflow  # noqa: F401
+        except ModuleNotFoundError:
+            raise InputError(
+                "train.logger: mlflow is not installed; pip install mlflow, or use logger: csv"
+            ) from None
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").resolve().as_uri()
+        loggers.append(MLFlowLogger(experiment_name="eoforge", tracking_uri=uri))
+    for lg in loggers[1:]:
+        lg.log_hyperparams(params)
+    return loggers
+
+
+def _strategy(cfg: TrainConfig) -> str:
+    # plain "ddp" re-executes the command line in child processes, which would re-run the whole
+    # `eoforge run` pipeline in each; without an external launcher (torchrun, SLURM) spawn the ranks instead
+    external = any(k in os.environ for k in ("LOCAL_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
+    several = isinstance(cfg.devices, int) and cfg.devices > 1
+    if not external and (cfg.strategy == "ddp" or (cfg.strategy == "auto" and several)):
+        log.info("strategy %s on %s devices without a launcher: using ddp_spawn", cfg.strategy, cfg.devices)
+        return "ddp_spawn"
+    return cfg.strategy
+
+
+def _resume_key(model_cfg: ModelConfig, cfg: TrainConfig, store: ChipStore, scene: PreparedScene) -> str:
+    payload = {
+        "eoforge": __version__,
+        "model": model_cfg.model_dump(mode="json"),
+        "train": cfg.model_dump(mode="json"),
+        "splits": {k: len(v) for k, v in store.splits.items()},
+        "bands": scene.bands,
+        "classes": scene.class_ids,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train(
+    store: ChipStore,
+    scene: PreparedScene,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    progress: bool = False,
+    callbacks: list[Callback] | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Fit the configured model on the store's train split, selecting the best epoch on val mIoU.
+
+    With ``resume`` a ``last.ckpt`` left by a run with the same config is continued; otherwise earlier
+    checkpoints and logs in ``OUT/train`` are removed first. ``callbacks`` are extra Lightning callbacks.
+    """
+    out = Path(out_dir) / "train"
+    ckpt_dir = out / "checkpoints"
+    key = _resume_key(model_cfg, cfg, store, scene)
+    last = ckpt_dir / "last.ckpt"
+    try:
+        same = json.loads((out / RESUME).read_text()).get("key") == key
+    except (OSError, ValueError, AttributeError):
+        same = False
+    resumed = resume and same and last.is_file()
+    if not resumed:
+        for stale in (ckpt_dir, out / "metrics.csv", out / "tensorboard"):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / RESUME, json.dumps({"key": key}))
+    else:
+        log.info("resuming training from %s", last)
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    n_cls = len(scene.class_ids)
+    model = create_model(
+        model_cfg.arch,
+        len(scene.bands),
+        n_cls,
+        model_cfg.encoder,
+        model_cfg.weights,
+        model_cfg.weights_sha256,
+        bands=scene.bands,
+        weights_bands=model_cfg.weights_bands,
+    )
+    plan = resolve_precision(cfg.precision, cfg.accelerator)
+    class_weights = resolve_class_weights(cfg, scene)
+    task = SegmentationTask(
+        model,
+        n_cls,
+        cfg.lr,
+        cfg.weight_decay,
+        cfg.epochs,
+        loss=make_loss(cfg, class_weights),
+        augment=BatchAugment(cfg.augment, store.size) if cfg.augment is not None else None,
+        channels_last=plan.channels_last,
+        freeze_encoder_epochs=model_cfg.freeze_encoder_epochs,
+        compile=cfg.compile,
+    )
+    data = ChipDataModule(
+        store,
+        scene.mean,
+        scene.std,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        pin_memory=uses_cuda(cfg.accelerator),
+        seed=cfg.seed,
+    )
+    has_val = data.has("val")
+    monitor, mode = ("val_miou", "max") if has_val else ("train_loss", "min")
+    ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_last=True)
+    cbs: list[Callback] = [
+        ckpt,
+        EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience),
+        _Reseed(cfg.seed),
+        *(callbacks or []),
+    ]
+    if progress:
+        cbs.append(RichProgressBar())
+    params = {"model": model_cfg.model_dump(mode="json"), "train": cfg.model_dump(mode="json")}
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=_strategy(cfg),
+        num_nodes=cfg.num_nodes,
+        precision=plan.precision,  # type: ignore[arg-type]
+        deterministic=cfg.deterministic,
+        callbacks=cbs,
+        logger=_trackers(cfg, out, params),
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        default_root_dir=str(out),
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if has_val else 0,
+    )
+    trainer.fit(task, datamodule=data, ckpt_path=str(last) if resumed else None)
+    best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
+    if best is not None and best.is_file():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        task.load_state_dict(state)
+    score = ckpt.best_model_score
+    log.info(
+        "trained %d epochs; best %s = %.4f",
+        trainer.current_epoch,
+        monitor,
+        float(score) if score is not None else float("nan"),
+    )
+    result = TrainResult(
+        model=task.model.cpu().eval().to(memory_format=torch.contiguous_format),
+        best_checkpoint=best,
+        log_csv=out / "metrics.csv",
+        epochs_run=trainer.current_epoch,
+        best_score=float(score) if score is not None else None,
+        monitor=monitor,
+        seed=cfg.seed,
+        precision=plan.precision,
+        resumed=resumed,
+    )
+    summary = {
+        "seed": cfg.seed,
+        "precision": plan.precision,
+        "channels_last": plan.channels_last,
+        "deterministic": cfg.deterministic,
+        "epochs_run": result.epochs_run,
+        "monitor": monitor,
+        "best_score": result.best_score,
+        "resumed": resumed,
+        "loss": cfg.loss,
+        "class_weights": class_weights,
+    }
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return result

@@ -1,0 +1,113 @@
+"""The LightningModule: any registry model trained for semantic segmentation."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from eoforge.config import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+
+def present_class_miou(cm: torch.Tensor) -> torch.Tensor:
+    """Mean IoU over the classes present in the reference (rows of ``cm`` with pixels).
+
+    A class absent from the reference has no defined IoU on this split: it is left out, not counted as 0
+    (which would punish predicting it) or 1 (which would reward never predicting it).
+    """
+    cm = cm.to(torch.float64)
+    tp = cm.diag()
+    true = cm.sum(1)
+    union = true + cm.sum(0) - tp
+    present = true > 0
+    if not bool(present.any()):
+        return torch.zeros((), dtype=torch.float32, device=cm.device)
+    return (tp[present] / union[present]).mean().to(torch.float32)
+
+
+class SegmentationTask(L.LightningModule):
+    """Loss, optimiser (AdamW, cosine decay), batch augmentation and validation mIoU for a segmentation model.
+
+    ``val_miou`` averages the IoU of the classes present in the validation reference.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        epochs: int = 20,
+        loss: nn.Module | None = None,
+        augment: nn.Module | None = None,
+        channels_last: bool = False,
+        freeze_encoder_epochs: int = 0,
+        compile: bool = False,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.loss = loss if loss is not None else nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+        self.augment = augment
+        self.channels_last = channels_last
+        self.freeze_encoder_epochs = freeze_encoder_epochs
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.val_cm = MulticlassConfusionMatrix(num_classes=num_classes, ignore_index=IGNORE_INDEX)
+        # kept outside the module tree, so checkpoints hold the plain model's keys
+        self._forward = torch.compile(model) if compile else model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self._forward(x)
+        return out
+
+    def on_after_batch_transfer(
+        self, batch: dict[str, torch.Tensor], dataloader_idx: int
+    ) -> dict[str, torch.Tensor]:
+        image, mask = batch["image"], batch["mask"]
+        if self.augment is not None and self.trainer.training:
+            image, mask = self.augment(image, mask)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return {**batch, "image": image, "mask": mask}
+
+    def on_train_epoch_start(self) -> None:
+        encoder = getattr(self.model, "encoder", None)
+        if self.freeze_encoder_epochs <= 0 or not isinstance(encoder, nn.Module):
+            return
+        frozen = self.current_epoch < self.freeze_encoder_epochs
+        for p in encoder.parameters():
+            p.requires_grad_(not frozen)
+        if frozen:
+            encoder.eval()  # batch-norm statistics stay those of the pretrained weights too
+        if self.current_epoch in (0, self.freeze_encoder_epochs):
+            log.info("epoch %d: encoder %s", self.current_epoch, "frozen" if frozen else "trainable")
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss: torch.Tensor = self.loss(logits, batch["mask"])
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["image"])
+        loss = self.loss(logits, batch["mask"])
+        self.val_cm.update(logits.max(1).indices, batch["mask"])
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("val_miou", present_class_miou(self.val_cm.compute()), prog_bar=True, sync_dist=False)
+        self.val_cm.reset()
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.epochs, 1))
+        return {"optimizer": opt, "lr_scheduler": sched}

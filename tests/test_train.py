@@ -1,0 +1,262 @@
+"""Training: class weights, losses, augmentation, precision, val mIoU over present classes, freezing, resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from affine import Affine
+from lightning.pytorch.callbacks import Callback
+
+from eoforge.chips import ChipStore
+from eoforge.config import IGNORE_INDEX, AugmentConfig, ModelConfig, TrainConfig
+from eoforge.errors import InputError
+from eoforge.geo import Grid
+from eoforge.prepare import PreparedScene
+from eoforge.train import present_class_miou, train
+from eoforge.train import speed as speed_mod
+from eoforge.train.augment import BatchAugment
+from eoforge.train.fit import _trackers
+from eoforge.train.losses import class_weights_from_counts, make_loss
+
+TINY = ModelConfig(arch="fpn", encoder="tu-mobilenetv3_small_050")
+
+
+def test_class_weights_are_inverse_frequency_clipped() -> None:
+    w = class_weights_from_counts([900, 90, 10, 0], clip=10)
+    expected = [1000 / (3 * 900), 1000 / (3 * 90), 10.0, 10.0]  # 1000/30 = 33.3 clipped; absent: the largest
+    assert w == pytest.approx(expected)
+    assert class_weights_from_counts([5, 5]) == [1.0, 1.0]
+    with pytest.raises(InputError, match="no labelled pixel"):
+        class_weights_from_counts([0, 0])
+
+
+def test_present_class_miou_leaves_out_classes_absent_from_the_reference() -> None:
+    cm = torch.tensor(
+        [[8, 2, 0], [1, 5, 2], [0, 0, 0]]
+    )  # class 2 is predicted twice but never in the reference
+    iou0 = 8 / (10 + 9 - 8)
+    iou1 = 5 / (8 + 7 - 5)
+    assert float(present_class_miou(cm)) == pytest.approx((iou0 + iou1) / 2)
+    assert float(present_class_miou(torch.zeros(3, 3))) == 0.0
+
+
+@pytest.mark.parametrize("loss", ["ce", "dice", "focal", "ce+dice", "lovasz"])
+def test_losses_ignore_unlabelled_pixels(loss: str) -> None:
+    weights = [1.0, 2.0, 0.5] if loss in ("ce", "ce+dice") else None
+    fn = make_loss(TrainConfig(loss=loss, class_weights=weights), weights)  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    target = torch.randint(0, 3, (2, 8, 8))
+    target[:, :4] = IGNORE_INDEX
+    value = fn(logits, target)
+    assert torch.isfinite(value) and value > 0
+    changed = logits.detach().clone()
+    changed[:, :, :4] = torch.randn(2, 3, 4, 8) * 10  # only unlabelled pixels change
+    assert float(fn(changed, target)) == pytest.approx(float(value), rel=1e-5, abs=1e-6)
+    value.backward()
+    assert logits.grad is not None and float(logits.grad[:, :, :4].abs().max()) == 0.0
+
+
+def test_class_weights_need_a_cross_entropy_loss() -> None:
+    with pytest.raises(ValueError, match="class_weights need loss ce or ce\\+dice"):
+        TrainConfig(loss="dice", class_weights="auto")
+
+
+def test_augmentation_keeps_image_and_mask_aligned_and_is_off_for_validation() -> None:
+    torch.manual_seed(0)
+    aug = BatchAugment(AugmentConfig(brightness=0.2, contrast=0.2, noise=0.0), chip_size=16)
+    mask = torch.randint(0, 4, (6, 16, 16))
+    mask[:, :3] = IGNORE_INDEX
+    image = torch.stack([mask.float(), torch.randn(6, 16, 16)], 1)
+    out, m = aug.train()(image, mask)
+    assert m.shape == mask.shape and set(m.unique().tolist()) <= {0, 1, 2, 3, IGNORE_INDEX}
+    # band 0 is the mask up to a per-sample gain and shift: recover them and check every pixel agrees
+    for i in range(6):
+        a, b = np.polyfit(m[i].flatten().float().numpy(), out[i, 0].flatten().numpy(), 1)
+        assert np.allclose(a * m[i].float().numpy() + b, out[i, 0].numpy(), atol=1e-3)
+    assert not torch.equal(m, mask)  # something moved
+    same, same_m = aug.eval()(image, mask)
+    assert torch.equal(same, image) and torch.equal(same_m, mask)
+    crop = BatchAugment(AugmentConfig(resized_crop=0.5), chip_size=16).train()
+    out, m = crop(image, mask)
+    assert out.shape == image.shape and set(m.unique().tolist()) <= {0, 1, 2, 3, IGNORE_INDEX}
+
+
+def test_precision_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(speed_mod.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(speed_mod, "cpu_has_bf16", lambda: True)
+    plan = speed_mod.resolve_precision("auto", "auto")
+    assert (plan.precision, plan.channels_last) == ("bf16-mixed", True)
+    monkeypatch.setattr(speed_mod, "cpu_has_bf16", lambda: False)
+    assert speed_mod.resolve_precision("auto", "cpu").precision == "32-true"
+    monkeypatch.setattr(speed_mod.torch.cuda, "is_available", lambda: True)
+    assert speed_mod.resolve_precision("auto", "auto").precision == "16-mixed"
+    assert speed_mod.resolve_precision("32-true", "auto").channels_last is False
+
+
+def test_missing_tracker_packages_are_clear_errors(tmp_path: Path) -> None:
+    import importlib.util
+
+    for name in ("mlflow", "tensorboard"):
+        if importlib.util.find_spec(name) is None and (name != "tensorboard" or not _has_tbx()):
+            with pytest.raises(
+                InputError, match=f"train.logger: {name} is not installed; pip install {name}"
+            ):
+                _trackers(TrainConfig(logger=name), tmp_path, {})  # type: ignore[arg-type]
+
+
+def _has_tbx() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboardX") is not None
+
+
+# --- training runs on a hand-built chip store -------------------------------------------------------------
+
+
+def _store(root: Path) -> tuple[ChipStore, PreparedScene]:
+    """12 chips of 32 px, 4 bands; the class is a function of band 0. Validation chips hold no class 2."""
+    rng = np.random.default_rng(0)
+    n, size = 12, 32
+    labels = rng.integers(0, 3, (n, size // 8, size // 8)).repeat(8, 1).repeat(8, 2).astype(np.uint8)
+    labels[8:][labels[8:] == 2] = 1  # chips 8..11 (val) lack class 2
+    labels[:, :2] = IGNORE_INDEX
+    images = rng.normal(0, 0.3, (n, 4, size, size)).astype(np.float32)
+    images[:, 0] += labels.astype(np.float32) % 3
+    g = zarr.open_group(str(root / "chips.zarr"), mode="w")
+    g.create_array("image", shape=images.shape, chunks=(1, 4, size, size), dtype="float32")[:] = images
+    g.create_array("label", shape=labels.shape, chunks=(1, size, size), dtype="uint8")[:] = labels
+    store = ChipStore(
+        root=root, size=size, splits={"train": list(range(8)), "val": [8, 9, 10, 11], "test": []}
+    )
+    counts = [int((labels[:8] == k).sum()) for k in range(3)]
+    scene = PreparedScene(
+        root=root,
+        grid=Grid("EPSG:32633", Affine(10, 0, 0, 0, -10, 0), 64, 64),
+        bands=["blue", "green", "red", "nir"],
+        class_ids=[1, 2, 3],
+        class_names=["a", "b", "c"],
+        colors=["#000000"] * 3,
+        mean=[0.0] * 4,
+        std=[1.0] * 4,
+        class_counts=counts,
+        sources=[],
+        nodata=None,
+    )
+    return store, scene
+
+
+def _cfg(**kw: object) -> TrainConfig:
+    base: dict[str, object] = {
+        "epochs": 2,
+        "batch_size": 4,
+        "precision": "32-true",
+        "num_workers": 0,
+        "accelerator": "cpu",
+        "deterministic": True,
+        "seed": 3,
+        "loss": "ce+dice",
+        "class_weights": "auto",
+    }
+    return TrainConfig(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_val_miou_averages_the_classes_present_and_freezing_keeps_the_encoder(tmp_path: Path) -> None:
+    store, scene = _store(tmp_path)
+    from eoforge.models import create_model
+
+    res = train(store, scene, TINY.model_copy(update={"freeze_encoder_epochs": 1}), _cfg(epochs=1), tmp_path)
+    with open(tmp_path / "train" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged = float(next(r["val_miou"] for r in rows if r.get("val_miou")))
+    # recompute from the returned (best) model on the validation chips
+    images, labels = store.arrays()
+    x = torch.from_numpy(np.asarray(images[8:12]))
+    y = np.asarray(labels[8:12]).astype(np.int64)
+    with torch.no_grad():
+        pred = res.model(x).argmax(1).numpy()
+    ok = y != IGNORE_INDEX
+    cm = np.bincount(3 * y[ok] + pred[ok], minlength=9).reshape(3, 3)
+    assert cm[2].sum() == 0  # class 2 is not in the validation reference
+    iou = [cm[k, k] / (cm[k].sum() + cm[:, k].sum() - cm[k, k]) for k in (0, 1)]
+    assert logged == pytest.approx(float(np.mean(iou)), abs=1e-5)
+    # the encoder was frozen for the single epoch: its weights are the initial ones
+    torch.manual_seed(3)
+    init = create_model(TINY.arch, 4, 3, TINY.encoder)
+    enc0, enc1 = init.encoder.state_dict(), res.model.encoder.state_dict()
+    assert all(torch.equal(enc0[k], enc1[k]) for k in enc0)
+    assert not torch.equal(
+        init.decoder.state_dict()["seg_blocks.0.block.0.block.0.weight"],
+        res.model.decoder.state_dict()["seg_blocks.0.block.0.block.0.weight"],
+    )
+    summary = (tmp_path / "train" / "summary.json").read_text()
+    assert '"seed": 3' in summary
+
+
+class _Kill(Callback):
+    """Stops the run as the second epoch starts, as a SIGKILL would (last.ckpt of the first is written)."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        if trainer.current_epoch == 1:
+            raise RuntimeError("killed")
+
+
+def test_resumed_training_equals_uninterrupted(tmp_path: Path) -> None:
+    store, scene = _store(tmp_path / "chips")
+    (tmp_path / "chips").mkdir(exist_ok=True)
+    straight = train(store, scene, TINY, _cfg(), tmp_path / "a")
+    with pytest.raises(RuntimeError, match="killed"):
+        train(store, scene, TINY, _cfg(), tmp_path / "b", callbacks=[_Kill()])
+    assert (tmp_path / "b" / "train" / "checkpoints" / "last.ckpt").is_file()
+    resumed = train(store, scene, TINY, _cfg(), tmp_path / "b")
+    assert resumed.resumed and resumed.epochs_run == straight.epochs_run == 2
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # a changed config does not resume: it starts over
+    other = train(store, scene, TINY, _cfg(lr=0.01, epochs=1), tmp_path / "b")
+    assert not other.resumed
+
+
+class _WorldSize(Callback):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        (self.path / f"rank{trainer.global_rank}.txt").write_text(f"{trainer.world_size} {trainer.strategy}")
+
+
+def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
+    store, scene = _store(tmp_path)
+    cfg = _cfg(epochs=1, strategy="ddp", devices=2, deterministic=False)
+    res = train(store, scene, TINY, cfg, tmp_path, callbacks=[_WorldSize(tmp_path)])
+    ranks = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
+    assert len(ranks) == 2 and all(r.startswith("2 ") for r in ranks)
+    assert res.best_checkpoint is not None and res.best_checkpoint.is_file()
+
+
+def test_datamodule_loaders_with_workers_and_an_epoch_seeded_order(tmp_path: Path) -> None:
+    from eoforge.train import ChipDataModule
+    from eoforge.train.datamodule import EpochShuffle, default_workers
+
+    store, _ = _store(tmp_path)
+    dm = ChipDataModule(store, [1.0, 0.0, 0.0, 0.0], [2.0, 1.0, 1.0, 1.0], batch_size=3, num_workers=1)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 2  # 8 chips, batch 3, last partial batch dropped
+    assert batches[0]["image"].shape == (3, 4, 32, 32) and batches[0]["mask"].dtype == torch.int64
+    images, _ = store.arrays()
+    raw = np.asarray(images[0:8])
+    got = torch.cat([b["image"] for b in batches])[:, 0].numpy()
+    # every chip is normalised with (x - mean) / std and comes from the train split only
+    assert all(np.any(np.all(np.isclose(g, (raw[:, 0] - 1.0) / 2.0), axis=(1, 2))) for g in got)
+    assert len(list(dm.val_dataloader())) == 2 and 1 <= max(default_workers(), 1) <= 4
+    epoch = [0]
+    s = EpochShuffle(8, seed=5, epoch=lambda: epoch[0])
+    first = list(s)
+    assert sorted(first) == list(range(8)) and list(s) == first
+    epoch[0] = 1
+    assert list(s) != first
