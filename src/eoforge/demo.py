@@ -101,6 +101,7 @@ def demo_config(epochs: int = 40) -> RunConfig:
                 "patience": 12,
                 "loss": "ce+dice",
                 "class_weights": "auto",
+                "class_weight_clip": 3.0,
             },
             "predict": {"tile": 128, "overlap": 32},
             # a user's own rule as a third baseline: vegetation index high -> forest, else developed
