@@ -2,7 +2,7 @@
 pause at a chosen point, so a test can send a signal there (EOFORGE_TEST_PAUSE=point, EOFORGE_TEST_MARKER=file).
 
 Points: ``prepare`` (the prepared stack is in its temporary folder, scene.json not yet written), ``fit`` (inside
-Lightning's training loop, second training batch), ``predict`` (the class map is in its temporary files, the COG
+Lightning's training loop, first training batch), ``predict`` (the class map is in its temporary files, the COG
 copy not yet made). At the point the runner writes the marker file and sleeps until a signal ends it.
 """
 
@@ -45,7 +45,7 @@ def install() -> None:
         def forward(self: helpers.TinyConv, x: Any) -> Any:
             if self.training:
                 calls[0] += 1
-                if calls[0] == 2:
+                if calls[0] == 1:
                     pause()
             return real_forward(self, x)
 

@@ -91,7 +91,7 @@ def demo_config(epochs: int = 40) -> RunConfig:
                 "size": 64,
                 "stride": 16,
                 "min_valid": 0.5,
-                "split": {"val": 0.15, "test": 0.2, "block_size": 128},
+                "split": {"val": 0.15, "test": 0.2, "block_size": 96},
             },
             "model": {"arch": "unet", "encoder": "resnet18"},
             "train": {

@@ -118,8 +118,9 @@ def conclusion_warnings(
             out.append(
                 (
                     "labels_lost_to_nodata",
-                    f"labelled pixels fell on image nodata and were dropped: {', '.join(lost)}; check "
-                    "inputs.nodata and inputs.nodata_rule",
+                    f"labelled pixels fell on image nodata and were dropped: {', '.join(lost)}; where labels "
+                    "cover area the image does not, that is expected; otherwise check inputs.nodata and "
+                    "inputs.nodata_rule (a value that is also real data, e.g. dark water at 0)",
                 )
             )
     missing = metrics.get("no_prediction_pixels", 0)

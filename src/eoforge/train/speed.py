@@ -42,5 +42,5 @@ def resolve_precision(precision: str, accelerator: str) -> SpeedPlan:
             precision = "32-true"
     # channels-last pays off for bf16 on CPU (oneDNN) and for mixed precision on CUDA (tensor cores)
     plan = SpeedPlan(precision, channels_last=precision != "32-true")
-    log.info("precision %s, channels-last %s", plan.precision, plan.channels_last)
+    log.debug("precision %s, channels-last %s", plan.precision, plan.channels_last)
     return plan
