@@ -437,3 +437,18 @@ def test_sensor_bands_select_and_order_by_common_name(tmp_path: Path) -> None:
             Recipe(bands=("nir",), sensor="sentinel2-l2a"),
             [*files, write_tif(tmp_path / "x.tif", np.ones((4, 4)))],
         )
+
+
+def test_vector_of_areas_to_exclude_and_class_mask_file(tmp_path: Path) -> None:
+    b = write_tif(tmp_path / "b.tif", np.ones((32, 32), np.float32))
+    gpd.GeoDataFrame(geometry=[box(X0, Y0 - 50, X0 + 50, Y0)], crs=CRS).to_crs("EPSG:4326").to_file(
+        tmp_path / "exclude.gpkg"
+    )  # another CRS: reprojected onto the grid
+    cls = np.zeros((32, 32), np.uint8)
+    cls[20:, 20:] = 3
+    m = write_tif(tmp_path / "classes.tif", cls)
+    masks = [(str(tmp_path / "exclude.gpkg"), [], []), (str(m), [3], [])]
+    with RecipeSource(Recipe(bands=("b",)), [b], masks=masks) as src:
+        img = src.read()[0]
+    assert np.isnan(img[:5, :5]).all() and np.isnan(img[20:, 20:]).all()
+    assert np.isnan(img).sum() == 25 + 144

@@ -26,6 +26,7 @@ from eoforge.geo import Grid
 from eoforge.io.rasters import NODATA_RULES, Nodata, RasterStack, per_band_nodata
 from eoforge.prepare import indices as idx
 from eoforge.prepare.align import GridReader, combine, grid_like, target_grid
+from eoforge.prepare.labels import is_vector
 from eoforge.prepare.masks import Mask, RasterMask, VectorMask, load_geometries
 from eoforge.prepare.sensors import Sensor, get_sensor, quality_bits, quality_values, scale_offset
 
@@ -326,7 +327,7 @@ class RecipeSource:
                         )
                     )
             for path, classes, bits in masks:
-                if Path(path).suffix.lower() in _VECTORS:
+                if is_vector(Path(path)):
                     self._masks.append(VectorMask(load_geometries(path, self.grid.crs, "mask"), self.grid))
                 else:
                     if not classes and not bits:
@@ -415,9 +416,6 @@ class RecipeSource:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-_VECTORS = {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".kml", ".gml", ".parquet"}
 
 
 def _first_crs(path: Path) -> str:
