@@ -298,7 +298,7 @@ def test_report_opens_in_a_browser_with_every_section(prepared: dict, tmp_path: 
         b.wait_for("document.readyState === 'complete'")
         ids = b.evaluate("Array.from(document.querySelectorAll('section')).map(s => s.id)")
         assert ids[:2] == ["warnings", "headline"]
-        assert {"data", "per-class", "confusion", "panels"} <= set(ids)
+        assert {"data", "per-class", "confusion", "curves", "importance", "panels"} <= set(ids)
         rows = b.evaluate("document.querySelectorAll('#headline tr').length")
         assert rows == 1 + 3  # header, the model, majority class, random forest
         broken = b.evaluate(
@@ -308,3 +308,14 @@ def test_report_opens_in_a_browser_with_every_section(prepared: dict, tmp_path: 
         assert b.errors() == []
         shot = b.screenshot(tmp_path / "report.png")
     assert shot.stat().st_size > 10_000
+
+
+def test_report_ranks_the_band_the_model_uses_first(prepared: dict) -> None:
+    """The model reads band 0 only: permutation importance puts b0 first and the others at 0; the curves come
+    from its probabilities on the test chips."""
+    metrics, _ = _run_eval(prepared, 64, arch="test-pick-band0")
+    drop = metrics["band_importance"]["miou_drop"]
+    assert next(iter(drop)) == "b0" and drop["b0"] > 0.3
+    assert drop["red"] == pytest.approx(0.0) and drop["nir"] == pytest.approx(0.0)
+    assert metrics["curves"]["test_chips"] == len(prepared["store"].splits["test"])
+    assert min(v for v in metrics["curves"]["roc_auc"].values() if v is not None) > 0.9

@@ -628,6 +628,13 @@ class EvaluateConfig(_Strict):
         description="Bootstrap resamples of the test blocks for the 95 % confidence intervals (0: none).",
     )
     seed: int = Field(default=0, description="Seed of the bootstrap and the random forest.")
+    insight_chips: int = Field(
+        default=64,
+        ge=0,
+        le=10_000,
+        description="Test chips on which the model's probabilities give ROC/PR curves, calibration and the "
+        "permutation band importance in the report (0: none).",
+    )
 
 
 class RunConfig(_Strict):

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from eoforge.io.rasters import valid_mask
+
 IGNORE = 255
 
 
@@ -263,6 +265,6 @@ def curves_on_chips(
     for i in range(0, len(images), batch_size):
         img = np.asarray(images[i : i + batch_size], dtype=np.float32)
         lab = np.asarray(labels[i : i + batch_size]).astype(np.int64)
-        lab = np.where(np.isnan(img).any(axis=1), IGNORE, lab)
+        lab = np.where(valid_mask(img), lab, IGNORE)
         acc.update(predictor.predict_proba(img), lab)
     return acc

@@ -42,6 +42,7 @@ class Panel:
     image: np.ndarray
     reference: np.ndarray
     prediction: np.ndarray
+    title: str = ""
 
 
 def _cm_plot(metrics: dict[str, Any]) -> str:
@@ -118,7 +119,7 @@ def _panel_plot(panels: list[Panel], predictor: Predictor) -> str:
             interpolation="nearest",
         )
         for ax, t in zip(row, ("image", "reference", "delivered map"), strict=True):
-            ax.set_title(t)
+            ax.set_title(f"{panel.title}: {t}" if panel.title else t, fontsize=9)
             ax.axis("off")
     return _png(fig)
 
@@ -139,6 +140,15 @@ def _interval(m: dict[str, Any], key: str) -> str:
 _ENV.filters["ci"] = _interval
 
 
+def importance_png(importance: dict[str, float]) -> str:
+    """Bar chart of the permutation band importance (drop in mean IoU when a band is shuffled)."""
+    names = list(importance)
+    fig, ax = plt.subplots(figsize=(6, 0.35 * len(names) + 1.2))
+    ax.barh(names[::-1], [importance[n] for n in names][::-1], color="tab:blue")
+    ax.set_xlabel("drop in mean IoU when the band is shuffled")
+    return _png(fig)
+
+
 def render_report(
     metrics: dict[str, Any],
     predictor: Predictor,
@@ -146,7 +156,9 @@ def render_report(
     train_log: str | Path | None,
     credits: str | None,
     config: dict[str, Any] | None = None,
+    figures: dict[str, str] | None = None,
 ) -> str:
+    """The report; ``figures`` holds extra base64 PNGs by name (chips, roc, pr, reliability, importance)."""
     curves = _curves_plot(Path(train_log)) if train_log is not None else None
     rows = [{"name": metrics["model"]["arch"], "kind": "model", **metrics}, *metrics.get("baselines", [])]
     return _ENV.get_template("report.html.j2").render(
@@ -158,4 +170,5 @@ def render_report(
         panels_png=_panel_plot(panels, predictor) if panels else None,
         credits=credits,
         config_yaml=yaml.safe_dump(config, sort_keys=False) if config else None,
+        fig=figures or {},
     )

@@ -284,32 +284,91 @@ def evaluate(
         )
     ]
     panels = _panels(store, scene, map_path, ids)
+    figures = _insights(predictor, store, scene, names, cfg, metrics)
     metrics_text = json.dumps(metrics, indent=2)
     write_text(out_dir / "metrics.json", metrics_text)
-    write_text(out_dir / "report.html", render_report(metrics, predictor, panels, train_log, credits, config))
+    write_text(
+        out_dir / "report.html",
+        render_report(metrics, predictor, panels, train_log, credits, config, figures=figures),
+    )
     for w in metrics["warnings"]:
         log.warning("%s", w["message"])
     return metrics
 
 
+def _insights(
+    predictor: Predictor,
+    store: ChipStore,
+    scene: PreparedScene,
+    names: list[str],
+    cfg: EvaluateConfig,
+    metrics: dict[str, Any],
+) -> dict[str, str]:
+    """What the report shows beyond the scores: chip footprints and class histograms per split, and, from the
+    model's probabilities on the first ``cfg.insight_chips`` test chips, ROC/PR curves, calibration and the
+    permutation band importance (also stored in ``metrics``: ``curves``, ``band_importance``)."""
+    import base64
+
+    from eoforge.chips.plots import class_histogram_png, footprint_map_png
+    from eoforge.evaluate.curves import curves_on_chips, plot_pr, plot_reliability, plot_roc
+    from eoforge.evaluate.explain import band_importance
+    from eoforge.evaluate.report import importance_png
+
+    def b64(png: bytes) -> str:
+        return base64.b64encode(png).decode()
+
+    figures = {
+        "footprints": b64(footprint_map_png(store, scene)),
+        "histograms": b64(class_histogram_png(store, names)),
+    }
+    chips = sorted(store.splits["test"])[: cfg.insight_chips]
+    if not chips:
+        return figures
+    images, labels = store.arrays()
+    x = np.stack([np.asarray(images[j]) for j in chips]).astype(np.float32)
+    y = np.stack([np.asarray(labels[j]) for j in chips])
+    acc = curves_on_chips(predictor, x, y)
+    metrics["curves"] = {"test_chips": len(chips), **acc.to_json(names)}
+    colors = [c.color for c in predictor.meta.classes]
+    figures["roc"] = b64(plot_roc(acc.roc(), names, colors))
+    figures["pr"] = b64(plot_pr(acc.pr(), names, colors))
+    figures["reliability"] = b64(plot_reliability(acc.calibration()))
+    importance = band_importance(predictor, x, y, seed=cfg.seed)
+    metrics["band_importance"] = {"test_chips": len(chips), "miou_drop": importance}
+    figures["importance"] = importance_png(importance)
+    return figures
+
+
 def _panels(
-    store: ChipStore, scene: PreparedScene, map_path: Path, ids: list[int], n: int = 3
+    store: ChipStore, scene: PreparedScene, map_path: Path, ids: list[int], n: int = 2
 ) -> list[Panel]:
-    """Image, reference and delivered-map windows of a few test chips spread over the split."""
+    """Image, reference and delivered-map windows of the ``n`` best and ``n`` worst test chips (by the share of
+    their labelled pixels the map gets right; chips with at least 100 labelled pixels, up to 500 chips read)."""
     idx = store.index()
-    test = idx[idx["split"] == "test"].sort_values(["row", "col"])
+    test = idx[idx["split"] == "test"].sort_values(["row", "col"]).head(500)
     if test.empty:
         return []
-    pick = test.iloc[np.unique(np.linspace(0, len(test) - 1, min(n, len(test))).astype(int))]
     lut = np.full(65536, IGNORE_INDEX, dtype=np.uint8)
     lut[np.asarray(ids)] = np.arange(len(ids))
-    out = []
-    with rasterio.open(scene.image) as img, rasterio.open(scene.labels) as lab, rasterio.open(map_path) as mp:
-        for row, col in zip(pick["row"], pick["col"], strict=True):
+    scored: list[tuple[float, Window, np.ndarray, np.ndarray]] = []
+    with rasterio.open(scene.labels) as lab, rasterio.open(map_path) as mp:
+        for row, col in zip(test["row"], test["col"], strict=True):
             w = Window(int(col), int(row), store.size, store.size)
+            ref = lab.read(1, window=w)
             pred = mp.read(1, window=w, masked=True)
             pred_idx = np.where(
                 np.ma.getmaskarray(pred), IGNORE_INDEX, lut[np.asarray(pred.filled(0), np.int64)]
             )
-            out.append(Panel(img.read(window=w), lab.read(1, window=w), pred_idx))
+            labelled = ref != IGNORE_INDEX
+            if labelled.sum() >= 100:
+                scored.append((float((pred_idx[labelled] == ref[labelled]).mean()), w, ref, pred_idx))
+    scored.sort(key=lambda t: t[0])
+    picks = [("worst", t) for t in scored[:n]] + [
+        ("best", t) for t in scored[::-1][:n] if t not in scored[:n]
+    ]
+    out = []
+    with rasterio.open(scene.image) as img:
+        for kind, (acc, w, ref, pred_idx) in picks:
+            title = f"{kind} (agreement {acc:.2f}, row {int(w.row_off)} col {int(w.col_off)})"
+            out.append(Panel(img.read(window=w), ref, pred_idx, title))
     return out
