@@ -260,3 +260,16 @@ def test_datamodule_loaders_with_workers_and_an_epoch_seeded_order(tmp_path: Pat
     assert sorted(first) == list(range(8)) and list(s) == first
     epoch[0] = 1
     assert list(s) != first
+
+
+def test_a_diverged_loss_stops_training_with_one_clear_line(tmp_path: Path) -> None:
+    """Non-finite values in the data make the loss NaN: training stops with an InputError, not an all-NaN model."""
+    store, scene = _store(tmp_path)
+    image = zarr.open_group(str(tmp_path / "chips.zarr"), mode="r+")["image"]
+    bad = np.asarray(image[0])
+    bad[1] = np.inf  # a band of inf: normalisation keeps it inf (only NaN means nodata)
+    image[0] = bad  # type: ignore[index]
+    with pytest.raises(
+        InputError, match=r"training diverged: the loss is (nan|inf) at epoch 0.*lower train.lr"
+    ):
+        train(store, scene, TINY, _cfg(epochs=1, batch_size=8), tmp_path)

@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from eoforge.config import IGNORE_INDEX
+from eoforge.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,12 @@ class SegmentationTask(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
         loss: torch.Tensor = self.loss(logits, batch["mask"])
+        if not torch.isfinite(loss):
+            # a diverged run would otherwise end "successfully" with an all-NaN model (issue 12, cause 3)
+            raise InputError(
+                f"training diverged: the loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}; "
+                f"lower train.lr (now {self.lr}) or check the inputs for extreme values"
+            )
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
         return loss
 
