@@ -7,12 +7,12 @@ import torch
 from torch.utils.data import Dataset
 
 from eoforge.chips import ChipStore
+from eoforge.normalise import normalize_array
 
 
-def normalize(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Standardise bands ``(C, H, W)``; nodata (NaN) becomes 0, the band mean."""
-    out = (image - mean[:, None, None]) / std[:, None, None]
-    return np.nan_to_num(out, nan=0.0).astype(np.float32, copy=False)
+def normalize(image: np.ndarray, mean: np.ndarray, std: np.ndarray, clamp: bool = False) -> np.ndarray:
+    """Normalise bands ``(C, H, W)`` (see :mod:`eoforge.normalise`); nodata (NaN) becomes 0."""
+    return normalize_array(image, mean, std, clamp)
 
 
 def d4(image: torch.Tensor, mask: torch.Tensor, k: int, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -25,16 +25,24 @@ def d4(image: torch.Tensor, mask: torch.Tensor, k: int, flip: bool) -> tuple[tor
 
 
 class ChipDataset(Dataset[dict[str, torch.Tensor]]):
-    """Chips of one split: ``{"image": (C, S, S) float32 normalised, "mask": (S, S) int64}``."""
+    """Chips of one split: ``{"image": (C, S, S) float32 normalised, "mask": (S, S) int64}``; ``clamp``: clip the
+    normalised values to [0, 1] (``normalize: percentile``, :func:`eoforge.normalise.clamps`)."""
 
     def __init__(
-        self, store: ChipStore, split: str, mean: list[float], std: list[float], augment: bool = False
+        self,
+        store: ChipStore,
+        split: str,
+        mean: list[float],
+        std: list[float],
+        augment: bool = False,
+        clamp: bool = False,
     ) -> None:
         self.indices = store.splits[split]
         self.store = store
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
         self.augment = augment
+        self.clamp = clamp
         self._arrays = store.arrays()
 
     def __len__(self) -> int:
@@ -43,7 +51,7 @@ class ChipDataset(Dataset[dict[str, torch.Tensor]]):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         images, labels = self._arrays
         j = self.indices[i]
-        image = torch.from_numpy(normalize(np.asarray(images[j]), self.mean, self.std))
+        image = torch.from_numpy(normalize(np.asarray(images[j]), self.mean, self.std, self.clamp))
         mask = torch.from_numpy(np.asarray(labels[j]).astype(np.int64))
         if self.augment:
             k = int(torch.randint(0, 4, ()).item())

@@ -285,8 +285,8 @@ class RecipeSource:
                 len(names),
                 str(self._groups[0].files[0]),
             )
-            if sensor is not None and recipe.nodata is None:  # the product's fill value, tagged or not
-                nds = [sensor.nodata] * len(names)
+            if sensor is not None and recipe.nodata is None:  # the product's fill values, tagged or not
+                nds = [sensor.fill(n) for n in names]
             k = 0
             warped = []
             for g in self._groups:

@@ -40,7 +40,8 @@ class EpochShuffle(Sampler[int]):
 
 
 class ChipDataModule(L.LightningDataModule):
-    """Train/val/test loaders over a :class:`ChipStore` (``store.splits``), normalised with ``mean``/``std``.
+    """Train/val/test loaders over a :class:`ChipStore` (``store.splits``), normalised with ``mean``/``std`` (and
+    ``clamp``, see :mod:`eoforge.normalise`).
 
     The train loader shuffles and reads with ``num_workers`` persistent worker processes; augmentation runs
     on the batch on the training device (see :mod:`eoforge.train.augment`), never here.
@@ -55,8 +56,10 @@ class ChipDataModule(L.LightningDataModule):
         num_workers: int | None = None,
         pin_memory: bool = False,
         seed: int = 0,
+        clamp: bool = False,
     ) -> None:
         super().__init__()
+        self.clamp = clamp
         self.store = store
         self.mean = mean
         self.std = std
@@ -73,7 +76,7 @@ class ChipDataModule(L.LightningDataModule):
         return len(self.store.splits.get(split, [])) > 0
 
     def _loader(self, split: str, train: bool) -> DataLoader[dict[str, object]]:
-        ds = ChipDataset(self.store, split, self.mean, self.std)
+        ds = ChipDataset(self.store, split, self.mean, self.std, clamp=self.clamp)
         workers = self.num_workers if train else 0
         return DataLoader(
             ds,  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from eoforge.config import ModelConfig, TrainConfig
 from eoforge.errors import InputError
 from eoforge.io.atomic import write_text
 from eoforge.models import create_model
+from eoforge.normalise import clamps
 from eoforge.prepare import PreparedScene
 from eoforge.train.augment import BatchAugment
 from eoforge.train.datamodule import ChipDataModule
@@ -203,6 +204,7 @@ def train(
         num_workers=cfg.num_workers,
         pin_memory=uses_cuda(cfg.accelerator),
         seed=cfg.seed,
+        clamp=clamps(scene.recipe),
     )
     has_val = data.has("val")
     monitor, mode = ("val_miou", "max") if has_val else ("train_loss", "min")
