@@ -8,8 +8,11 @@ IMG_DATA files, `inputs.sensor: sentinel2-l1c`). Both runs happen in child proce
 RSS: (1) `eoforge prepare` (alignment onto the 10 m grid with WarpedVRT, scale/offset, label burning, streaming
 statistics, zstd float32 GeoTIFF + labels), (2) the plain baseline: for every 512-px window, `rasterio` reads each
 file resampled onto the window (`out_shape`, bilinear) and writes the float32 stack with the same profile.
-Prints both wall and CPU times, peak RSS and the throughput ratio prepare / plain (the prepare child runs the
-Python API; the CLI adds the torch import, about 600 MiB, see PERFORMANCE.md).
+Prints both wall and CPU times (imports excluded; CPU of all threads), peak RSS and the throughput ratio
+prepare / plain (the prepare child runs the Python API; the CLI adds the torch import, about 600 MiB, see
+PERFORMANCE.md), and the disk used. Everything is written under a temporary folder (``--tmp``, default the
+system's) removed at exit; plain.tif is deleted before prepare runs, so the peak is inputs + one output (about
+9 GiB at --size 10980; the script checks the free space first).
 """
 
 from __future__ import annotations
@@ -87,17 +90,23 @@ def plain(paths: list[str], out: str, size: int, block: int) -> None:
 
 CHILD = """
 import json, resource, sys, time
+{setup}
+r0 = resource.getrusage(resource.RUSAGE_SELF)
 t0 = time.perf_counter()
 {body}
 ru = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({{"secs": time.perf_counter() - t0, "cpu": ru.ru_utime + ru.ru_stime,
-                  "peak_mib": ru.ru_maxrss / 1024}}))
+cpu = ru.ru_utime + ru.ru_stime - r0.ru_utime - r0.ru_stime
+print(json.dumps({{"secs": time.perf_counter() - t0, "cpu": cpu, "peak_mib": ru.ru_maxrss / 1024}}))
 """
 
 
-def child(body: str) -> dict[str, float]:
+def child(setup: str, body: str) -> dict[str, float]:
+    """Run ``setup`` (imports, not timed) then ``body`` (timed: wall, CPU of all threads) in a fresh process."""
     out = subprocess.run(
-        [sys.executable, "-c", CHILD.format(body=body)], check=True, capture_output=True, text=True
+        [sys.executable, "-c", CHILD.format(setup=setup, body=body)],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -156,16 +165,16 @@ def main() -> None:
             paths, key=lambda p: [n for ns in BANDS.values() for n in ns].index(p.name.split("_")[2][:3])
         )
         base = child(
-            f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-            f"from prepare import plain\n"
-            f"plain({[str(p) for p in ordered]!r}, {str(tmp / 'plain.tif')!r}, {args.size}, {args.block})"
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom prepare import plain",
+            f"plain({[str(p) for p in ordered]!r}, {str(tmp / 'plain.tif')!r}, {args.size}, {args.block})",
         )
         disk_plain = (tmp / "plain.tif").stat().st_size
         (tmp / "plain.tif").unlink()  # keep the peak disk use at inputs + one output
         prep = child(
             "from eoforge.config import load_config\nfrom eoforge.prepare import prepare\n"
+            "import eoforge.prepare.indices, eoforge.prepare.recipe",
             f"cfg = load_config({str(tmp / 'cfg.yaml')!r})\n"
-            f"prepare(cfg.inputs, {str(tmp / 'run')!r}, block={args.block}, prep=cfg.prepare)"
+            f"prepare(cfg.inputs, {str(tmp / 'run')!r}, block={args.block}, prep=cfg.prepare)",
         )
         disk_prep = du(tmp / "run")
         mp = args.size * args.size / 1e6

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.windows import Window
 
 from eoforge.config import IGNORE_INDEX, InputsConfig, PrepareConfig
 from eoforge.errors import InputError
@@ -92,10 +95,21 @@ def prepare(
                     rasterio.open(
                         tmp / "labels.tif", "w", count=1, dtype="uint8", nodata=IGNORE_INDEX, **profile
                     ) as dst_lab,
+                    ExitStack() as stack,
                 ):
                     dst_img.descriptions = tuple(bands)
-                    for win in block_windows(grid, block):
-                        img = source.read(win)
+                    windows = block_windows(grid, block)
+                    # one reader thread prefetches the next block while this one is burnt, counted and written
+                    # (GDAL releases the GIL: about 1.5x faster on 2 cores, benchmarks/prepare.py); 2 blocks in
+                    # memory at most; the pool is shut down (waiting for its read) before the source closes
+                    pool = stack.enter_context(
+                        ThreadPoolExecutor(1, thread_name_prefix="eoforge-prepare-read")
+                    )
+                    pending = pool.submit(_read, source, windows[0])
+                    for i, win in enumerate(windows):
+                        img = pending.result()
+                        if i + 1 < len(windows):
+                            pending = pool.submit(_read, source, windows[i + 1])
                         valid = valid_mask(img)
                         if gdf is not None:
                             lab = burn(gdf, grid, win, bg, cfg.labels.all_touched)
@@ -111,7 +125,9 @@ def prepare(
                         lab[~valid] = IGNORE_INDEX
                         dst_img.write(img, window=win)
                         dst_lab.write(lab, 1, window=win)
-                        stats.update(img[:, valid])  # under 'all' a band may be NaN at a valid pixel
+                        # under 'all' a band may be NaN at a valid pixel; a whole valid block is passed as a view
+                        flat = img.reshape(img.shape[0], -1)
+                        stats.update(flat if valid.all() else flat[:, valid.ravel()])
                         n += int(valid.sum())
                         counts += np.bincount(lab[lab != IGNORE_INDEX], minlength=n_cls)[:n_cls]
                 mapper.check(cfg.labels.path)
@@ -160,6 +176,12 @@ def prepare(
         "prepared %dx%d px, %d channels, %d labelled px", grid.width, grid.height, len(bands), counts.sum()
     )
     return scene
+
+
+def _read(source: RecipeSource, win: Window) -> np.ndarray:
+    """``source.read`` in the reader thread, under the same GDAL cache cap (rasterio's Env is per thread)."""
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        return source.read(win)
 
 
 LOST_WARN_FRACTION = 0.05

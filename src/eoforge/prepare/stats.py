@@ -37,15 +37,18 @@ class BandStats:
 
     def update(self, values: np.ndarray) -> None:
         """``values`` (C, N): pixels of one block; NaN entries (a band nodata at a valid pixel) are skipped."""
+        if not values.shape[1]:
+            return
+        ok = ~np.isnan(values)
         v = values.astype(np.float64)
-        ok = ~np.isnan(v)
-        if ok.all():  # the common case: no band gap, plain reductions
+        if ok.all():  # the common case: no band gap, plain reductions (one float64 copy, squared in place)
             nb = np.full(v.shape[0], v.shape[1], dtype=np.int64)
-            if not v.shape[1]:
-                return
             bmean = v.mean(axis=1)
-            bm2 = ((v - bmean[:, None]) ** 2).sum(axis=1)
-            bmin, bmax = v.min(axis=1), v.max(axis=1)
+            v -= bmean[:, None]
+            np.square(v, out=v)
+            bm2 = v.sum(axis=1)
+            bmin = values.min(axis=1).astype(np.float64)
+            bmax = values.max(axis=1).astype(np.float64)
         else:
             nb = ok.sum(axis=1)
             if not nb.any():
