@@ -319,3 +319,23 @@ def test_modis_mod13q1_preset(tmp_path: Path) -> None:
 
     listed = CliRunner().invoke(cli, ["sensors"], terminal_width=250)
     assert listed.exit_code == 0 and "modis-mod13q1" in listed.output and "pixel_reliability" in listed.output
+
+
+def test_modis_mod09ga_reflectance_and_state_bits(tmp_path: Path) -> None:
+    t500 = Affine(463.312716, 0, MODIS_T.c, 0, -463.312716, MODIS_T.f)
+    t1km = Affine(926.625433, 0, MODIS_T.c, 0, -926.625433, MODIS_T.f)
+    red = np.full((8, 8), 520, np.int16)
+    red[7, 7] = -28672  # fill
+    state = np.zeros((4, 4), np.uint16)
+    state[1, 2] = 0b1  # bit 0: cloudy -> the 2 x 2 500 m pixels below it
+    stem = "MOD09GA.061_{}_doy2023177_aid0001.tif"
+    write_tif(tmp_path / stem.format("sur_refl_b01_1"), red, None, t500, SINU)
+    write_tif(tmp_path / stem.format("sur_refl_b02_1"), np.full((8, 8), 2950, np.int16), None, t500, SINU)
+    write_tif(tmp_path / stem.format("state_1km_1"), state, None, t1km, SINU)
+    recipe = Recipe(bands=("red", "nir08"), sensor="modis-mod09ga", masks=(("state_1km", "bits", (0,)),))
+    with RecipeSource(recipe, [str(tmp_path / "MOD09GA.061_*.tif")]) as src:
+        img = src.read()
+    assert src.band_names == ["red", "nir08"] and img.shape == (2, 8, 8)
+    assert img[:, 0, 0].tolist() == pytest.approx([0.052, 0.295])
+    assert np.isnan(img[:, 2:4, 4:6]).all() and (~np.isnan(img[1])).sum() == 64 - 4
+    assert np.isnan(img[0, 7, 7]) and not np.isnan(img[1, 7, 7])
