@@ -229,10 +229,12 @@ class PrepareConfig(_Strict):
     )
     normalize: Literal["zscore", "minmax", "percentile"] = Field(
         default="zscore",
-        description="Normalisation: zscore (exact mean/std), minmax, or percentile (stretch between `clip`).",
+        description="Normalisation: zscore (exact mean/std), minmax, or percentile (values clamped to the `clip` "
+        "percentiles, then stretched to [0, 1]; percentiles within (max - min) / 4096 of the exact ones).",
     )
     clip: tuple[float, float] = Field(
-        default=(2.0, 98.0), description="Lower and upper percentiles of `normalize: percentile`."
+        default=(2.0, 98.0),
+        description="Lower and upper percentiles of `normalize: percentile`; values beyond them are clamped.",
     )
 
     @field_validator("aoi")
