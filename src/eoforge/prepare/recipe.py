@@ -388,8 +388,9 @@ class RecipeSource:
         window = window or Window(0, 0, self.grid.width, self.grid.height)
         parts = [combine([r.read(window) for r in g.readers], self.recipe.mosaic) for g in self._groups]
         out = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0].copy()
-        if self._scaled:
-            out = out * self._scale + self._offset
+        if self._scaled:  # in place: ``out`` is a fresh array
+            out *= self._scale
+            out += self._offset
         if self._masks:
             masked = np.zeros(out.shape[1:], dtype=bool)
             for m in self._masks:
