@@ -100,7 +100,7 @@ def prepare(
                     dst_img.descriptions = tuple(bands)
                     windows = block_windows(grid, block)
                     # one reader thread prefetches the next block while this one is burnt, counted and written
-                    # (GDAL releases the GIL: about 1.5x faster on 2 cores, benchmarks/prepare.py); 2 blocks in
+                    # (GDAL releases the GIL, so the warp overlaps the rest on a second core); 2 blocks in
                     # memory at most; the pool is shut down (waiting for its read) before the source closes
                     pool = stack.enter_context(
                         ThreadPoolExecutor(1, thread_name_prefix="eoforge-prepare-read")
