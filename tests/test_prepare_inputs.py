@@ -19,18 +19,23 @@ from conftest import CRS, TRANSFORM, write_tif
 from helpers import PickBand0
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rasterio.drivers import raster_driver_extensions
 from rasterio.transform import rowcol
 from rasterio.warp import transform as warp_points
+from rasterio.windows import Window
 from shapely.geometry import box
 
 from eoforge.chips.make import make_chips
+from eoforge.cli import cli
 from eoforge.config import ChipsConfig, SplitConfig, parse_config
 from eoforge.data import ChipDataset
+from eoforge.geo import Grid
 from eoforge.normalise import clamps
 from eoforge.package import ClassInfo, PackageMeta, Predictor, save_package
 from eoforge.package.onnx import OnnxPredictor
 from eoforge.predict import predict
 from eoforge.prepare import prepare
+from eoforge.prepare.align import GridReader
 from eoforge.prepare.recipe import Recipe, RecipeSource
 from eoforge.prepare.stats import Histogram
 
@@ -193,6 +198,27 @@ def test_per_band_nodata_of_a_reprojected_multiband_file(tmp_path: Path) -> None
             np.testing.assert_array_equal(img[b][ok], value)
 
 
+def test_per_band_nodata_with_an_alpha_band_when_warped(tmp_path: Path) -> None:
+    d = np.full((4, 8, 8), 7, np.uint16)
+    d[0, :, :2] = 1  # band 0: nodata 1
+    d[1, :2, :] = 2  # band 1: nodata 2
+    d[3] = 65535
+    d[3, 6:, :] = 0  # alpha: the bottom two rows are transparent
+    with rasterio.open(
+        tmp_path / "rgba.tif", "w", driver="GTiff", width=8, height=8, count=4, dtype="uint16", crs=CRS,
+        transform=Affine(20, 0, X0, 0, -20, Y0), photometric="RGB", ALPHA="YES",
+    ) as dst:  # fmt: skip
+        dst.write(d)
+    grid = Grid(CRS, TRANSFORM, 16, 16)
+    with GridReader(tmp_path / "rgba.tif", grid, "nearest", [1.0, 2.0, None]) as r:
+        assert r.warped and r.count == 3  # alpha is a mask, never a band
+        img = r.read(Window(0, 0, 16, 16))
+    assert np.isnan(img[:, 12:]).all()  # transparent rows
+    assert np.isnan(img[0, :12, :4]).all() and np.isnan(img[1, :4]).all()
+    assert (np.isnan(img).sum(axis=(1, 2)) == [64 + 48, 64 + 64, 64]).all()
+    assert (img[~np.isnan(img)] == 7).all()
+
+
 # --- 3. Sentinel-2 JPEG2000 granule files at 10/20/60 m ------------------------------------------------------
 
 
@@ -215,8 +241,6 @@ def _jp2(path: Path, dn: np.ndarray, res: int) -> Path:
 
 
 def test_sentinel2_jp2_granule_at_three_resolutions_with_ndvi(tmp_path: Path) -> None:
-    from rasterio.drivers import raster_driver_extensions
-
     assert raster_driver_extensions().get("jp2") == "JP2OpenJPEG", "GDAL lacks the JP2OpenJPEG driver"
     safe = tmp_path / "S2B_MSIL2A_20230801T100031_N0509_R122_T33TWM_20230801T130000.SAFE"
     img_data = safe / "GRANULE" / "L2A_T33TWM_A033000_20230801T100031" / "IMG_DATA"
@@ -315,8 +339,6 @@ def test_modis_mod13q1_preset(tmp_path: Path) -> None:
     assert np.isnan(img[0, 0]).all() and not np.isnan(img[1:, 0, 1:]).any()  # per-band fill values
     assert np.isnan(img[2, 1:, 0]).all() and not np.isnan(img[[0, 1, 3], 1:, 0]).any()
     assert np.isnan(img[:, 10:14, 10:14]).all() and not np.isnan(img[:, 20:, 20:]).any()
-    from eoforge.cli import cli
-
     listed = CliRunner().invoke(cli, ["sensors"], terminal_width=250)
     assert listed.exit_code == 0 and "modis-mod13q1" in listed.output and "pixel_reliability" in listed.output
 
