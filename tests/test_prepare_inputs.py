@@ -101,6 +101,9 @@ def test_percentile_clip_at_training_and_predict(tmp_path: Path) -> None:
         s, rank = np.sort(v), int(np.ceil(q / 100 * v.size))
         assert abs(got - np.percentile(v, q)) <= acc + s[rank] - s[rank - 2]
     assert clamps(prep.recipe) and prep.recipe["normalize"] == {"mode": "percentile", "clip": [2.0, 98.0]}
+    assert prep.recipe["version"] == 2 and not clamps(
+        {**prep.recipe, "version": 1}
+    )  # older packages: no clip
     chips_cfg = ChipsConfig(size=32, stride=32, min_valid=0.1, split=SplitConfig(val=0.0, test=0.0))
     store = make_chips(prep, chips_cfg, tmp_path / "run")
     ds = ChipDataset(store, "train", prep.mean, prep.std, clamp=clamps(prep.recipe))

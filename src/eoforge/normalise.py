@@ -16,11 +16,13 @@ import numpy as np
 import torch
 
 CLAMPED_MODES = ("percentile",)
+CLAMP_SINCE_RECIPE = 2  # recipes of version 1 (older packages) were trained without the clip
 
 
 def clamps(recipe: Mapping[str, Any] | None) -> bool:
-    """Whether the recipe's normalisation clips to [0, 1] (``normalize: percentile``); None (no recipe): no."""
-    if not recipe:
+    """Whether the recipe's normalisation clips to [0, 1] (``normalize: percentile`` in a recipe of version 2 or
+    later); None (no recipe): no."""
+    if not recipe or int(recipe.get("version", 1)) < CLAMP_SINCE_RECIPE:
         return False
     return (recipe.get("normalize") or {}).get("mode") in CLAMPED_MODES
 

@@ -32,7 +32,7 @@ from eoforge.prepare.sensors import Sensor, get_sensor, quality_bits, quality_va
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: percentile stretches are clipped to [0, 1] (eoforge.normalise.clamps); 1 did not clip
 Images = Sequence[str | Path | Sequence[str | Path]]
 
 
