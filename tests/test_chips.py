@@ -20,6 +20,7 @@ from eoforge.chips.make import sample
 from eoforge.chips.samplers import grid_starts
 from eoforge.chips.splits import split_blocks, split_random
 from eoforge.chips.store import info
+from eoforge.chips.tasks import read_chips, read_groups
 from eoforge.cli import main
 from eoforge.config import ChipsConfig, ComputeConfig, parse_config
 from eoforge.errors import DataError, InputError
@@ -69,6 +70,40 @@ def test_grid_starts_cover_the_edge(length: int, size: int, stride: int) -> None
         covered[s : s + size] = True
     assert covered.all()
     assert list(starts) == sorted(set(starts))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), min_size=1, max_size=30),
+    st.integers(1, 12),
+    st.sampled_from([1.0, 2.0, 4.0]),
+)
+def test_read_groups_cover_each_chip_once_in_a_bounded_box(
+    corners: list[tuple[int, int]], size: int, waste: float
+) -> None:
+    rows, cols = (np.array(v) for v in zip(*sorted(corners), strict=True))
+    groups = read_groups(rows, cols, size, waste)
+    assert [a for a, _ in groups] == [0, *[b for _, b in groups[:-1]]] and groups[-1][1] == len(rows)
+    for a, b in groups:
+        box = (rows[a:b].max() - rows[a:b].min() + size) * (cols[a:b].max() - cols[a:b].min() + size)
+        assert b - a == 1 or box <= waste * (b - a) * size * size
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 30)), min_size=1, max_size=12), st.booleans())
+def test_read_chips_equal_window_reads(
+    tmp_path_factory: pytest.TempPathFactory, corners: list, band: bool
+) -> None:
+    tif = tmp_path_factory.getbasetemp() / "read_chips.tif"
+    if not tif.exists():
+        write_tif(tif, np.random.default_rng(0).random((3, 56, 46)).astype(np.float32))
+    rows, cols = (np.array(v) for v in zip(*sorted(corners), strict=True))
+    with rasterio.open(tif) as ds:
+        got = dict(read_chips(ds, rows, cols, 16, band=1 if band else None))
+        assert sorted(got) == list(range(len(rows)))
+        for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
+            w = rasterio.windows.Window(int(c), int(r), 16, 16)
+            np.testing.assert_array_equal(got[k], ds.read(1, window=w) if band else ds.read(window=w))
 
 
 def test_grid_chips_hold_every_valid_pixel(tmp_path: Path) -> None:
