@@ -399,3 +399,34 @@ def test_regions_path_is_relative_to_the_config_and_cli_compute(tmp_path: Path) 
     assert with_compute(cfg, None, 3).compute.workers == 3
     with pytest.raises(InputError, match="--scheduler/--workers: .*not both"):
         with_compute(cfg, "tcp://127.0.0.1:8786", 2)
+
+
+def test_dataset_batches_from_the_cache_equal_store_reads(built: ChipStore) -> None:
+    import pickle
+
+    import torch
+
+    from eoforge.data import ChipDataset
+
+    mean, std = [1.0, 1.0], [2.0, 4.0]
+    idx = built.index().set_index("chip")
+    lazy = ChipDataset(built, "train", mean, std, cache_mb=0)
+    cached = ChipDataset(built, "train", mean, std, cache_mb=1)
+    assert not lazy.cached and cached.cached
+    assert not ChipDataset(built, "train", mean, std, cache_mb=0.001).cached  # the split does not fit
+    pos = [3, 0, 3, len(lazy) - 1, 1]  # unsorted, with a repeat
+    ramp = np.arange(32)
+    for ds in (lazy, cached):
+        image, mask = ds.batch(pos)
+        assert image.shape == (5, 2, 32, 32) and image.dtype == torch.float32 and mask.dtype == torch.int64
+        for k, p in enumerate(pos):
+            r, c = idx.loc[built.splits["train"][p], ["row", "col"]]
+            # band 0 is the scene row + 1, band 1 the column + 1: normalised with (x - mean) / std
+            np.testing.assert_allclose(image[k, 0].numpy(), np.repeat(((r + ramp) / 2.0)[:, None], 32, 1))
+            np.testing.assert_allclose(image[k, 1].numpy(), np.repeat(((c + ramp) / 4.0)[None, :], 32, 0))
+            np.testing.assert_array_equal(mask[k].numpy(), np.repeat((c + ramp >= 96)[None, :], 32, 0))
+        assert ds[pos[0]]["image"].shape == (2, 32, 32)
+    assert cached._cache is not None and lazy._cache is None
+    copy = pickle.loads(pickle.dumps(cached))  # what a worker process receives: no arrays, no cache
+    assert copy._cache is None and copy._arrays is None and copy.cached
+    torch.testing.assert_close(copy.batch(pos)[0], cached.batch(pos)[0])
