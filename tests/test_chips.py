@@ -324,7 +324,11 @@ def test_regions_split_with_buffer(tmp_path: Path) -> None:
         make_chips(scene, bad, tmp_path / "run2")
 
 
-def test_local_cluster_writes_the_same_store(tmp_path: Path) -> None:
+def test_local_cluster_writes_the_same_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # shards of 4 chips, 2 shards per task: 27 chips make 4 tasks, most with a shard written while the next is read
+    monkeypatch.setattr("eoforge.chips.store.SHARD", 4)
+    monkeypatch.setattr("eoforge.chips.make.SHARD", 4)
+    monkeypatch.setattr("eoforge.chips.make.SHARDS_PER_TASK", 2)
     scene = _prepare(tmp_path, _two_class(64, 160))
     cfg = ChipsConfig(size=32, stride=16, points={"per_class": 30}, split={"block_size": 32})
     one = make_chips(scene, cfg, tmp_path / "one")
@@ -332,6 +336,7 @@ def test_local_cluster_writes_the_same_store(tmp_path: Path) -> None:
     files = sorted(p.relative_to(one.root) for p in one.root.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(two.root) for p in two.root.rglob("*") if p.is_file())
     assert len(files) > len(one.index()) + 5
+    assert zarr.open_array(str(one.zarr_path / "image"), mode="r").shards == (4, 2, 32, 32)
     for f in files:
         assert (one.root / f).read_bytes() == (two.root / f).read_bytes(), f
 
