@@ -1,7 +1,7 @@
 """Chips stage throughput, from one run: against plain window reads, 2 Dask workers against 1, and the
 training loader against the demo U-Net's training step.
 
-    .venv/bin/python benchmarks/chips.py [--size 1536] [--bands 6] [--chip 64]
+    .venv/bin/python benchmarks/chips.py [--size 1536] [--bands 6] [--chip 64] [--skip-dask] [--skip-loader]
 
 1. chips/s of ``make_chips`` (grid sampler, filters, block split, extraction, Zarr + GeoParquet, leakage
    check; in-process scheduler) against chips/s of plain rasterio window reads of the same windows (image
@@ -126,7 +126,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1536, help="scene side in pixels")
     ap.add_argument("--bands", type=int, default=6)
     ap.add_argument("--chip", type=int, default=64)
-    ap.add_argument("--skip-dask", action="store_true")
+    ap.add_argument("--skip-dask", action="store_true", help="skip measure 2")
+    ap.add_argument("--skip-loader", action="store_true", help="skip measure 3")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     with tempfile.TemporaryDirectory() as d:
@@ -160,14 +161,17 @@ def main() -> None:
                     rates[workers] = timed_chips(scene, cfg.chips, folder / f"w{workers}", client)
             print(f"2. 2 Dask workers {rates[2]:.0f} chips/s, 1 worker {rates[1]:.0f} chips/s, "
                   f"ratio {rates[2] / rates[1]:.2f}")  # fmt: skip
-        model = model_rate(store, scene)
-        cold, warm, workers = loader_rate(store, scene, TrainConfig().cache_mb)
-        print(
-            f"3. loader {warm:.0f} samples/s ({workers} workers, train.cache_mb default; first epoch {cold:.0f}), "
-            f"U-Net training {model:.1f} samples/s, ratio {warm / model:.1f}"
-        )
-        _, warm0, _ = loader_rate(store, scene, 0)
-        print(f"   without the cache (train.cache_mb: 0): {warm0:.0f} samples/s, ratio {warm0 / model:.1f}")
+        if not args.skip_loader:
+            model = model_rate(store, scene)
+            cold, warm, workers = loader_rate(store, scene, TrainConfig().cache_mb)
+            print(
+                f"3. loader {warm:.0f} samples/s ({workers} workers, train.cache_mb default; first epoch {cold:.0f}), "
+                f"U-Net training {model:.1f} samples/s, ratio {warm / model:.1f}"
+            )
+            _, warm0, _ = loader_rate(store, scene, 0)
+            print(
+                f"   without the cache (train.cache_mb: 0): {warm0:.0f} samples/s, ratio {warm0 / model:.1f}"
+            )
         print(f"load average {os.getloadavg()[0]:.1f}")
 
 
