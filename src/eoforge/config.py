@@ -434,6 +434,12 @@ class TrainConfig(_Strict):
     num_workers: int | None = Field(
         default=None, ge=0, description="DataLoader worker processes (default: CPU count - 1, at most 4)."
     )
+    cache_mb: float = Field(
+        default=1024,
+        ge=0,
+        description="Hold a split's chips in memory when they take at most this many MiB (read once, no I/O "
+        "per epoch; each DataLoader worker holds its own copy); 0 reads every batch from the store.",
+    )
     accelerator: str = Field(default="auto", description="Lightning accelerator: auto, cpu, gpu.")
     devices: int | str = Field(default=1, description="Lightning devices (1, 2, 'auto').")
     strategy: str = Field(default="auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp …")

@@ -202,6 +202,7 @@ def train(
         scene.std,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
+        cache_mb=cfg.cache_mb,
         pin_memory=uses_cuda(cfg.accelerator),
         seed=cfg.seed,
         clamp=clamps(scene.recipe),
