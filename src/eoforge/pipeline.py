@@ -50,7 +50,6 @@ def save_config(cfg: RunConfig, out: Path) -> None:
 
 
 def stage_prepare(cfg: RunConfig, out: Path) -> PreparedScene:
-    save_config(cfg, out)
     # points/lines as labels are sparse labels: only with chips that keep any labelled pixel
     return prepare(cfg.inputs, out, prep=cfg.prepare, sparse=cfg.chips.labelled_fraction == 0)
 
@@ -185,7 +184,10 @@ def _stale(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path, stage: s
 
 
 def _record(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path, stage: str | None) -> None:
-    """Record ``stage`` as finished, drop the stages after it, refresh output digests; write stages.json."""
+    """Record ``stage`` as finished, drop the stages after it, refresh output digests; write stages.json and
+    ``OUT/config.yaml`` (the config of what OUT now holds; a command refused before any stage finished leaves
+    both as they were)."""
+    save_config(cfg, out)
     if stage is not None:
         state[stage] = {"config": stage_hash(cfg, stage), "inputs": stage_inputs(cfg, stage), "outputs": ""}
         for later in STAGES[STAGES.index(stage) + 1 :]:
@@ -291,7 +293,6 @@ def run_stage(
                 raise InputError(f"{first}: {problem}; run `eoforge {before}` first")
         todo.append(stage)
         _check_space(cfg, out, todo)
-        save_config(cfg, out)
         result = None
         for name in todo:
             with _output_errors(out):
@@ -323,7 +324,8 @@ def run(
         state = load_state(out / STATE) if resume else {}
         todo = _todo(state, cfg, out)
         _check_space(cfg, out, list(todo))
-        save_config(cfg, out)
+        if not todo:  # nothing to run: OUT/config.yaml still follows the latest command
+            save_config(cfg, out)
         metrics: dict[str, Any] | None = None
         for stage in STAGES:
             why = todo.get(stage)

@@ -64,7 +64,10 @@ def stage_bytes(
 
 
 def _size(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+    for unit, power in (("GiB", 30), ("MiB", 20)):
+        if n >= 2**power:
+            return f"{n / 2**power:.1f} {unit}" if power == 30 else f"{n / 2**power:.0f} {unit}"
+    return f"{n / 2**10:.0f} KiB"
 
 
 def check_free_space(out: str | Path, needs: dict[str, int]) -> None:

@@ -195,7 +195,7 @@ def load_vector(
     facts: dict[str, Any] = {"kind": "vector", "layer": lab.layer, "rows": len(gdf)}
     if lab.column is not None:
         col = gdf[lab.column]
-        null = (col.isna() | (col.astype(str).str.strip() == "")).to_numpy()
+        null = col.isna().to_numpy()  # an empty string is a value: unknown unless listed (ignore_unknown)
         facts["null_class"] = int(null.sum())
         if null.all():
             raise InputError(
