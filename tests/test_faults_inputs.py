@@ -347,3 +347,25 @@ def test_chip_places_bound_the_grid_sampler(h: int, w: int, size: int, stride: i
     assert chip_places(h, w, cfg) == len(rows)
     balanced = ChipsConfig(size=size, stride=stride, sampler="balanced", split={"test": 0.2})
     assert chip_places(h, w, balanced) == 2 * len(rows)
+
+
+def test_a_run_with_dropped_rows_repaired_polygons_and_an_empty_class(scene: dict, tmp_path: Path) -> None:
+    """End to end: the run finishes, the report states what prepare dropped and repaired, and warns about the
+    class that has no labelled pixel."""
+    gdf = gpd.read_file(scene["labels"])
+    (x0, y0), (x1, y1) = TRANSFORM * (36, 4), TRANSFORM * (60, 28)
+    gdf.loc[2, "geometry"] = Polygon([(x0, y0), (x1, y1), (x1, y0), (x0, y1)])  # the field: a bow-tie
+    extra = gpd.GeoDataFrame({"cover": [None]}, geometry=[pixel_box(40, 0, 50, 10)], crs=CRS)
+    pd.concat([gdf, extra]).to_file(tmp_path / "messy.gpkg")
+    labels = {"path": str(tmp_path / "messy.gpkg"), "column": "cover"}
+    cfg = _cfg(scene, labels=labels, classes={**scene["classes"], 4: "urban"})
+    out = scene["dir"] / "out"
+    main(["-q", "run", str(cfg), "-o", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["label_facts"]["null_class"] == 1 and metrics["label_facts"]["repaired"] == 1
+    assert "class_no_labels" in [w["code"] for w in metrics["warnings"]]
+    html = " ".join((out / "report.html").read_text().split())
+    assert (
+        "Labels (4 features read): 1 without a class and 0 without geometry were dropped; 1 invalid" in html
+    )
+    assert "<b>class_no_labels</b>: &#39;urban&#39; listed in inputs.classes" in html
