@@ -237,10 +237,10 @@ def _sweep(out: Path) -> None:
         log.info("removed %d temporary file(s) left by an interrupted run", len(removed))
 
 
-def _check_space(cfg: RunConfig, out: Path, stages: list[str]) -> None:
-    """Refuse before anything is written when the stages' large outputs would not fit in ``out``'s disk."""
+def space_needs(cfg: RunConfig, out: Path, stages: list[str]) -> dict[str, int]:
+    """Estimated bytes the large outputs of ``stages`` need in ``out`` (see :mod:`eoforge.io.space`)."""
     if not set(stages) & set(SPACE_WHAT):
-        return
+        return {}
     if "prepare" in stages:  # the grid and channels the prepared stack will have
         _, source = open_prepare_source(cfg.inputs, cfg.prepare)
         with source:
@@ -248,8 +248,12 @@ def _check_space(cfg: RunConfig, out: Path, stages: list[str]) -> None:
     else:
         scene = PreparedScene.load(out / "prepared")
         h, w, c = scene.grid.height, scene.grid.width, len(scene.bands)
-    needs = stage_bytes(stages, h, w, c, list(cfg.inputs.classes), cfg.chips, cfg.predict)
-    check_free_space(out, needs)
+    return stage_bytes(stages, h, w, c, list(cfg.inputs.classes), cfg.chips, cfg.predict)
+
+
+def _check_space(cfg: RunConfig, out: Path, stages: list[str]) -> None:
+    """Refuse before anything is written when the stages' large outputs would not fit in ``out``'s disk."""
+    check_free_space(out, space_needs(cfg, out, stages))
 
 
 def _todo(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path) -> dict[str, str]:
