@@ -150,6 +150,18 @@ def test_a_table_beside_one_layer_needs_no_layer_key(scene: dict, tmp_path: Path
     assert set(np.unique(_labels(scene))) == {0, 1, 2, 255}
 
 
+def test_geoparquet_labels(scene: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gpd.read_file(scene["labels"]).to_parquet(tmp_path / "labels.parquet")
+    _prepared(scene, _cfg(scene, labels={"path": str(tmp_path / "labels.parquet"), "column": "cover"}))
+    assert set(np.unique(_labels(scene))) == {0, 1, 2, 255}
+    shutil.rmtree(scene["dir"] / "out")
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    err = _refused(
+        scene, _cfg(scene, labels={"path": str(tmp_path / "bad.parquet"), "column": "cover"}), capsys
+    )
+    assert f"{tmp_path / 'bad.parquet'}: not a readable vector file (" in err
+
+
 # ---------------------------------------------------------------- CSV labels
 
 

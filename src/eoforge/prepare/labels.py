@@ -20,7 +20,7 @@ from rasterio.windows import Window
 from shapely.geometry import box
 
 from eoforge.config import IGNORE_INDEX, InputsConfig
-from eoforge.errors import DataError, InputError
+from eoforge.errors import DataError, EoforgeError, InputError
 from eoforge.geo import Grid
 from eoforge.io.rasters import open_raster
 from eoforge.points import read_csv_geometries
@@ -135,10 +135,16 @@ def _read(cfg: InputsConfig) -> gpd.GeoDataFrame:
     path = lab.path
     if path.suffix.lower() == ".csv":
         return read_csv_geometries(path, lab.crs, "set inputs.labels.crs")
-    layer = _layer(path, lab.layer)
+    layer = None
     try:
-        gdf = gpd.read_file(path, layer=layer)
-    except Exception as exc:
+        if path.suffix.lower() == ".parquet":  # GeoParquet through pyarrow: GDAL's driver is often missing
+            gdf = gpd.read_parquet(path)
+        else:
+            layer = _layer(path, lab.layer)
+            gdf = gpd.read_file(path, layer=layer)
+    except EoforgeError:
+        raise
+    except Exception as exc:  # pyogrio / pyarrow raise several types for unreadable files
         raise DataError(f"{path}: not a readable vector file ({str(exc).splitlines()[0]})") from None
     if not isinstance(gdf, gpd.GeoDataFrame):
         raise InputError(
