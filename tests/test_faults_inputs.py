@@ -141,6 +141,14 @@ def test_several_layers_need_inputs_labels_layer(
     assert set(np.unique(_labels(scene))) == {0, 1, 2, 255}
 
 
+def test_labels_crs_is_for_files_without_one(scene: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    labels = {"path": str(scene["labels"]), "column": "cover"}
+    err = _refused(scene, _cfg(scene, labels={**labels, "crs": "EPSG:4326"}), capsys)
+    assert f"{scene['labels']}: the file's CRS (EPSG:32633) differs from inputs.labels.crs (EPSG:4326)" in err
+    _prepared(scene, _cfg(scene, labels={**labels, "crs": "epsg:32633"}))  # the same CRS, spelled otherwise
+    assert set(np.unique(_labels(scene))) == {0, 1, 2, 255}
+
+
 def test_a_table_beside_one_layer_needs_no_layer_key(scene: dict, tmp_path: Path) -> None:
     """A non-spatial table (e.g. QGIS layer styles) is not a second layer of labels."""
     gpkg = tmp_path / "styled.gpkg"

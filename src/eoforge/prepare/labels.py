@@ -12,7 +12,6 @@ import numpy as np
 import pyogrio
 import shapely
 from rasterio import features
-from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -152,7 +151,7 @@ def _read(cfg: InputsConfig) -> gpd.GeoDataFrame:
         )
     if gdf.crs is None and lab.crs is not None:
         gdf = gdf.set_crs(lab.crs)
-    elif gdf.crs is not None and lab.crs is not None and gdf.crs != CRS.from_user_input(lab.crs):
+    elif gdf.crs is not None and lab.crs is not None and not gdf.crs.equals(lab.crs):
         raise InputError(
             f"{path}: the file's CRS ({gdf.crs.to_string()}) differs from inputs.labels.crs ({lab.crs}); "
             "drop inputs.labels.crs (it is for CSV files and files without a CRS)"
