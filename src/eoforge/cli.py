@@ -114,9 +114,14 @@ def _headline(out: Path, metrics: dict[str, Any], quiet: bool) -> None:
     rows = [(metrics["model"]["arch"], metrics)] + [(b["name"], b) for b in metrics.get("baselines", [])]
     for name, m in rows:
         table.add_row(name, _ci(m, "kappa"), _ci(m, "mean_iou"), _ci(m, "overall_accuracy"))
+    for name, m in metrics.get("scenes", {}).items():  # inputs.scenes: the map of each scene
+        table.add_row(f"  scene {name}", _ci(m, "kappa"), _ci(m, "mean_iou"), _ci(m, "overall_accuracy"))
     if not quiet:
         out_console.print(table)
-    out_console.print(f"map:     {out / 'map.tif'}")
+    maps = out / "maps" if metrics.get("scenes") else out / "map.tif"
+    out_console.print(
+        f"map{'s' if metrics.get('scenes') else ''}:    {' ' if not metrics.get('scenes') else ''}{maps}"
+    )
     out_console.print(f"metrics: {out / 'metrics.json'}")
     out_console.print(f"report:  {out / 'report.html'}")
     out_console.print(f"model:   {out / 'model'}")

@@ -8,6 +8,7 @@ their chips straight into the Zarr arrays (one chunk per chip, so no two tasks w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -84,21 +85,25 @@ def pixel_keys(rows: np.ndarray, cols: np.ndarray, width: int, seed: int) -> np.
 
 
 def extract(
-    image: str,
-    labels: str,
+    images: list[str],
+    labels: list[str],
     store: str,
     start: int,
     rows: np.ndarray,
     cols: np.ndarray,
     splits: np.ndarray,
+    scenes: np.ndarray,
     size: int,
     width: int,
+    offsets: np.ndarray,
     points: tuple[int, int] | None,
 ) -> dict[str, np.ndarray] | None:
-    """Copy chips ``start, start+1, …`` into the Zarr arrays ``image`` and ``label`` of ``store``.
+    """Copy chips ``start, start+1, …`` into the Zarr arrays ``image`` and ``label`` of ``store``; chip ``k``
+    is read from ``images[scenes[k]]`` and ``labels[scenes[k]]`` (one pair for one scene).
 
     With ``points = (per_class, seed)``, also return this batch's candidates for the stratified point sample:
-    per (split, class) the ``per_class`` labelled valid pixels of smallest :func:`pixel_keys`.
+    per (split, class) the ``per_class`` labelled valid pixels of smallest :func:`pixel_keys`, at rows shifted
+    by their scene's ``offsets`` entry (scenes stacked one under the other, ``width`` the widest).
     """
     g = zarr.open_group(store, mode="r+")
     img_arr, lab_arr = g["image"], g["label"]
@@ -108,8 +113,16 @@ def extract(
     n = len(rows)
     imgs = np.empty((n, *img_arr.shape[1:]), dtype=np.float32)
     labs = np.empty((n, *lab_arr.shape[1:]), dtype=np.uint8)
-    with rasterio.open(image) as src, rasterio.open(labels) as lab:
-        for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
+    with contextlib.ExitStack() as stack:
+        opened: dict[int, tuple[Any, Any]] = {}
+        for k, (r, c, s) in enumerate(zip(rows, cols, scenes, strict=True)):
+            s = int(s)
+            if s not in opened:
+                opened[s] = (
+                    stack.enter_context(rasterio.open(images[s])),
+                    stack.enter_context(rasterio.open(labels[s])),
+                )
+            src, lab = opened[s]
             w = Window(int(c), int(r), size, size)
             img = imgs[k] = src.read(window=w)
             lb = labs[k] = lab.read(1, window=w)
@@ -118,7 +131,7 @@ def extract(
             yy, xx = np.nonzero(lb != IGNORE_INDEX)  # labels are unlabelled wherever the image is nodata
             found.append(
                 {
-                    "row": yy + r,
+                    "row": yy + r + offsets[s],
                     "col": xx + c,
                     "split": np.full(len(yy), splits[k], dtype=np.int8),
                     "label": lb[yy, xx],

@@ -101,7 +101,7 @@ def is_vector(path: Path) -> bool:
 
 
 def load_vector(cfg: InputsConfig, grid: Grid, mapper: ClassMapper) -> gpd.GeoDataFrame:
-    lab = cfg.labels
+    lab = cfg.label_source()
     path = lab.path
     if not path.exists():
         raise InputError(f"{path}: label file not found; check inputs.labels.path")
@@ -136,7 +136,7 @@ def load_vector(cfg: InputsConfig, grid: Grid, mapper: ClassMapper) -> gpd.GeoDa
 
 def label_reader(cfg: InputsConfig, grid: Grid) -> tuple[Any, Any]:
     """Open a raster label file on the image grid (reprojected with nearest neighbour when needed)."""
-    path = cfg.labels.path
+    path = cfg.label_source().path
     src = open_raster(path)
     if src.crs is None:
         src.close()

@@ -34,6 +34,16 @@ class PreparedScene:
     band_descriptions: list[str] | None = None
     recipe: dict[str, Any] | None = None
     normalization: dict[str, Any] | None = None
+    band_stats: dict[str, list[float]] | None = None
+    scenes: list[str] | None = None
+    """With ``inputs.scenes``: this record covers the run (pooled statistics, summed class counts, the first
+    scene's grid) and each scene is prepared in ``root/<name>/`` (:meth:`parts`)."""
+
+    def parts(self) -> list[tuple[str, PreparedScene]]:
+        """``(name, scene)`` of every prepared scene: this one (name ``""``) when the run has one scene."""
+        if not self.scenes:
+            return [("", self)]
+        return [(name, PreparedScene.load(self.root / name)) for name in self.scenes]
 
     @property
     def image(self) -> Path:
@@ -73,6 +83,8 @@ class PreparedScene:
             "band_descriptions": self.band_descriptions,
             "recipe": self.recipe,
             "normalization": self.normalization,
+            **({"band_stats": self.band_stats} if self.band_stats is not None else {}),
+            **({"scenes": self.scenes} if self.scenes is not None else {}),
         }
 
     @classmethod
@@ -100,4 +112,6 @@ class PreparedScene:
             band_descriptions=m.get("band_descriptions"),
             recipe=m.get("recipe"),
             normalization=m.get("normalization"),
+            band_stats=m.get("band_stats"),
+            scenes=m.get("scenes"),
         )
