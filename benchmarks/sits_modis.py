@@ -29,6 +29,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     ap.add_argument("--noise", type=float, default=0.0, help="Gaussian jitter of training inputs (std units)")
+    ap.add_argument("--ensemble", type=int, default=1, help="Seed ensemble: members averaged (probabilities)")
     args = ap.parse_args()
     root = os.environ.get("EOFORGE_SAMPLES")
     if not root:
@@ -61,6 +62,7 @@ def main() -> int:
                 weight_decay=args.weight_decay,
                 seed=seed,
                 noise=args.noise,
+                ensemble=args.ensemble,
             )
             s = evaluate_series(fitted, series, te)
             acc.setdefault(arch, []).append(s.accuracy)
