@@ -101,7 +101,12 @@ def _covered(rows: np.ndarray, cols: np.ndarray, size: int) -> set[tuple[int, in
 def test_two_scene_chips_keep_splits_apart(three: list[dict[str, object]], tmp_path: Path, by: str) -> None:
     run = prepare(_inputs(three), tmp_path / "out")
     cfg = ChipsConfig.model_validate(
-        {"size": 32, "stride": 16, "split": {"by": by, "val": 0.2, "test": 0.25, "block_size": 32, "seed": 1}}
+        {
+            "size": 32,
+            "stride": 16,
+            "points": {"per_class": 4},
+            "split": {"by": by, "val": 0.2, "test": 0.25, "block_size": 32, "seed": 1},
+        }
     )
     store = make_chips(run, cfg, tmp_path / "out")
     idx = store.index()
@@ -138,6 +143,14 @@ def test_two_scene_chips_keep_splits_apart(three: list[dict[str, object]], tmp_p
         np.testing.assert_array_equal(np.asarray(g["image"][chip]), want)
         assert r.geometry.bounds[0] == pytest.approx(t.c + r["col"] * t.a)
     assert json.loads((store.root / "chips.json").read_text())["split_by"] == by
+    pts = store.points()  # the point sample: scene named, pixel and coordinates of that scene
+    assert set(pts["scene"]) <= {"s0", "s1", "s2"} and len(pts) > 0
+    for p in pts.itertuples():
+        t = PreparedScene.load(tmp_path / "out" / "prepared" / str(p.scene)).grid.transform
+        assert p.geometry.x == pytest.approx(t.c + (p.col + 0.5) * t.a)
+        assert p.geometry.y == pytest.approx(t.f + (p.row + 0.5) * t.e)
+        with rasterio.open(tmp_path / "out" / "prepared" / str(p.scene) / "labels.tif") as src:
+            assert src.read(1, window=((p.row, p.row + 1), (p.col, p.col + 1)))[0, 0] == p.label
 
 
 def test_split_by_scene_needs_a_scene_per_split(three: list[dict[str, object]], tmp_path: Path) -> None:
