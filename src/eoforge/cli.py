@@ -115,7 +115,12 @@ def _headline(out: Path, metrics: dict[str, Any], quiet: bool) -> None:
     for name, m in rows:
         table.add_row(name, _ci(m, "kappa"), _ci(m, "mean_iou"), _ci(m, "overall_accuracy"))
     for name, m in metrics.get("scenes", {}).items():  # inputs.scenes: the map of each scene
-        table.add_row(f"  scene {name}", _ci(m, "kappa"), _ci(m, "mean_iou"), _ci(m, "overall_accuracy"))
+        table.add_row(
+            f"{metrics['model']['arch']}, scene {name}",
+            _ci(m, "kappa"),
+            _ci(m, "mean_iou"),
+            _ci(m, "overall_accuracy"),
+        )
     if not quiet:
         out_console.print(table)
     maps = out / "maps" if metrics.get("scenes") else out / "map.tif"
