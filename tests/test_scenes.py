@@ -14,6 +14,9 @@ import yaml
 import zarr
 from affine import Affine
 from conftest import CRS, write_tif
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from shapely.geometry import box
 
 from eoforge.chips import make_chips
@@ -210,3 +213,56 @@ def test_run_three_scenes_maps_and_metrics_per_scene(three: list[dict[str, objec
     state = json.loads((out / "stages.json").read_text())
     main(["-q", "run", str(path), "--out", str(out)])
     assert json.loads((out / "stages.json").read_text()) == state
+
+
+@given(
+    parts=st.lists(
+        st.integers(1, 40).flatmap(lambda n: arrays(np.float64, (2, n), elements=st.floats(-1e3, 1e3))),
+        min_size=1,
+        max_size=4,
+    )
+)
+@settings(max_examples=60, deadline=None)
+def test_pooled_band_statistics_equal_one_pass(parts: list[np.ndarray]) -> None:
+    """Merging per-scene statistics gives the statistics of all pixels at once (pooled normalisation)."""
+    from eoforge.prepare.stats import BandStats
+
+    pooled = BandStats(2)
+    for p in parts:
+        one = BandStats(2)
+        one.update(p)
+        pooled.merge(BandStats.from_json(one.to_json()))  # through scene.json's form
+    every = np.concatenate(parts, axis=1)
+    np.testing.assert_allclose(pooled.mean, every.mean(axis=1), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(pooled.std, every.std(axis=1), rtol=1e-7, atol=1e-7)
+    np.testing.assert_array_equal(pooled.min, every.min(axis=1))
+    assert pooled.n.tolist() == [every.shape[1]] * 2
+
+
+@given(
+    weights=st.lists(st.integers(1, 500), min_size=1, max_size=12),
+    val=st.sampled_from([0.0, 0.1, 0.2]),
+    test=st.sampled_from([0.1, 0.2, 0.3]),
+    seed=st.integers(0, 50),
+)
+@settings(max_examples=150, deadline=None)
+def test_scene_split_gives_every_split_a_scene_or_says_why(
+    weights: list[int], val: float, test: float, seed: int
+) -> None:
+    from eoforge.chips.make import _scene_splits
+    from eoforge.config import SplitConfig
+
+    sp = SplitConfig(val=val, test=test, seed=seed, by="scene")
+    names = [f"s{i}" for i in range(len(weights))]
+    wanted = 2 + (val > 0)  # train, test, and val when it has a fraction
+    try:
+        codes = _scene_splits(np.asarray(weights), names, sp)
+    except InputError as exc:  # one line naming the starved split and every scene's draw
+        assert "no scene goes to" in str(exc) and "chips.split.by: block" in str(exc)
+        assert all(f"{n}: " in str(exc) for n in names)
+        return
+    assert len(weights) >= wanted  # fewer scenes than splits can never pass
+    assert codes.shape == (len(weights),) and set(codes.tolist()) <= {0, 1, 2}
+    assert {0, 2} <= set(codes.tolist()) and (val == 0.0 or 1 in codes.tolist())
+    # the same draw as spatial blocks: seeded, so a second call agrees
+    np.testing.assert_array_equal(codes, _scene_splits(np.asarray(weights), names, sp))
