@@ -206,9 +206,12 @@ def _stage(name: str, doc: str) -> None:
         result = pipeline.run_stage(cfg, out, name, progress=not ctx.obj["quiet"])
         if name == "prepare":
             scene = result
-            out_console.print(
-                f"prepared {scene.grid.width}x{scene.grid.height} px, {len(scene.bands)} bands: {scene.root}"
+            size = (
+                f"{len(scene.scenes)} scenes ({', '.join(scene.scenes)})"
+                if scene.scenes
+                else f"{scene.grid.width}x{scene.grid.height} px"
             )
+            out_console.print(f"prepared {size}, {len(scene.bands)} bands: {scene.root}")
         elif name == "train":
             out_console.print(f"model package: {result}")
 
