@@ -28,6 +28,7 @@ from torch import nn
 from eoforge import __version__
 from eoforge.errors import PackageError
 from eoforge.io.atomic import atomic_dir, write_text
+from eoforge.normalise import clamps, normalize_tensor
 from eoforge.package.fields import OnnxInfo, meta_problem
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,11 @@ class PackageMeta:
         if self.band_descriptions:
             return self.band_descriptions
         return list(self.recipe["bands"]) if self.recipe else self.bands
+
+    @property
+    def clamp(self) -> bool:
+        """Normalised inputs are clipped to [0, 1] (the recipe's ``normalize: percentile``)."""
+        return clamps(self.recipe)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -148,8 +154,7 @@ class Predictor:
 
     def normalize(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(x, dtype=torch.float32).to(self.device)
-        t = (t - self._mean) / self._std
-        return torch.nan_to_num(t, nan=0.0)
+        return normalize_tensor(t, self._mean, self._std, self.meta.clamp)
 
     @torch.inference_mode()
     def logits(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
