@@ -37,6 +37,16 @@ class PreparedScene:
     label_facts: dict[str, Any] | None = None
     """What prepare found in the labels: rows, rows without class/geometry, geometry types, repaired polygons,
     classes without pixels (shown in the report)."""
+    band_stats: dict[str, list[float]] | None = None
+    scenes: list[str] | None = None
+    """With ``inputs.scenes``: this record covers the run (pooled statistics, summed class counts, the first
+    scene's grid) and each scene is prepared in ``root/<name>/`` (:meth:`parts`)."""
+
+    def parts(self) -> list[tuple[str, PreparedScene]]:
+        """``(name, scene)`` of every prepared scene: this one (name ``""``) when the run has one scene."""
+        if not self.scenes:
+            return [("", self)]
+        return [(name, PreparedScene.load(self.root / name)) for name in self.scenes]
 
     @property
     def image(self) -> Path:
@@ -77,6 +87,8 @@ class PreparedScene:
             "recipe": self.recipe,
             "normalization": self.normalization,
             "label_facts": self.label_facts,
+            **({"band_stats": self.band_stats} if self.band_stats is not None else {}),
+            **({"scenes": self.scenes} if self.scenes is not None else {}),
         }
 
     @classmethod
@@ -105,4 +117,6 @@ class PreparedScene:
             recipe=m.get("recipe"),
             normalization=m.get("normalization"),
             label_facts=m.get("label_facts"),
+            band_stats=m.get("band_stats"),
+            scenes=m.get("scenes"),
         )
