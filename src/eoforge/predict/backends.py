@@ -4,8 +4,8 @@
 - ``torch``: channels-last memory, bf16 autocast where the CPU supports bf16 (AVX512-BF16/AMX), CUDA automatic
   mixed precision (bf16, else fp16) on a GPU;
 - ``onnx``: ONNX Runtime on the package's ``model.onnx`` (:class:`eoforge.package.onnx.OnnxPredictor`);
-- ``auto`` (default): ``torch`` when its class map agrees with ``torch-fp32`` on windows of the scene (at least
-  99.5 % of pixels), else ``torch`` in fp32 with channels-last.
+- ``auto`` (default): ``torch`` when its class map agrees with ``torch-fp32`` on four windows spread over the
+  scene (at least 99.5 % of their valid pixels), else ``torch`` in fp32 with channels-last.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def load_predictor(
     """Load the package ``model_dir`` with ``backend`` on ``device``.
 
     ``auto`` compares its class map with fp32 on ``probe`` (windows of the scene to predict, ``(N, C, H, W)``
-    with sides multiple of 32; :func:`eoforge.predict.engine.predict` passes one from the scene's centre).
+    with sides multiple of 32; :func:`eoforge.predict.engine.predict` passes four spread over the scene).
     """
     from eoforge.predict.engine import PredictorSpec
 

@@ -653,14 +653,26 @@ def _vectorizer(opts: PredictOptions, predictor: Predictor, grid: Grid) -> Calla
 
 
 def _probe(source: Source, tile: int) -> np.ndarray | None:
-    """A window from the centre of the scene (sides cut to multiples of 32) for ``auto`` to check its
-    agreement with fp32 on the data it will predict; ``None`` when the scene is smaller than 32 px."""
+    """Windows for ``auto`` to check its agreement with fp32 on the data it will predict: one at the centre of
+    each quarter of the scene, sides half a tile (cut to multiples of 32), so the probe has one tile's pixels
+    (it costs about one window in each precision) but sees four parts of the scene instead of its centre only.
+    Windows without valid pixels are left out; ``None`` when none is left or the scene is smaller than 32 px."""
     g = source.grid
-    h, w = min(tile, g.height) // 32 * 32, min(tile, g.width) // 32 * 32
+    side = max(32, tile // 2)
+    h, w = min(side, g.height) // 32 * 32, min(side, g.width) // 32 * 32
     if h == 0 or w == 0:
         return None
-    a = source.read(Window((g.width - w) // 2, (g.height - h) // 2, w, h))
-    return a[None] if valid_pixels(a).any() else None
+    offsets = {
+        (
+            min(max(int(fy * g.height) - h // 2, 0), g.height - h),
+            min(max(int(fx * g.width) - w // 2, 0), g.width - w),
+        )
+        for fy in (0.25, 0.75)
+        for fx in (0.25, 0.75)
+    }
+    windows = [source.read(Window(c, r, w, h)) for r, c in sorted(offsets)]
+    windows = [a for a in windows if valid_pixels(a).any()]
+    return np.stack(windows) if windows else None
 
 
 def predict(
