@@ -33,6 +33,7 @@ from eoforge.package import ClassInfo, PackageMeta, read_meta, save_package
 from eoforge.predict import PredictOptions, predict
 from eoforge.predict.backends import fast_precision, load_predictor
 from eoforge.predict.blend import plan_bands
+from eoforge.predict.engine import _probe, open_source, predict_scene
 
 
 def _cells(rng: np.random.Generator, bands: int, h: int, w: int) -> np.ndarray:
@@ -138,34 +139,48 @@ def _trained(tmp: Path, args: argparse.Namespace) -> Path:
     return train_package(cache if cache is not None else tmp / "model", args)
 
 
-def model_alone(pkg: Path, backend: str, size: int, args: argparse.Namespace) -> float:
-    """Pixels/s of the predictor alone on in-memory batches, as many windows as the scene has."""
+def model_alone(pkg: Path, backend: str, size: int, args: argparse.Namespace) -> tuple[float, float]:
+    """Pixels/s of the predictor alone on in-memory batches, as many windows as the scene has, and the
+    process CPU seconds it took."""
     predictor = load_predictor(pkg, backend=backend)
     plan = plan_bands(size, size, args.tile, args.overlap, "center")
     n_rows, n_cols = len(plan.rows), len(plan.cols)
     batch = np.random.default_rng(1).uniform(1, 10000, (args.batch_size, args.bands, args.tile, args.tile))
     batch = batch.astype(np.float32)
     predictor.predict_index(batch)  # warm-up
-    t0 = time.perf_counter()
+    predictor.predict_index(batch[: n_cols % args.batch_size or args.batch_size])
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n_rows):  # the engine never puts two window rows in one batch
         for i in range(0, n_cols, args.batch_size):
             predictor.predict_index(batch[: min(args.batch_size, n_cols - i)])
-    return size * size / (time.perf_counter() - t0)
+    return size * size / (time.perf_counter() - t0), time.process_time() - c0
 
 
 def throughput(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> None:
     """The pipeline twice, cold (the process's first prediction: lazy imports, GDAL drivers, oneDNN kernels for
     each batch shape) and warm, against the model alone (warmed up too), on the same windows; the warm ratio is
-    what a scene much larger than the fixed costs (8000², the issue's target) sees."""
-    cold = predict(pkg, [scene], tmp / "cold.tif", backend=args.backend, options=_opts(args))
-    res = predict(pkg, [scene], tmp / "map.tif", backend=args.backend, options=_opts(args))
-    alone = model_alone(pkg, args.backend, args.size, args)
-    for name, r in (("cold", cold), ("warm", res)):
+    what a scene much larger than the fixed costs (8000², the issue's target) sees. Also the ratio of process
+    CPU seconds (all threads: reader, writer, GDAL), which a shared machine disturbs less than wall time."""
+    source = open_source([scene], read_meta(pkg))
+    probe = _probe(source, args.tile)  # what `predict` gives `auto` to check its agreement on
+    source.close()
+    predictor = load_predictor(pkg, backend=args.backend, probe=probe)
+    runs = {}
+    for name in ("cold", "warm"):
+        c0 = time.process_time()
+        r = predict_scene(predictor, [scene], tmp / f"{name}.tif", options=_opts(args))
+        runs[name] = (r, time.process_time() - c0)
+    alone, alone_cpu = model_alone(pkg, args.backend, args.size, args)
+    for name, (r, cpu) in runs.items():
         print(f"pipeline {name} (eoforge predict, {r.windows} windows, {r.backend}): "
-              f"{r.pixels_per_second / 1e6:.3f} MP/s ({r.seconds:.1f} s; model calls {r.model_seconds:.1f} s)")  # fmt: skip
-    print(f"model alone ({args.backend}, same windows, in memory): {alone / 1e6:.3f} MP/s")
+              f"{r.pixels_per_second / 1e6:.3f} MP/s ({r.seconds:.1f} s; model calls {r.model_seconds:.1f} s; "
+              f"CPU {cpu:.1f} s)")  # fmt: skip
+    print(
+        f"model alone ({args.backend}, same windows, in memory): {alone / 1e6:.3f} MP/s (CPU {alone_cpu:.1f} s)"
+    )
+    res, cpu = runs["warm"]
     print(f"ratio pipeline / model alone: {res.pixels_per_second / alone:.2f} warm, "
-          f"{cold.pixels_per_second / alone:.2f} cold")  # fmt: skip
+          f"{runs['cold'][0].pixels_per_second / alone:.2f} cold; CPU-time ratio (warm) {alone_cpu / cpu:.2f}")  # fmt: skip
 
 
 def backends(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> None:
