@@ -312,3 +312,19 @@ def test_auto_probe_takes_four_spread_windows_and_leaves_out_nodata_ones() -> No
     tiny = _probe(Scene(np.ones((1, 32, 32), np.float32)), tile=256)  # the four windows coincide: taken once
     assert tiny is not None and tiny.shape == (1, 1, 32, 32)
     assert _probe(Scene(np.ones((1, 20, 400), np.float32)), tile=256) is None  # under 32 px high
+
+
+def test_auto_falls_back_to_fp32_channels_last_when_reduced_precision_disagrees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import eoforge.predict.backends as backends
+
+    pkg = identity_package(tmp_path / "model")
+    monkeypatch.setattr(backends, "fast_precision", lambda dev: "bf16")  # as on a CPU with bf16
+    monkeypatch.setattr(backends, "AGREEMENT", 1.01)  # no agreement is enough: auto must refuse
+    probe = np.random.default_rng(0).uniform(0, 3, (2, 2, 32, 32)).astype(np.float32)
+    auto = load_predictor(pkg, backend="auto", probe=probe)
+    assert (auto.precision, auto.channels_last, auto.backend) == ("fp32", True, "torch-fp32")
+    assert "agrees with fp32 on 100.00 % of probed pixels (< 101.0 %); using fp32" in caplog.text
+    fp32 = load_predictor(pkg, backend="torch-fp32")
+    np.testing.assert_array_equal(auto.predict_index(probe), fp32.predict_index(probe))

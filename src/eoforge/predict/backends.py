@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -101,7 +102,8 @@ def load_predictor(
         prec = fast_precision(dev)
         pred = load_package(model_dir, device=device, precision=prec, channels_last=True, backend="torch")
         if backend == "auto" and prec != "fp32":
-            ref = load_package(model_dir, device=device, precision="fp32", channels_last=False)
+            # the fp32 reference from the same weights, without reading and building the package again
+            ref = Predictor(copy.deepcopy(pred.model), pred.meta, device=device, channels_last=False)
             agree = agreement(pred, ref, probe)
             if agree < AGREEMENT:
                 log.warning(
