@@ -29,7 +29,7 @@ import torch
 from affine import Affine
 
 from eoforge.models import create_model
-from eoforge.package import ClassInfo, PackageMeta, read_meta, save_package
+from eoforge.package import ClassInfo, PackageMeta, Predictor, read_meta, save_package
 from eoforge.predict import PredictOptions, predict
 from eoforge.predict.backends import fast_precision, load_predictor
 from eoforge.predict.blend import plan_bands
@@ -139,10 +139,9 @@ def _trained(tmp: Path, args: argparse.Namespace) -> Path:
     return train_package(cache if cache is not None else tmp / "model", args)
 
 
-def model_alone(pkg: Path, backend: str, size: int, args: argparse.Namespace) -> tuple[float, float]:
+def model_alone(predictor: Predictor, size: int, args: argparse.Namespace) -> tuple[float, float]:
     """Pixels/s of the predictor alone on in-memory batches, as many windows as the scene has, and the
     process CPU seconds it took."""
-    predictor = load_predictor(pkg, backend=backend)
     plan = plan_bands(size, size, args.tile, args.overlap, "center")
     n_rows, n_cols = len(plan.rows), len(plan.cols)
     batch = np.random.default_rng(1).uniform(1, 10000, (args.batch_size, args.bands, args.tile, args.tile))
@@ -170,7 +169,7 @@ def throughput(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> N
         c0 = time.process_time()
         r = predict_scene(predictor, [scene], tmp / f"{name}.tif", options=_opts(args))
         runs[name] = (r, time.process_time() - c0)
-    alone, alone_cpu = model_alone(pkg, args.backend, args.size, args)
+    alone, alone_cpu = model_alone(predictor, args.size, args)  # the same predictor (auto: same choice)
     for name, (r, cpu) in runs.items():
         print(f"pipeline {name} (eoforge predict, {r.windows} windows, {r.backend}): "
               f"{r.pixels_per_second / 1e6:.3f} MP/s ({r.seconds:.1f} s; model calls {r.model_seconds:.1f} s; "
