@@ -1,17 +1,22 @@
 """Training throughput: samples/s of fp32 eager against `train.precision: auto` on the demo U-Net, one run.
 
 The demo's model (U-Net / resnet18, 6 bands, 7 classes, 64 px chips, batch 16) trains on random batches with
-the demo's loss (cross-entropy + Dice, class weights) and AdamW, exactly as `SegmentationTask` does: forward,
-loss, backward, optimiser step. The two settings alternate round by round, so load changes on a shared
-machine hit both alike; the ratio of the medians is printed.
+the demo's loss (cross-entropy + Dice, class weights) and the optimiser of `SegmentationTask`
+(`make_optimizer`: fused AdamW), exactly as the task does: forward, loss, backward, optimiser step. Steady
+state: each setting first runs ``--warmup`` steps that are not timed (oneDNN creates its kernels and the
+allocator its pools on the first steps), then the two settings alternate round by round (``--steps`` each), so
+load changes on a shared machine hit both alike; the ratio of the medians is printed, with the load average
+before and after (compare only runs on an idle machine: under oversubscription OpenMP threads wait on each
+other and the ratio says nothing about the setting).
 
-    python benchmarks/train.py [--rounds 5 --steps 4]
+    OMP_NUM_THREADS=2 python benchmarks/train.py [--rounds 7 --steps 8 --warmup 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import time
 
@@ -21,6 +26,7 @@ from eoforge.config import TrainConfig
 from eoforge.models import create_model
 from eoforge.train.losses import make_loss
 from eoforge.train.speed import resolve_precision
+from eoforge.train.task import make_optimizer
 
 
 def make_step(precision: str, bands: int, classes: int, compile: bool = False):  # type: ignore[no-untyped-def]
@@ -30,7 +36,7 @@ def make_step(precision: str, bands: int, classes: int, compile: bool = False): 
     if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
     fwd = torch.compile(model) if compile else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt = make_optimizer(model.parameters(), 1e-3, 1e-4)
     weights = [1.0] * classes
     loss_fn = make_loss(TrainConfig(loss="ce+dice", class_weights=weights), weights)
     bf16 = plan.precision == "bf16-mixed"
@@ -50,8 +56,9 @@ def make_step(precision: str, bands: int, classes: int, compile: bool = False): 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=4, help="Training steps per round and setting.")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=8, help="Training steps per round and setting.")
+    ap.add_argument("--warmup", type=int, default=5, help="Untimed steps per setting before the rounds.")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--compile", action="store_true", help="Also torch.compile the auto setting.")
@@ -67,8 +74,9 @@ def main() -> None:
     )
     settings[auto_name] = (auto_step, plan)
     rates: dict[str, list[float]] = {k: [] for k in settings}
-    for step, _ in settings.values():  # warm-up (oneDNN primitive caches, compilation)
-        for _ in range(2):
+    load0 = os.getloadavg()
+    for step, _ in settings.values():  # warm-up (oneDNN primitive caches, allocator pools, compilation)
+        for _ in range(args.warmup):
             step(x, y)
     for _ in range(args.rounds):
         for name, (step, _) in settings.items():
@@ -76,8 +84,11 @@ def main() -> None:
             for _ in range(args.steps):
                 step(x, y)
             rates[name].append(args.steps * args.batch / (time.perf_counter() - t))
+    load1 = os.getloadavg()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} x {bands} x {args.size}²"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} x {bands} x {args.size}²; "
+        f"{args.warmup} warm-up steps, {args.rounds} rounds of {args.steps} steps; load average (1 min) "
+        f"{load0[0]:.1f} before, {load1[0]:.1f} after on {os.cpu_count()} CPUs"
     )
     for name, r in rates.items():
         print(

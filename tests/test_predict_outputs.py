@@ -274,3 +274,57 @@ def test_predict_config_is_range_checked_at_load(predict_section: dict[str, obje
         parse_config(raw | {"predict": predict_section})
     cfg = parse_config(raw | {"predict": {"blend": "hann", "probabilities": "uint8", "vectorize": "parquet"}})
     assert cfg.predict.options().blend == "hann" and cfg.predict.options().vectorize == "parquet"
+
+
+def test_auto_probe_takes_four_spread_windows_and_leaves_out_nodata_ones() -> None:
+    from affine import Affine
+    from rasterio.windows import Window
+
+    from eoforge.geo import Grid
+    from eoforge.predict.engine import _probe
+
+    class Scene:  # the Source interface over an array
+        def __init__(self, a: np.ndarray) -> None:
+            self.a, self.count = a, a.shape[0]
+            self.grid = Grid("EPSG:32633", Affine(10, 0, 0, 0, -10, 0), a.shape[1], a.shape[2])
+
+        def read(self, window: Window | None = None) -> np.ndarray:
+            assert window is not None
+            r, c, h, w = int(window.row_off), int(window.col_off), int(window.height), int(window.width)
+            return self.a[:, r : r + h, c : c + w].copy()
+
+        def close(self) -> None:
+            pass
+
+    a = np.arange(2 * 300 * 400, dtype=np.float32).reshape(2, 300, 400)
+    probe = _probe(Scene(a), tile=128)
+    assert probe is not None and probe.shape == (4, 2, 64, 64)  # 4 x (tile/2)²: one tile's pixels
+    # centred on the centres of the scene's quarters: rows 75 and 225, columns 100 and 300
+    starts = [(75 - 32, 100 - 32), (75 - 32, 300 - 32), (225 - 32, 100 - 32), (225 - 32, 300 - 32)]
+    for got, (r, c) in zip(probe, starts, strict=True):
+        np.testing.assert_array_equal(got, a[:, r : r + 64, c : c + 64])
+    a[:, :150] = np.nan  # the top half is nodata: its two windows are left out
+    probe = _probe(Scene(a), tile=128)
+    assert probe is not None and probe.shape[0] == 2 and not np.isnan(probe).any()
+    assert _probe(Scene(np.full((1, 300, 400), np.nan, np.float32)), tile=128) is None
+    small = _probe(Scene(np.ones((1, 40, 70), np.float32)), tile=256)  # sides cut to multiples of 32
+    assert small is not None and small.shape == (4, 1, 32, 64)
+    tiny = _probe(Scene(np.ones((1, 32, 32), np.float32)), tile=256)  # the four windows coincide: taken once
+    assert tiny is not None and tiny.shape == (1, 1, 32, 32)
+    assert _probe(Scene(np.ones((1, 20, 400), np.float32)), tile=256) is None  # under 32 px high
+
+
+def test_auto_falls_back_to_fp32_channels_last_when_reduced_precision_disagrees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import eoforge.predict.backends as backends
+
+    pkg = identity_package(tmp_path / "model")
+    monkeypatch.setattr(backends, "fast_precision", lambda dev: "bf16")  # as on a CPU with bf16
+    monkeypatch.setattr(backends, "AGREEMENT", 1.01)  # no agreement is enough: auto must refuse
+    probe = np.random.default_rng(0).uniform(0, 3, (2, 2, 32, 32)).astype(np.float32)
+    auto = load_predictor(pkg, backend="auto", probe=probe)
+    assert (auto.precision, auto.channels_last, auto.backend) == ("fp32", True, "torch-fp32")
+    assert "agrees with fp32 on 100.00 % of probed pixels (< 101.0 %); using fp32" in caplog.text
+    fp32 = load_predictor(pkg, backend="torch-fp32")
+    np.testing.assert_array_equal(auto.predict_index(probe), fp32.predict_index(probe))

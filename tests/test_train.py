@@ -273,3 +273,15 @@ def test_a_diverged_loss_stops_training_with_one_clear_line(tmp_path: Path) -> N
         InputError, match=r"training diverged: the loss is (nan|inf) at epoch 0.*lower train.lr"
     ):
         train(store, scene, TINY, _cfg(epochs=1, batch_size=8), tmp_path)
+
+
+def test_optimizer_is_fused_adamw_on_cpu_and_steps() -> None:
+    from eoforge.train.task import make_optimizer
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = make_optimizer([w], lr=0.1, weight_decay=0.0)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True
+    (w * torch.tensor([1.0, -1.0, 0.0])).sum().backward()
+    opt.step()
+    # Adam's first step moves each parameter by lr against the sign of its gradient (none where it is zero)
+    torch.testing.assert_close(w.detach(), torch.tensor([0.9, 1.1, 1.0]))

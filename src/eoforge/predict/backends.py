@@ -4,12 +4,13 @@
 - ``torch``: channels-last memory, bf16 autocast where the CPU supports bf16 (AVX512-BF16/AMX), CUDA automatic
   mixed precision (bf16, else fp16) on a GPU;
 - ``onnx``: ONNX Runtime on the package's ``model.onnx`` (:class:`eoforge.package.onnx.OnnxPredictor`);
-- ``auto`` (default): ``torch`` when its class map agrees with ``torch-fp32`` on windows of the scene (at least
-  99.5 % of pixels), else ``torch`` in fp32 with channels-last.
+- ``auto`` (default): ``torch`` when its class map agrees with ``torch-fp32`` on four windows spread over the
+  scene (at least 99.5 % of their valid pixels), else ``torch`` in fp32 with channels-last.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def load_predictor(
     """Load the package ``model_dir`` with ``backend`` on ``device``.
 
     ``auto`` compares its class map with fp32 on ``probe`` (windows of the scene to predict, ``(N, C, H, W)``
-    with sides multiple of 32; :func:`eoforge.predict.engine.predict` passes one from the scene's centre).
+    with sides multiple of 32; :func:`eoforge.predict.engine.predict` passes four spread over the scene).
     """
     from eoforge.predict.engine import PredictorSpec
 
@@ -101,7 +102,8 @@ def load_predictor(
         prec = fast_precision(dev)
         pred = load_package(model_dir, device=device, precision=prec, channels_last=True, backend="torch")
         if backend == "auto" and prec != "fp32":
-            ref = load_package(model_dir, device=device, precision="fp32", channels_last=False)
+            # the fp32 reference from the same weights, without reading and building the package again
+            ref = Predictor(copy.deepcopy(pred.model), pred.meta, device=device, channels_last=False)
             agree = agreement(pred, ref, probe)
             if agree < AGREEMENT:
                 log.warning(

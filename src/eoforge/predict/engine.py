@@ -136,31 +136,35 @@ def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return out
 
 
-_Item = tuple[int, list[int], np.ndarray | None]
+_Item = tuple[int, list[int], np.ndarray | None, np.ndarray | None]
 
 
 def _row_batches(
     source: Source, plan: BandPlan, k0: int, k1: int, batch_size: int, stats: dict[str, int]
 ) -> Iterator[_Item]:
-    """Batches of the non-empty windows of window rows ``k0..k1-1``; a batch never spans two window rows (so a
-    row's batches are the same wherever a run starts) and each row ends with ``(k, [], None)``."""
+    """Batches of the non-empty windows of window rows ``k0..k1-1`` with their valid-pixel masks (computed here,
+    in the reader thread, once); a batch never spans two window rows (so a row's batches are the same wherever a
+    run starts) and each row ends with ``(k, [], None, None)``."""
     ph, pw = -(-plan.th // 32) * 32, -(-plan.tw // 32) * 32
     for k in range(k0, k1):
         js: list[int] = []
         arrays: list[np.ndarray] = []
+        masks: list[np.ndarray] = []
         for j, c in enumerate(plan.cols):
             a = source.read(Window(c, plan.rows[k], plan.tw, plan.th))
-            if not valid_pixels(a).any():
+            valid = valid_pixels(a)
+            if not valid.any():
                 stats["skipped"] += 1  # entirely nodata: nothing to predict
                 continue
             js.append(j)
             arrays.append(_pad_to(a, ph, pw))
+            masks.append(valid if valid.shape == (ph, pw) else valid_pixels(arrays[-1]))
             if len(js) == batch_size:
-                yield k, js, np.stack(arrays)
-                js, arrays = [], []
+                yield k, js, np.stack(arrays), np.stack(masks)
+                js, arrays, masks = [], [], []
         if js:
-            yield k, js, np.stack(arrays)
-        yield k, [], None
+            yield k, js, np.stack(arrays), np.stack(masks)
+        yield k, [], None, None
 
 
 def _prefetch(gen: Iterator[_Item], depth: int = 2) -> Iterator[_Item]:
@@ -329,8 +333,8 @@ def run_bands(
     keep_probs = bool(opts.probabilities or opts.uncertainty)
     buf = _Buffer(plan, len(job.class_ids), direct, keep_probs, plan.bounds[j0])
     k0 = plan.first_window_row(j0)
-    for k, js, batch in _prefetch(_row_batches(source, plan, k0, j1, opts.batch_size, stats)):
-        if batch is None:
+    for k, js, batch, valid in _prefetch(_row_batches(source, plan, k0, j1, opts.batch_size, stats)):
+        if batch is None or valid is None:
             if k >= j0:
                 yield buf.flush(k, lut, nodata, opts.probabilities, opts.uncertainty)
             continue
@@ -346,7 +350,6 @@ def run_bands(
             if not direct or keep_probs:
                 probs = torch.softmax(logits, dim=1).numpy()
         stats["model_seconds"] += time.perf_counter() - t0
-        valid = valid_pixels(batch)
         for n, j in enumerate(js):
             buf.add(
                 k,
@@ -653,14 +656,26 @@ def _vectorizer(opts: PredictOptions, predictor: Predictor, grid: Grid) -> Calla
 
 
 def _probe(source: Source, tile: int) -> np.ndarray | None:
-    """A window from the centre of the scene (sides cut to multiples of 32) for ``auto`` to check its
-    agreement with fp32 on the data it will predict; ``None`` when the scene is smaller than 32 px."""
+    """Windows for ``auto`` to check its agreement with fp32 on the data it will predict: one at the centre of
+    each quarter of the scene, sides half a tile (cut to multiples of 32), so the probe has one tile's pixels
+    (it costs about one window in each precision) but sees four parts of the scene instead of its centre only.
+    Windows without valid pixels are left out; ``None`` when none is left or the scene is smaller than 32 px."""
     g = source.grid
-    h, w = min(tile, g.height) // 32 * 32, min(tile, g.width) // 32 * 32
+    side = max(32, tile // 2)
+    h, w = min(side, g.height) // 32 * 32, min(side, g.width) // 32 * 32
     if h == 0 or w == 0:
         return None
-    a = source.read(Window((g.width - w) // 2, (g.height - h) // 2, w, h))
-    return a[None] if valid_pixels(a).any() else None
+    offsets = {
+        (
+            min(max(int(fy * g.height) - h // 2, 0), g.height - h),
+            min(max(int(fx * g.width) - w // 2, 0), g.width - w),
+        )
+        for fy in (0.25, 0.75)
+        for fx in (0.25, 0.75)
+    }
+    windows = [source.read(Window(c, r, w, h)) for r, c in sorted(offsets)]
+    windows = [a for a in windows if valid_pixels(a).any()]
+    return np.stack(windows) if windows else None
 
 
 def predict(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
@@ -30,6 +31,14 @@ def present_class_miou(cm: torch.Tensor) -> torch.Tensor:
     if not bool(present.any()):
         return torch.zeros((), dtype=torch.float32, device=cm.device)
     return (tp[present] / union[present]).mean().to(torch.float32)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW, fused (one kernel over all parameters instead of a loop of per-tensor ops) where the parameters
+    live on CPU or CUDA: on the demo U-Net's bf16 CPU step it saves ~10 % (docs/PERFORMANCE.md, Training)."""
+    params = list(params)
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 class SegmentationTask(L.LightningModule):
@@ -115,6 +124,6 @@ class SegmentationTask(L.LightningModule):
         self.val_cm.reset()
 
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        opt = make_optimizer(self.parameters(), self.lr, self.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.epochs, 1))
         return {"optimizer": opt, "lr_scheduler": sched}
