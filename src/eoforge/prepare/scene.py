@@ -34,6 +34,7 @@ class PreparedScene:
     band_descriptions: list[str] | None = None
     recipe: dict[str, Any] | None = None
     normalization: dict[str, Any] | None = None
+    temporal: dict[str, Any] | None = None  # time stacks: dates, dropped_dates (valid fraction), interpolate
 
     @property
     def image(self) -> Path:
@@ -73,7 +74,7 @@ class PreparedScene:
             "band_descriptions": self.band_descriptions,
             "recipe": self.recipe,
             "normalization": self.normalization,
-        }
+        } | ({"temporal": self.temporal} if self.temporal else {})
 
     @classmethod
     def load(cls, root: str | Path) -> PreparedScene:
@@ -100,4 +101,5 @@ class PreparedScene:
             band_descriptions=m.get("band_descriptions"),
             recipe=m.get("recipe"),
             normalization=m.get("normalization"),
+            temporal=m.get("temporal"),
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,12 @@ from eoforge.errors import InputError
 from eoforge.io.atomic import atomic_dir
 from eoforge.io.rasters import block_windows, valid_mask
 from eoforge.prepare.align import grid_like
+from eoforge.prepare.dates import DatedSource, dated_strings, valid_fractions
 from eoforge.prepare.labels import ClassMapper, burn, is_vector, label_reader, load_vector
 from eoforge.prepare.recipe import RecipeSource, discover_bands, mask_specs, recipe_from_config
 from eoforge.prepare.scene import PreparedScene
 from eoforge.prepare.stats import BandStats, normalisation
+from eoforge.prepare.timezarr import TimeZarr
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +47,9 @@ def prepare(
     out_dir = Path(out_dir)
     prep = prep or PrepareConfig()
     mapper = ClassMapper(cfg.classes, cfg.labels.ignore_unknown)
-    recipe = recipe_from_config(cfg, prep, discover_bands(cfg))
     grid_override = grid_like(prep.grid.like) if prep.grid.like else None
-    source = RecipeSource(
-        recipe, cfg.images, grid=grid_override, masks=mask_specs(cfg), aoi=prep.aoi, aoi_crs=prep.aoi_crs
-    )
+    source, temporal = _open(cfg, prep, grid_override, block)
+    recipe = source.recipe
     with source:
         grid = source.grid
         bands = source.band_names
@@ -91,8 +92,13 @@ def prepare(
                     ) as dst_lab,
                 ):
                     dst_img.descriptions = tuple(bands)
+                    tz = None
+                    if isinstance(source, DatedSource):  # the xarray view of the time stack
+                        tz = TimeZarr(tmp / "stack.zarr", grid, source.dates, source.per_date, block)
                     for win in block_windows(grid, block):
                         img = source.read(win)
+                        if tz is not None:
+                            tz.write(img, win)
                         valid = valid_mask(img)
                         if gdf is not None:
                             lab = burn(gdf, grid, win, bg, cfg.labels.all_touched)
@@ -111,6 +117,8 @@ def prepare(
                         stats.update(img[:, valid])  # under 'all' a band may be NaN at a valid pixel
                         n += int(valid.sum())
                         counts += np.bincount(lab[lab != IGNORE_INDEX], minlength=n_cls)[:n_cls]
+                if tz is not None:
+                    tz.close()
                 mapper.check(cfg.labels.path)
                 if n == 0:
                     raise InputError(
@@ -138,13 +146,14 @@ def prepare(
                     mean=[float(x) for x in norm.offset],
                     std=[float(x) for x in norm.scale],
                     class_counts=[int(x) for x in counts],
-                    sources=list(cfg.images),
+                    sources=_sources(cfg),
                     nodata=cfg.nodata,
                     nodata_rule=cfg.nodata_rule,
                     lost_to_nodata=[int(x) for x in lost],
                     band_descriptions=source.described_names,
                     recipe=recipe.to_json(),
                     normalization={"mode": norm.mode, "percentile_accuracy": norm.percentile_accuracy},
+                    temporal=temporal,
                 )
                 _warn_lost(scene)
                 (tmp / "scene.json").write_text(json.dumps(scene.to_json(), indent=2))
@@ -157,6 +166,55 @@ def prepare(
         "prepared %dx%d px, %d channels, %d labelled px", grid.width, grid.height, len(bands), counts.sum()
     )
     return scene
+
+
+def _sources(cfg: InputsConfig) -> list[Any]:
+    """What predict reads again: the images (``DATE=PATH`` strings for dated files), or the cube file."""
+    if cfg.cube is not None:
+        return [cfg.cube.path]
+    if isinstance(cfg.images, dict):
+        return dated_strings(cfg.images)
+    return list(cfg.images or [])
+
+
+def _open(
+    cfg: InputsConfig, prep: PrepareConfig, grid: Any, block: int
+) -> tuple[RecipeSource | DatedSource, dict[str, Any] | None]:
+    """The source prepare reads (a time stack: its dates after ``min_valid_date``) and the facts about dates."""
+    aoi = dict(masks=mask_specs(cfg), aoi=prep.aoi, aoi_crs=prep.aoi_crs)
+    if cfg.dates is None and cfg.cube is None:
+        recipe = recipe_from_config(cfg, prep, discover_bands(cfg))
+        return RecipeSource(recipe, cfg.images or [], grid=grid, **aoi), None  # type: ignore[arg-type]
+    images: Any = [cfg.cube.path] if cfg.cube is not None else cfg.images
+    if cfg.cube is not None:
+        from eoforge.temporal.cube import open_cube
+
+        dates = [str(d) for d in open_cube(cfg.cube.path, cfg.cube.variables, cfg.cube.time).dates]
+    else:
+        dates = list(cfg.dates or [])
+    recipe = recipe_from_config(cfg, prep, discover_bands(cfg), dates)
+    facts: dict[str, Any] = {"dates": dates, "dropped_dates": {}, "interpolate": prep.interpolate}
+    if prep.min_valid_date is not None:
+        with DatedSource(replace(recipe, interpolate=None), images, grid=grid, **aoi) as probe:  # type: ignore[arg-type]
+            fractions = valid_fractions(probe, block)
+        facts["valid_fraction"] = {d: round(f, 4) for d, f in fractions.items()}
+        dropped = {d: round(f, 4) for d, f in fractions.items() if f < prep.min_valid_date}
+        kept = [d for d in dates if d not in dropped]
+        if not kept:
+            raise InputError(
+                f"prepare.min_valid_date {prep.min_valid_date}: every date is below it (valid fractions "
+                f"{', '.join(f'{d} {f:.2f}' for d, f in fractions.items())}); lower it"
+            )
+        for d, f in dropped.items():
+            log.info(
+                "date %s dropped: %.1f%% valid < prepare.min_valid_date %.2f", d, 100 * f, prep.min_valid_date
+            )
+        facts["dropped_dates"] = dropped
+        facts["dates"] = kept
+        recipe = replace(recipe, dates=tuple(kept))
+    if prep.interpolate:
+        log.info("gaps are filled by %s interpolation along time (prepare.interpolate)", prep.interpolate)
+    return DatedSource(recipe, images, grid=grid, **aoi), facts  # type: ignore[arg-type]
 
 
 LOST_WARN_FRACTION = 0.05
