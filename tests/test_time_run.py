@@ -47,8 +47,8 @@ def test_temporal_run_separates_phenologies(tmp_path: Path, arch: str) -> None:
         },
         "prepare": {"indices": ["NDVI"]},
         "chips": {"size": 32, "stride": 16, "split": {"val": 0.2, "test": 0.2, "block_size": 32}},
-        "model": {"arch": arch},
-        "train": {"epochs": 3, "batch_size": 8, "lr": 0.01, "augment": None, "num_workers": 0},
+        "model": {"arch": arch, "encoder": "w16"},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 0.01, "augment": None, "num_workers": 0},
         "predict": {"tile": 64, "overlap": 16},
         "evaluate": {"bootstrap": 0, "insight_chips": 0, "rf_pixels": 2000},
     }
@@ -63,7 +63,7 @@ def test_temporal_run_separates_phenologies(tmp_path: Path, arch: str) -> None:
     assert chips["image"].dims == ("chip", "band", "y", "x") and chips.sizes["band"] == 12
     assert [str(t)[:10] for t in chips["time"].values[::3]] == DATES  # each channel's date
     meta = json.loads((out / "model" / "eoforge.json").read_text())
-    assert meta["arch"] == arch and meta["encoder"] == "t4" and meta["recipe"]["dates"] == DATES
+    assert meta["arch"] == arch and meta["encoder"] == "t4-w16" and meta["recipe"]["dates"] == DATES
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["overall_accuracy"] > 0.9, metrics["overall_accuracy"]
     # the packaged model on the raw dated files, outside the run: the run's own map
