@@ -12,6 +12,7 @@ import pytest
 import rasterio
 import xarray as xr
 import yaml
+from conftest import CRS, TRANSFORM, write_tif
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -22,7 +23,6 @@ from eoforge.errors import InputError
 from eoforge.prepare import prepare
 from eoforge.prepare.dates import DatedSource, interpolate_linear, select_dates, split_dates
 from eoforge.prepare.recipe import Recipe, open_source
-from tests.conftest import CRS, TRANSFORM, write_tif
 
 DATES = ["2021-04-02", "2021-05-12", "2021-07-01"]
 H = W = 32
