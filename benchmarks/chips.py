@@ -1,16 +1,18 @@
 """Chips stage throughput, from one run: against plain window reads, 2 Dask workers against 1, and the
 training loader against the demo U-Net's training step.
 
-    .venv/bin/python benchmarks/chips.py [--size 1536] [--bands 6] [--chip 64]
+    .venv/bin/python benchmarks/chips.py [--size 1536] [--bands 6] [--chip 64] [--skip-dask] [--skip-loader]
 
 1. chips/s of ``make_chips`` (grid sampler, filters, block split, extraction, Zarr + GeoParquet, leakage
    check; in-process scheduler) against chips/s of plain rasterio window reads of the same windows (image
    and labels, into numpy, nothing written). Target >= 0.7.
 2. ``make_chips`` on a LocalCluster of 2 single-threaded workers against 1 (clusters started before timing).
    Target >= 1.6 on 2 free cores.
-3. samples/s of the training loader (``ChipDataset`` with D4 augmentation through a DataLoader, batch 16)
-   against samples/s of the demo U-Net (resnet18, 6 bands, 64 px, 7 classes) forward + backward + AdamW step.
-   Target >= 10.
+3. samples/s of the training loader as training builds it (``ChipDataModule``: default ``train.num_workers``
+   and ``train.cache_mb``, batch 16, the default batch augmentation's D4), epochs 2-3 (epoch 1, with the
+   worker start and the cache fill, is printed too), against samples/s of the demo U-Net (resnet18, 6 bands,
+   64 px, 7 classes) forward + backward + AdamW step. Target >= 10. Also printed: the loader without the
+   cache (``train.cache_mb: 0``, one Zarr read per batch).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from rasterio.windows import Window
 
 from eoforge.chips import ChipStore, make_chips
 from eoforge.chips.make import make_chips_on
-from eoforge.config import ChipsConfig, parse_config
+from eoforge.config import ChipsConfig, TrainConfig, parse_config
 from eoforge.prepare import PreparedScene, prepare
 
 
@@ -71,20 +73,36 @@ def timed_chips(scene: PreparedScene, cfg: ChipsConfig, out: Path, client: objec
     return sum(len(v) for v in store.splits.values()) / (time.perf_counter() - t0)
 
 
-def loader_vs_model(store: ChipStore, scene: PreparedScene, batches: int) -> tuple[float, float]:
-    from torch.utils.data import DataLoader
+def loader_rate(store: ChipStore, scene: PreparedScene, cache_mb: float) -> tuple[float, float, int]:
+    """samples/s of the training loader as ``train`` builds it (``ChipDataModule`` with ``train.num_workers``'s
+    default, batch 16) plus ``BatchAugment``'s D4 on each batch: the first epoch (worker
+    start, cache fill) and the next two (persistent workers, as in training)."""
+    from eoforge.config import AugmentConfig, TrainConfig
+    from eoforge.train import ChipDataModule
+    from eoforge.train.augment import BatchAugment
 
-    from eoforge.data import ChipDataset
+    tc = TrainConfig()
+    dm = ChipDataModule(store, scene.mean, scene.std, batch_size=tc.batch_size, num_workers=tc.num_workers,
+                        cache_mb=cache_mb)  # fmt: skip
+    aug = BatchAugment(AugmentConfig(brightness=0, contrast=0, noise=0), store.size).train()  # D4 only
+    epoch = [0]
+    dm._epoch = lambda: epoch[0]  # type: ignore[method-assign]  # no trainer here
+    dl = dm.train_dataloader()
+    rates = []
+    for e in range(3):
+        epoch[0] = e
+        n, t0 = 0, time.perf_counter()
+        for b in dl:
+            aug(b["image"], b["mask"])
+            n += len(b["image"])
+        rates.append(n / (time.perf_counter() - t0))
+    return rates[0], 2 / (1 / rates[1] + 1 / rates[2]), dm.num_workers
+
+
+def model_rate(store: ChipStore, scene: PreparedScene) -> float:
+    """samples/s of the demo U-Net (resnet18) forward + backward + AdamW step on batches of 16."""
     from eoforge.models import create_model
 
-    ds = ChipDataset(store, "train", scene.mean, scene.std, augment=True)
-    dl = DataLoader(ds, batch_size=16, shuffle=True, num_workers=0, drop_last=True)
-    n, t0 = 0, time.perf_counter()
-    for i, b in enumerate(dl):
-        n += len(b["image"])
-        if i + 1 >= batches:
-            break
-    loader = n / (time.perf_counter() - t0)
     torch.manual_seed(0)
     model = create_model("unet", len(scene.bands), 7, "resnet18")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -100,7 +118,7 @@ def loader_vs_model(store: ChipStore, scene: PreparedScene, batches: int) -> tup
         opt.zero_grad()
         loss_fn(model(x), y).backward()
         opt.step()
-    return loader, steps * 16 / (time.perf_counter() - t0)
+    return steps * 16 / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -108,7 +126,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1536, help="scene side in pixels")
     ap.add_argument("--bands", type=int, default=6)
     ap.add_argument("--chip", type=int, default=64)
-    ap.add_argument("--skip-dask", action="store_true")
+    ap.add_argument("--skip-dask", action="store_true", help="skip measure 2")
+    ap.add_argument("--skip-loader", action="store_true", help="skip measure 3")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     with tempfile.TemporaryDirectory() as d:
@@ -142,10 +161,18 @@ def main() -> None:
                     rates[workers] = timed_chips(scene, cfg.chips, folder / f"w{workers}", client)
             print(f"2. 2 Dask workers {rates[2]:.0f} chips/s, 1 worker {rates[1]:.0f} chips/s, "
                   f"ratio {rates[2] / rates[1]:.2f}")  # fmt: skip
-        loader, model = loader_vs_model(store, scene, batches=30)
-        print(
-            f"3. loader {loader:.0f} samples/s, U-Net training {model:.1f} samples/s, ratio {loader / model:.1f}"
-        )
+        if not args.skip_loader:
+            model = model_rate(store, scene)
+            cold, warm, workers = loader_rate(store, scene, TrainConfig().cache_mb)
+            print(
+                f"3. loader {warm:.0f} samples/s ({workers} workers, train.cache_mb default; first epoch {cold:.0f}), "
+                f"U-Net training {model:.1f} samples/s, ratio {warm / model:.1f}"
+            )
+            _, warm0, _ = loader_rate(store, scene, 0)
+            print(
+                f"   without the cache (train.cache_mb: 0): {warm0:.0f} samples/s, ratio {warm0 / model:.1f}"
+            )
+        print(f"load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

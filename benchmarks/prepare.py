@@ -1,21 +1,25 @@
 """`eoforge prepare` on a generated Sentinel-2-like tile (13 single-band uint16 files at 10/20/60 m) vs. a plain
 rasterio read-and-write of the same windows, from one run.
 
-    .venv/bin/python benchmarks/prepare.py [--size 10980] [--block 512]
+    .venv/bin/python benchmarks/prepare.py [--size 10980] [--block 512] [--tmp DIR]
 
 The scene is a full S2 tile at --size 10980 (4 bands at 10 m, 6 at 20 m, 3 at 60 m, named like a SAFE granule's
 IMG_DATA files, `inputs.sensor: sentinel2-l1c`). Both runs happen in child processes that report their own peak
 RSS: (1) `eoforge prepare` (alignment onto the 10 m grid with WarpedVRT, scale/offset, label burning, streaming
 statistics, zstd float32 GeoTIFF + labels), (2) the plain baseline: for every 512-px window, `rasterio` reads each
 file resampled onto the window (`out_shape`, bilinear) and writes the float32 stack with the same profile.
-Prints both wall and CPU times, peak RSS and the throughput ratio prepare / plain (the prepare child runs the
-Python API; the CLI adds the torch import, about 600 MiB, see PERFORMANCE.md).
+Prints both wall and CPU times (imports excluded; CPU of all threads), peak RSS and the throughput ratio
+prepare / plain (the prepare child runs the Python API; the CLI adds the torch import, about 600 MiB, see
+PERFORMANCE.md), and the disk used. Everything is written under a temporary folder (``--tmp``, default the
+system's) removed at exit; plain.tif is deleted before prepare runs, so the peak is inputs + one output (about
+6.5 GiB at --size 10980, measured at 4392: 1.0 GiB; the script checks for 9 GiB free first).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +41,8 @@ X0, Y0 = 600000.0, 5100000.0
 
 
 def make_tile(root: Path, size: int) -> list[Path]:
-    """13 single-band uint16 files written block by block (tiled 512, deflate), so memory stays small."""
+    """13 single-band uint16 files written block by block (tiled 512, zstd level 1: quick to write), so memory
+    stays small."""
     rng = np.random.default_rng(0)
     d = root / "S2A_MSIL1C_20240601T100601_N0510_R022_T33TWM_20240601T120000.SAFE" / "IMG_DATA"
     d.mkdir(parents=True)
@@ -49,7 +54,7 @@ def make_tile(root: Path, size: int) -> list[Path]:
             profile = {
                 "driver": "GTiff", "width": n, "height": n, "count": 1, "dtype": "uint16", "nodata": 0,
                 "crs": "EPSG:32633", "transform": Affine(res, 0, X0, 0, -res, Y0), "tiled": True,
-                "blockxsize": 512, "blockysize": 512, "compress": "deflate",
+                "blockxsize": 512, "blockysize": 512, "compress": "zstd", "zstd_level": 1,
             }  # fmt: skip
             with rasterio.open(p, "w", **profile) as dst:
                 for r in range(0, n, 1024):
@@ -65,7 +70,7 @@ def plain(paths: list[str], out: str, size: int, block: int) -> None:
     profile = {
         "driver": "GTiff", "width": size, "height": size, "count": len(srcs), "dtype": "float32",
         "nodata": float("nan"), "crs": "EPSG:32633", "transform": Affine(10, 0, X0, 0, -10, Y0), "tiled": True,
-        "blockxsize": 256, "blockysize": 256, "compress": "zstd", "BIGTIFF": "IF_SAFER",
+        "blockxsize": 256, "blockysize": 256, "compress": "zstd", "zstd_level": 1, "BIGTIFF": "IF_SAFER",
     }  # fmt: skip
     with rasterio.open(out, "w", **profile) as dst:
         for r in range(0, size, block):
@@ -85,20 +90,31 @@ def plain(paths: list[str], out: str, size: int, block: int) -> None:
 
 CHILD = """
 import json, resource, sys, time
+{setup}
+r0 = resource.getrusage(resource.RUSAGE_SELF)
 t0 = time.perf_counter()
 {body}
 ru = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({{"secs": time.perf_counter() - t0, "cpu": ru.ru_utime + ru.ru_stime,
-                  "peak_mib": ru.ru_maxrss / 1024}}))
+cpu = ru.ru_utime + ru.ru_stime - r0.ru_utime - r0.ru_stime
+print(json.dumps({{"secs": time.perf_counter() - t0, "cpu": cpu, "peak_mib": ru.ru_maxrss / 1024}}))
 """
 
 
-def child(body: str) -> dict[str, float]:
+def child(setup: str, body: str) -> dict[str, float]:
+    """Run ``setup`` (imports, not timed) then ``body`` (timed: wall, CPU of all threads) in a fresh process."""
     out = subprocess.run(
-        [sys.executable, "-c", CHILD.format(body=body)], check=True, capture_output=True, text=True
+        [sys.executable, "-c", CHILD.format(setup=setup, body=body)],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def du(path: Path) -> int:
+    """Bytes of the files under ``path``."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def main() -> None:
@@ -107,10 +123,20 @@ def main() -> None:
         "--size", type=int, default=10980, help="side of the 10 m grid in pixels (a multiple of 6)"
     )
     ap.add_argument("--block", type=int, default=512)
+    ap.add_argument("--tmp", default=None, help="folder for the temporary files (default: the system's)")
     args = ap.parse_args()
     if args.size % 6:
         ap.error("--size must be a multiple of 6 (whole 60 m pixels)")
-    with tempfile.TemporaryDirectory() as tmp_s:
+    t_all = time.perf_counter()
+    # measured at zstd level 1 on this random data: inputs 10, plain.tif 33, prepared 46 bytes per 10 m pixel;
+    # plain.tif is deleted before prepare runs, so the peak is about 56 bytes/px; ask for 80 to be safe
+    need = args.size**2 * 80
+    free = shutil.disk_usage(args.tmp or tempfile.gettempdir()).free
+    print(f"temporary files under {args.tmp or tempfile.gettempdir()}: {free / 2**30:.1f} GiB free, "
+          f"about {need / 2**30:.1f} GiB needed at most")  # fmt: skip
+    if free < need:
+        sys.exit(f"not enough free disk ({free / 2**30:.1f} GiB < {need / 2**30:.1f} GiB); pass --tmp DIR")
+    with tempfile.TemporaryDirectory(prefix="eoforge-bench-prepare-", dir=args.tmp) as tmp_s:
         tmp = Path(tmp_s)
         t0 = time.perf_counter()
         paths = make_tile(tmp, args.size)
@@ -133,20 +159,24 @@ def main() -> None:
             }
         }
         (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+        disk_in = du(tmp)
         # the same 13 files, ordered as the sensor orders them (plain reads them in this order too)
         ordered = sorted(
             paths, key=lambda p: [n for ns in BANDS.values() for n in ns].index(p.name.split("_")[2][:3])
         )
         base = child(
-            f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
-            f"from prepare import plain\n"
-            f"plain({[str(p) for p in ordered]!r}, {str(tmp / 'plain.tif')!r}, {args.size}, {args.block})"
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom prepare import plain",
+            f"plain({[str(p) for p in ordered]!r}, {str(tmp / 'plain.tif')!r}, {args.size}, {args.block})",
         )
+        disk_plain = (tmp / "plain.tif").stat().st_size
+        (tmp / "plain.tif").unlink()  # keep the peak disk use at inputs + one output
         prep = child(
             "from eoforge.config import load_config\nfrom eoforge.prepare import prepare\n"
+            "import eoforge.prepare.indices, eoforge.prepare.recipe",
             f"cfg = load_config({str(tmp / 'cfg.yaml')!r})\n"
-            f"prepare(cfg.inputs, {str(tmp / 'run')!r}, block={args.block}, prep=cfg.prepare)"
+            f"prepare(cfg.inputs, {str(tmp / 'run')!r}, block={args.block}, prep=cfg.prepare)",
         )
+        disk_prep = du(tmp / "run")
         mp = args.size * args.size / 1e6
         out_gib = args.size * args.size * 13 * 4 / 2**30
         print(f"scene {args.size} x {args.size} (10 m grid, {mp:.1f} MP), 13 bands (4 x 10 m, 6 x 20 m, 3 x 60 m) "
@@ -156,6 +186,10 @@ def main() -> None:
                   f"peak RSS {r['peak_mib']:.0f} MiB")  # fmt: skip
         print(f"throughput ratio prepare / plain: {base['secs'] / prep['secs']:.2f} (wall), "
               f"{base['cpu'] / prep['cpu']:.2f} (CPU time)")  # fmt: skip
+        print(f"disk: inputs {disk_in / 2**30:.2f} GiB, plain.tif {disk_plain / 2**30:.2f} GiB, prepared "
+              f"{disk_prep / 2**30:.2f} GiB; peak {(disk_in + max(disk_plain, disk_prep)) / 2**30:.2f} GiB "
+              "(all removed at exit)")  # fmt: skip
+    print(f"benchmark wall time {time.perf_counter() - t_all:.0f} s")
 
 
 if __name__ == "__main__":

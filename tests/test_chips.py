@@ -20,6 +20,7 @@ from eoforge.chips.make import sample
 from eoforge.chips.samplers import grid_starts
 from eoforge.chips.splits import split_blocks, split_random
 from eoforge.chips.store import info
+from eoforge.chips.tasks import read_chips, read_groups
 from eoforge.cli import main
 from eoforge.config import ChipsConfig, ComputeConfig, parse_config
 from eoforge.errors import DataError, InputError
@@ -69,6 +70,40 @@ def test_grid_starts_cover_the_edge(length: int, size: int, stride: int) -> None
         covered[s : s + size] = True
     assert covered.all()
     assert list(starts) == sorted(set(starts))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60)), min_size=1, max_size=30),
+    st.integers(1, 12),
+    st.sampled_from([1.0, 2.0, 4.0]),
+)
+def test_read_groups_cover_each_chip_once_in_a_bounded_box(
+    corners: list[tuple[int, int]], size: int, waste: float
+) -> None:
+    rows, cols = (np.array(v) for v in zip(*sorted(corners), strict=True))
+    groups = read_groups(rows, cols, size, waste)
+    assert [a for a, _ in groups] == [0, *[b for _, b in groups[:-1]]] and groups[-1][1] == len(rows)
+    for a, b in groups:
+        box = (rows[a:b].max() - rows[a:b].min() + size) * (cols[a:b].max() - cols[a:b].min() + size)
+        assert b - a == 1 or box <= waste * (b - a) * size * size
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 30)), min_size=1, max_size=12), st.booleans())
+def test_read_chips_equal_window_reads(
+    tmp_path_factory: pytest.TempPathFactory, corners: list, band: bool
+) -> None:
+    tif = tmp_path_factory.getbasetemp() / "read_chips.tif"
+    if not tif.exists():
+        write_tif(tif, np.random.default_rng(0).random((3, 56, 46)).astype(np.float32))
+    rows, cols = (np.array(v) for v in zip(*sorted(corners), strict=True))
+    with rasterio.open(tif) as ds:
+        got = dict(read_chips(ds, rows, cols, 16, band=1 if band else None))
+        assert sorted(got) == list(range(len(rows)))
+        for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
+            w = rasterio.windows.Window(int(c), int(r), 16, 16)
+            np.testing.assert_array_equal(got[k], ds.read(1, window=w) if band else ds.read(window=w))
 
 
 def test_grid_chips_hold_every_valid_pixel(tmp_path: Path) -> None:
@@ -289,7 +324,11 @@ def test_regions_split_with_buffer(tmp_path: Path) -> None:
         make_chips(scene, bad, tmp_path / "run2")
 
 
-def test_local_cluster_writes_the_same_store(tmp_path: Path) -> None:
+def test_local_cluster_writes_the_same_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # shards of 4 chips, 2 shards per task: 27 chips make 4 tasks, most with a shard written while the next is read
+    monkeypatch.setattr("eoforge.chips.store.SHARD", 4)
+    monkeypatch.setattr("eoforge.chips.make.SHARD", 4)
+    monkeypatch.setattr("eoforge.chips.make.SHARDS_PER_TASK", 2)
     scene = _prepare(tmp_path, _two_class(64, 160))
     cfg = ChipsConfig(size=32, stride=16, points={"per_class": 30}, split={"block_size": 32})
     one = make_chips(scene, cfg, tmp_path / "one")
@@ -297,6 +336,7 @@ def test_local_cluster_writes_the_same_store(tmp_path: Path) -> None:
     files = sorted(p.relative_to(one.root) for p in one.root.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(two.root) for p in two.root.rglob("*") if p.is_file())
     assert len(files) > len(one.index()) + 5
+    assert zarr.open_array(str(one.zarr_path / "image"), mode="r").shards == (4, 2, 32, 32)
     for f in files:
         assert (one.root / f).read_bytes() == (two.root / f).read_bytes(), f
 
@@ -364,3 +404,34 @@ def test_regions_path_is_relative_to_the_config_and_cli_compute(tmp_path: Path) 
     assert with_compute(cfg, None, 3).compute.workers == 3
     with pytest.raises(InputError, match="--scheduler/--workers: .*not both"):
         with_compute(cfg, "tcp://127.0.0.1:8786", 2)
+
+
+def test_dataset_batches_from_the_cache_equal_store_reads(built: ChipStore) -> None:
+    import pickle
+
+    import torch
+
+    from eoforge.data import ChipDataset
+
+    mean, std = [1.0, 1.0], [2.0, 4.0]
+    idx = built.index().set_index("chip")
+    lazy = ChipDataset(built, "train", mean, std, cache_mb=0)
+    cached = ChipDataset(built, "train", mean, std, cache_mb=1)
+    assert not lazy.cached and cached.cached
+    assert not ChipDataset(built, "train", mean, std, cache_mb=0.001).cached  # the split does not fit
+    pos = [3, 0, 3, len(lazy) - 1, 1]  # unsorted, with a repeat
+    ramp = np.arange(32)
+    for ds in (lazy, cached):
+        image, mask = ds.batch(pos)
+        assert image.shape == (5, 2, 32, 32) and image.dtype == torch.float32 and mask.dtype == torch.int64
+        for k, p in enumerate(pos):
+            r, c = idx.loc[built.splits["train"][p], ["row", "col"]]
+            # band 0 is the scene row + 1, band 1 the column + 1: normalised with (x - mean) / std
+            np.testing.assert_allclose(image[k, 0].numpy(), np.repeat(((r + ramp) / 2.0)[:, None], 32, 1))
+            np.testing.assert_allclose(image[k, 1].numpy(), np.repeat(((c + ramp) / 4.0)[None, :], 32, 0))
+            np.testing.assert_array_equal(mask[k].numpy(), np.repeat((c + ramp >= 96)[None, :], 32, 0))
+        assert ds[pos[0]]["image"].shape == (2, 32, 32)
+    assert cached._cache is not None and lazy._cache is None
+    copy = pickle.loads(pickle.dumps(cached))  # what a worker process receives: no arrays, no cache
+    assert copy._cache is None and copy._arrays is None and copy.cached
+    torch.testing.assert_close(copy.batch(pos)[0], cached.batch(pos)[0])

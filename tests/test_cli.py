@@ -13,6 +13,7 @@ from conftest import write_tif
 from helpers import identity_package
 
 from eoforge.cli import main
+from eoforge.errors import InputError
 
 
 def _config(tmp_path: Path, scene: dict, **inputs: object) -> Path:
@@ -128,3 +129,31 @@ def test_stage_out_of_order_says_what_to_run(
 def test_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     main(["models"])
     assert "unet" in capsys.readouterr().out.split()
+
+
+def test_run_takes_workers_and_scheduler(
+    tmp_path: Path, scene: dict, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _config(tmp_path, scene)
+    raw = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**raw, "compute": {"connect_timeout": 1}}))
+    out = tmp_path / "out"
+    # --scheduler reaches the chips stage (after prepare ran), keeping the config's other compute keys
+    err = _fails(["-q", "run", str(path), "-o", str(out), "--scheduler", "tcp://127.0.0.1:9"], capsys)
+    assert "tcp://127.0.0.1:9: cannot reach the Dask scheduler" in err
+    assert (out / "prepared" / "scene.json").is_file() and not (out / "chips").exists()
+    err = _fails(
+        ["run", str(path), "-o", str(out), "--scheduler", "tcp://127.0.0.1:9", "--workers", "2"], capsys
+    )
+    assert "--scheduler/--workers: " in err and "not both" in err
+    _fails(["-q", "run", str(path), "-o", str(out), "--workers", "0"], capsys)
+    seen = []
+
+    def fake_run(cfg: object, out: Path, **kwargs: object) -> None:
+        seen.append(cfg)
+        raise InputError("stopped here")
+
+    monkeypatch.setattr("eoforge.pipeline.run", fake_run)
+    assert "stopped here" in _fails(["-q", "run", str(path), "-o", str(out), "--workers", "3"], capsys)
+    compute = seen[0].compute  # type: ignore[attr-defined]
+    assert (compute.workers, compute.scheduler, compute.connect_timeout) == (3, None, 1.0)

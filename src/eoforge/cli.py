@@ -155,19 +155,36 @@ def _announce(stage: str, skipped: bool) -> None:
 _fresh = click.option("--fresh", is_flag=True, help="Re-run every stage even if its outputs are up to date.")
 
 
+_scheduler = click.option(
+    "--scheduler", default=None, help="Dask scheduler address tcp://host:8786 (compute.scheduler)."
+)
+_workers = click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Start a local Dask cluster of N workers (compute.workers).",
+)
+
+
 @cli.command("run")
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Run directory.")
 @_fresh
+@_scheduler
+@_workers
 @click.pass_context
-def run_cmd(ctx: click.Context, config: Path, out: Path, fresh: bool) -> None:
+def run_cmd(
+    ctx: click.Context, config: Path, out: Path, fresh: bool, scheduler: str | None, workers: int | None
+) -> None:
     """Run the whole cycle (prepare, chips, train, evaluate, predict) from a YAML CONFIG.
 
     Stages whose outputs in OUT were made from the same config are skipped, so an interrupted run continues.
+    --scheduler/--workers replace the config's `compute` section for the stages that run on Dask (chips,
+    predict); the outputs are the same on any scheduler, so changing them re-runs nothing.
     """
-    from eoforge.config import load_config
+    from eoforge.config import load_config, with_compute
 
-    _run(load_config(config), out, ctx, fresh=fresh)
+    _run(with_compute(load_config(config), scheduler, workers), out, ctx, fresh=fresh)
 
 
 @cli.command("demo")
@@ -226,10 +243,8 @@ def chips_group() -> None:
 @chips_group.command("make")
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Run directory.")
-@click.option("--scheduler", default=None, help="Dask scheduler address tcp://host:8786 (compute.scheduler).")
-@click.option(
-    "--workers", type=int, default=None, help="Start a local Dask cluster of N workers (compute.workers)."
-)
+@_scheduler
+@_workers
 def chips_make(config: Path, out: Path, scheduler: str | None, workers: int | None) -> None:
     """Sample, filter and split chips into OUT/chips (needs OUT/prepared); checks the splits for leakage."""
     from eoforge import pipeline

@@ -283,10 +283,12 @@ class PrepareConfig(_Strict):
     )
     normalize: Literal["zscore", "minmax", "percentile"] = Field(
         default="zscore",
-        description="Normalisation: zscore (exact mean/std), minmax, or percentile (stretch between `clip`).",
+        description="Normalisation: zscore (exact mean/std), minmax, or percentile (values clamped to the `clip` "
+        "percentiles, then stretched to [0, 1]; percentiles within (max - min) / 4096 of the exact ones).",
     )
     clip: tuple[float, float] = Field(
-        default=(2.0, 98.0), description="Lower and upper percentiles of `normalize: percentile`."
+        default=(2.0, 98.0),
+        description="Lower and upper percentiles of `normalize: percentile`; values beyond them are clamped.",
     )
     min_valid_date: float | None = Field(
         default=None,
@@ -497,6 +499,12 @@ class TrainConfig(_Strict):
     )
     num_workers: int | None = Field(
         default=None, ge=0, description="DataLoader worker processes (default: CPU count - 1, at most 4)."
+    )
+    cache_mb: float = Field(
+        default=1024,
+        ge=0,
+        description="Hold a split's chips in memory when they take at most this many MiB (read once, no I/O "
+        "per epoch; each DataLoader worker holds its own copy); 0 reads every batch from the store.",
     )
     accelerator: str = Field(default="auto", description="Lightning accelerator: auto, cpu, gpu.")
     devices: int | str = Field(default=1, description="Lightning devices (1, 2, 'auto').")

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 STRIP = 256
 """Rows of the scene per Dask task (the prepared rasters' tile height): chips whose top row falls in one strip."""
 MAX_PER_TASK = 256
+SHARDS_PER_TASK = 4
+"""Zarr shards per extraction task (``SHARDS_PER_TASK * SHARD`` chips; two shards are held at once)."""
 """At most this many chips per task (bounds a task's memory: ``MAX_PER_TASK`` chips are held at once)."""
 
 
@@ -257,8 +259,11 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
                 size,
                 grid.width,
                 pts,
+                SHARD,
             )
-            for a, b in batches(np.arange(n), SHARD, SHARD)  # whole shards: no file written by two tasks
+            # whole shards, so no file is written by two tasks; several per task, so most tiles of the
+            # prepared rasters are decompressed once
+            for a, b in batches(np.arange(n), SHARD * SHARDS_PER_TASK, SHARD * SHARDS_PER_TASK)
         ]
         found = run_tasks(extract, args, client)
         consolidate(tmp / "chips.zarr")

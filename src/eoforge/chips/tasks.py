@@ -9,7 +9,8 @@ their chips straight into the Zarr arrays (one chunk per chip, so no two tasks w
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import dask
@@ -49,22 +50,62 @@ def batches(rows: np.ndarray, strip: int, most: int) -> list[tuple[int, int]]:
     return out
 
 
+def read_groups(rows: np.ndarray, cols: np.ndarray, size: int, waste: float = 2.0) -> list[tuple[int, int]]:
+    """``[start, stop)`` runs of consecutive chips read with one window, their bounding box: a run grows while
+    that box holds at most ``waste`` times the chips' own pixels, so it stays close to the chips (a task's
+    memory stays bounded by its chip count) while neighbouring and overlapping chips share one read.
+
+    Hand-written: GDAL has no call for many small windows; one read per bounding box cuts the per-call cost
+    (block lookups, band loops, array allocation) that dominates window reads of chip size.
+    """
+    out: list[tuple[int, int]] = []
+    start, n = 0, len(rows)
+    while start < n:
+        stop = start + 1
+        lo, hi = (int(rows[start]), int(cols[start])), (int(rows[start]), int(cols[start]))
+        while stop < n:
+            r, c = int(rows[stop]), int(cols[stop])
+            lo2, hi2 = (min(lo[0], r), min(lo[1], c)), (max(hi[0], r), max(hi[1], c))
+            box = (hi2[0] - lo2[0] + size) * (hi2[1] - lo2[1] + size)
+            if box > waste * (stop + 1 - start) * size * size:
+                break
+            stop, lo, hi = stop + 1, lo2, hi2
+        out.append((start, stop))
+        start = stop
+    return out
+
+
+def read_chips(
+    ds: rasterio.io.DatasetReader, rows: np.ndarray, cols: np.ndarray, size: int, band: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(k, chip k)``: ``(bands, size, size)``, or ``(size, size)`` of ``band`` only, read one
+    :func:`read_groups` box at a time (the same values as a window read of each chip)."""
+    for a, b in read_groups(rows, cols, size):
+        r0, c0 = int(rows[a:b].min()), int(cols[a:b].min())
+        w = Window(c0, r0, int(cols[a:b].max()) - c0 + size, int(rows[a:b].max()) - r0 + size)
+        box = ds.read(window=w) if band is None else ds.read(band, window=w)
+        for k in range(a, b):
+            r, c = int(rows[k]) - r0, int(cols[k]) - c0
+            yield k, box[..., r : r + size, c : c + size]
+
+
 def window_stats(
     image: str, labels: str, rows: np.ndarray, cols: np.ndarray, size: int, n_classes: int, need_valid: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For each chip: its valid (non-nodata) pixel count and its labelled pixel count per class.
+    """For each chip (sorted by row): its valid (non-nodata) pixel count and its labelled pixel count per class.
 
     Reads the labels, and the image only when ``need_valid``; otherwise the valid count is -1 (unknown;
     prepare marks nodata pixels unlabelled, so labelled pixels are always valid ones).
     """
     valid = np.full(len(rows), -1, dtype=np.int64)
     counts = np.zeros((len(rows), n_classes), dtype=np.int64)
-    with rasterio.open(image) as src, rasterio.open(labels) as lab:
-        for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
-            w = Window(int(c), int(r), size, size)
-            if need_valid:
-                valid[i] = int(np.count_nonzero(valid_mask(src.read(window=w))))
-            counts[i] = np.bincount(lab.read(1, window=w).ravel(), minlength=256)[:n_classes]
+    with rasterio.open(labels) as lab:
+        for k, lb in read_chips(lab, rows, cols, size, band=1):
+            counts[k] = np.bincount(lb.ravel(), minlength=256)[:n_classes]
+    if need_valid:
+        with rasterio.open(image) as src:
+            for k, img in read_chips(src, rows, cols, size):
+                valid[k] = int(np.count_nonzero(valid_mask(img)))
     return valid, counts
 
 
@@ -94,8 +135,12 @@ def extract(
     size: int,
     width: int,
     points: tuple[int, int] | None,
+    shard: int,
 ) -> dict[str, np.ndarray] | None:
-    """Copy chips ``start, start+1, …`` into the Zarr arrays ``image`` and ``label`` of ``store``.
+    """Copy chips ``start, start+1, …`` into the Zarr arrays ``image`` and ``label`` of ``store``, one shard
+    of ``shard`` chips at a time (``start`` is a shard boundary): each shard is written by a helper thread
+    while the next one is read (GDAL and Blosc release the GIL), and the rasters stay open for the whole
+    task so a tile shared by two shards is decompressed once.
 
     With ``points = (per_class, seed)``, also return this batch's candidates for the stratified point sample:
     per (split, class) the ``per_class`` labelled valid pixels of smallest :func:`pixel_keys`.
@@ -105,33 +150,54 @@ def extract(
     if not isinstance(img_arr, zarr.Array) or not isinstance(lab_arr, zarr.Array):
         raise DataError(f"{store}: 'image' and 'label' must be Zarr arrays; re-run `eoforge chips`")
     found: list[dict[str, np.ndarray]] = []
-    n = len(rows)
-    imgs = np.empty((n, *img_arr.shape[1:]), dtype=np.float32)
-    labs = np.empty((n, *lab_arr.shape[1:]), dtype=np.uint8)
-    with rasterio.open(image) as src, rasterio.open(labels) as lab:
-        for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
-            w = Window(int(c), int(r), size, size)
-            img = imgs[k] = src.read(window=w)
-            lb = labs[k] = lab.read(1, window=w)
-            if points is None:
-                continue
-            yy, xx = np.nonzero(lb != IGNORE_INDEX)  # labels are unlabelled wherever the image is nodata
-            found.append(
-                {
-                    "row": yy + r,
-                    "col": xx + c,
-                    "split": np.full(len(yy), splits[k], dtype=np.int8),
-                    "label": lb[yy, xx],
-                    "values": img[:, yy, xx].T,
-                }
-            )
-    img_arr[start : start + n] = imgs  # one call per batch: zarr writes the chunks concurrently
-    lab_arr[start : start + n] = labs
-    if points is None:
-        return None
-    if not found:
+    pending: Future[None] | None = None
+    # every chip has valid pixels (the filters), so zarr's check for chunks equal to the fill value is skipped;
+    # the shard's chunks are encoded as one batch (zarr's default pipeline hands them over one by one)
+    options = {"array.write_empty_chunks": True, "codec_pipeline.batch_size": shard}
+    with (
+        rasterio.open(image) as src,
+        rasterio.open(labels) as lab,
+        ThreadPoolExecutor(1) as writer,
+        zarr.config.set(options),
+    ):
+        for a in range(0, len(rows), shard):
+            r, c = rows[a : a + shard], cols[a : a + shard]
+            imgs = np.empty((len(r), *img_arr.shape[1:]), dtype=np.float32)
+            labs = np.empty((len(r), *lab_arr.shape[1:]), dtype=np.uint8)
+            for k, lb in read_chips(lab, r, c, size, band=1):
+                labs[k] = lb
+            for k, img in read_chips(src, r, c, size):
+                imgs[k] = img
+            if pending is not None:
+                pending.result()  # at most one shard waits for its write: memory stays two shards
+            pending = writer.submit(_write, img_arr, lab_arr, start + a, imgs, labs)
+            if points is not None:
+                found.extend(_labelled(imgs, labs, r, c, splits[a : a + shard]))
+        if pending is not None:
+            pending.result()
+    if not found or points is None:
         return None
     return top_points({k: np.concatenate([f[k] for f in found]) for k in found[0]}, width, *points)
+
+
+def _write(img_arr: zarr.Array, lab_arr: zarr.Array, at: int, imgs: np.ndarray, labs: np.ndarray) -> None:
+    img_arr[at : at + len(imgs)] = imgs
+    lab_arr[at : at + len(labs)] = labs
+
+
+def _labelled(
+    imgs: np.ndarray, labs: np.ndarray, rows: np.ndarray, cols: np.ndarray, splits: np.ndarray
+) -> Iterator[dict[str, np.ndarray]]:
+    """Every labelled pixel of the chips: position, split, label and band values."""
+    for k, (lb, img) in enumerate(zip(labs, imgs, strict=True)):
+        yy, xx = np.nonzero(lb != IGNORE_INDEX)  # labels are unlabelled wherever the image is nodata
+        yield {
+            "row": yy + rows[k],
+            "col": xx + cols[k],
+            "split": np.full(len(yy), splits[k], dtype=np.int8),
+            "label": lb[yy, xx],
+            "values": img[:, yy, xx].T,
+        }
 
 
 def top_points(p: dict[str, np.ndarray], width: int, per_class: int, seed: int) -> dict[str, np.ndarray]:

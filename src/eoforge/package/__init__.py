@@ -29,6 +29,7 @@ from eoforge import __version__
 from eoforge.errors import PackageError
 from eoforge.io.atomic import atomic_dir, write_text
 from eoforge.models.registry import channels_last_ok
+from eoforge.normalise import clamps, normalize_tensor
 from eoforge.package.fields import OnnxInfo, meta_problem
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,11 @@ class PackageMeta:
         if self.band_descriptions:
             return self.band_descriptions
         return list(self.recipe["bands"]) if self.recipe else self.bands
+
+    @property
+    def clamp(self) -> bool:
+        """Normalised inputs are clipped to [0, 1] (the recipe's ``normalize: percentile``)."""
+        return clamps(self.recipe)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -149,8 +155,7 @@ class Predictor:
 
     def normalize(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(x, dtype=torch.float32).to(self.device)
-        t = (t - self._mean) / self._std
-        return torch.nan_to_num(t, nan=0.0)
+        return normalize_tensor(t, self._mean, self._std, self.meta.clamp)
 
     @torch.inference_mode()
     def logits(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,9 @@ def build_item(
         resize_type=None,
         pre_processing_function={
             "format": "documentation-link",
-            "expression": "height and width multiples of 32; NaN (nodata) set to 0 after z-score scaling",
+            "expression": "height and width multiples of 32; "
+            + ("scaled values clipped to [0, 1] (percentile stretch); " if meta.clamp else "")
+            + "NaN (nodata) set to 0 after z-score scaling",
         },
     )
     model_output = ModelOutput(

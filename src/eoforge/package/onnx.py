@@ -20,6 +20,7 @@ from torch import nn
 
 from eoforge.errors import PackageError
 from eoforge.io.atomic import atomic_path, write_text
+from eoforge.normalise import normalize_array
 from eoforge.package import META, ONNX, OnnxInfo, PackageMeta
 from eoforge.package.fields import one_line
 
@@ -144,8 +145,8 @@ class OnnxPredictor:
                 f"{onnx_path if isinstance(onnx_path, (str, Path)) else 'model.onnx'}: ONNX Runtime cannot load "
                 f"it ({one_line(exc, 80)}); re-export with eoforge export MODEL --onnx"
             ) from None
-        self._mean = np.asarray(meta.mean, dtype=np.float32).reshape(1, -1, 1, 1)
-        self._std = np.asarray(meta.std, dtype=np.float32).reshape(1, -1, 1, 1)
+        self._mean = np.asarray(meta.mean, dtype=np.float32)
+        self._std = np.asarray(meta.std, dtype=np.float32)
 
     @classmethod
     def from_package(cls, path: str | Path, threads: int | None = None) -> OnnxPredictor:
@@ -170,7 +171,7 @@ class OnnxPredictor:
 
     def normalize(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         a = np.asarray(x, dtype=np.float32)
-        return torch.from_numpy(np.nan_to_num((a - self._mean) / self._std, nan=0.0))
+        return torch.from_numpy(normalize_array(a, self._mean, self._std, self.meta.clamp))
 
     def logits(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         if x.shape[1] != len(self.meta.bands):

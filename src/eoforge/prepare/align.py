@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -136,7 +137,10 @@ class GridReader:
 
     A file already on the grid is read directly (masks, alpha and per-band nodata as in
     :class:`~eoforge.io.rasters.RasterStack`); any other is warped window by window through a ``WarpedVRT``
-    (its alpha band, if any, is the warp's source alpha; the first band's nodata is the source nodata).
+    (its alpha band, if any, is the warp's source alpha). Each band keeps its own nodata (``nodata``, else the
+    file's per-band value) and a band's nodata is NaN in that band only (``UNIFIED_SRC_NODATA=NO``). When the
+    bands' values differ, the warp reads the file through a float32 VRT that turns each band's nodata into NaN
+    (:func:`_nan_vrt`), because ``WarpedVRT`` takes one source nodata for all bands.
     """
 
     def __init__(
@@ -161,24 +165,35 @@ class GridReader:
             self.warped = not (s.crs.to_string() == grid.crs and grid_of(s).same_as(grid))
             self._direct: RasterStack | None = None
             self._vrt: WarpedVRT | None = None
+            self._nan_src: rasterio.DatasetReader | None = None
             self.dtype = dtype
             if not self.warped:
                 self._direct = RasterStack([self.path], nodata=nd)
             else:
-                src_nd = nd[0] if nd[0] is not None else s.nodatavals[self.indexes[0] - 1]
+                src_nd = [
+                    v if v is not None else s.nodatavals[i - 1] for v, i in zip(nd, self.indexes, strict=True)
+                ]
                 kw: dict[str, object] = {}
-                if alpha:
+                warp_src = s
+                if len({_nd_key(v) for v in src_nd}) > 1:
+                    self._nan_src = rasterio.open(_nan_vrt(s, self.path, self.indexes, src_nd, alpha[:1]))
+                    warp_src, src_nd = self._nan_src, [float("nan")]
+                    self.indexes = list(range(1, self.count + 1))
+                    if alpha:
+                        kw["src_alpha"] = self.count + 1
+                elif alpha:
                     kw["src_alpha"] = alpha[0]
                 self._vrt = WarpedVRT(
-                    s,
+                    warp_src,
                     crs=grid.crs,
                     transform=grid.transform,
                     width=grid.width,
                     height=grid.height,
                     resampling=Resampling[resampling],
-                    src_nodata=src_nd,
+                    src_nodata=src_nd[0],
                     nodata=np.nan if dtype == "float32" else _int_fill(dtype),
                     dtype=dtype,
+                    UNIFIED_SRC_NODATA="NO",  # a band's nodata masks that band only (GDAL's default: all bands)
                     **kw,
                 )
         except Exception:
@@ -201,6 +216,8 @@ class GridReader:
             self._direct.close()  # type: ignore[union-attr]
         if getattr(self, "_vrt", None) is not None:
             self._vrt.close()  # type: ignore[union-attr]
+        if getattr(self, "_nan_src", None) is not None:
+            self._nan_src.close()  # type: ignore[union-attr]
         self._src.close()
 
     def __enter__(self) -> GridReader:
@@ -210,6 +227,53 @@ class GridReader:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _nd_key(v: float | None) -> str:
+    return "none" if v is None else repr(float(v))  # NaN == NaN here
+
+
+def _nan_vrt(
+    src: rasterio.DatasetReader,
+    path: Path,
+    indexes: Sequence[int],
+    nodata: Sequence[float | None],
+    alpha: Sequence[int],
+) -> str:
+    """VRT XML of ``src``'s bands ``indexes`` as float32 with NaN where each equals its own ``nodata`` (GDAL's
+    ComplexSource NODATA), then the alpha band unchanged. Written here because rasterio builds VRTs with one
+    nodata for all bands only; the XML is GDAL's documented VRT format (gdal.org/drivers/raster/vrt.html)."""
+    root = ET.Element("VRTDataset", rasterXSize=str(src.width), rasterYSize=str(src.height))
+    ET.SubElement(root, "SRS").text = src.crs.to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(repr(float(v)) for v in src.transform.to_gdal())
+    bands = [(i, v, "Float32") for i, v in zip(indexes, nodata, strict=True)]
+    bands += [(a, None, "") for a in alpha]
+    for k, (i, v, dt) in enumerate(bands, 1):
+        is_alpha = not dt
+        gdal_type = _GDAL_TYPES.get(src.dtypes[i - 1], "Float32") if is_alpha else dt
+        band = ET.SubElement(root, "VRTRasterBand", dataType=gdal_type, band=str(k))
+        if is_alpha:
+            ET.SubElement(band, "ColorInterp").text = "Alpha"
+        else:
+            ET.SubElement(band, "NoDataValue").text = "nan"
+        source = ET.SubElement(band, "ComplexSource")
+        ET.SubElement(source, "SourceFilename", relativeToVRT="0").text = str(path)
+        ET.SubElement(source, "SourceBand").text = str(i)
+        if v is not None:
+            ET.SubElement(source, "NODATA").text = repr(float(v))
+    return ET.tostring(root, encoding="unicode")
+
+
+_GDAL_TYPES = {
+    "uint8": "Byte",
+    "int8": "Int8",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "float32": "Float32",
+    "float64": "Float64",
+}
 
 
 def _int_fill(dtype: str) -> int:

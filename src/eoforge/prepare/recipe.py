@@ -32,7 +32,7 @@ from eoforge.prepare.sensors import Sensor, get_sensor, quality_bits, quality_va
 
 log = logging.getLogger(__name__)
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: percentile stretches are clipped to [0, 1] (eoforge.normalise.clamps); 1 did not clip
 Images = Sequence[str | Path | Sequence[str | Path]]
 
 
@@ -309,8 +309,8 @@ class RecipeSource:
                 len(names),
                 str(self._groups[0].files[0]),
             )
-            if sensor is not None and recipe.nodata is None:  # the product's fill value, tagged or not
-                nds = [sensor.nodata] * len(names)
+            if sensor is not None and recipe.nodata is None:  # the product's fill values, tagged or not
+                nds = [sensor.fill(n) for n in names]
             k = 0
             warped = []
             for g in self._groups:
@@ -412,8 +412,9 @@ class RecipeSource:
         window = window or Window(0, 0, self.grid.width, self.grid.height)
         parts = [combine([r.read(window) for r in g.readers], self.recipe.mosaic) for g in self._groups]
         out = np.concatenate(parts, axis=0) if len(parts) > 1 else parts[0].copy()
-        if self._scaled:
-            out = out * self._scale + self._offset
+        if self._scaled:  # in place: ``out`` is a fresh array
+            out *= self._scale
+            out += self._offset
         if self._masks:
             masked = np.zeros(out.shape[1:], dtype=bool)
             for m in self._masks:

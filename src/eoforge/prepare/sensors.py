@@ -1,7 +1,7 @@
 """Sensor presets: band names from file names (STAC eo common names), reflectance scale/offset, quality band.
 
 The tables are the products' documented values (ESA Sentinel-2 L1C/L2A product specification; USGS Landsat
-Collection 2 Level-2 science product guide; MODIS MOD09GA user guide). They are small constants, hence written
+Collection 2 Level-2 science product guide; MODIS MOD09GA and MOD13 (C6.1) user guides). They are small constants, hence written
 here rather than pulled from a catalogue package.
 """
 
@@ -24,6 +24,7 @@ class SensorBand:
     resolution: float
     scale: float = 1.0
     offset: float = 0.0
+    nodata: float | None = None  # the band's fill value where it differs from the sensor's (MOD13Q1 VIs)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ class Sensor:
     quality_bits: dict[str, int] = field(default_factory=dict)  # named bits of a QA band
     ignore: tuple[str, ...] = ()  # tokens of other product files that are neither bands nor quality
     nodata: float | None = 0.0  # the product's fill value (S2 JP2 files do not tag it)
+
+    def fill(self, name: str) -> float | None:
+        """Fill value of the band with common name (or token) ``name``."""
+        for b in self.bands:
+            if name in (b.name, b.token):
+                return b.nodata if b.nodata is not None else self.nodata
+        return self.nodata
 
     def band(self, token: str) -> SensorBand:
         for b in self.bands:
@@ -179,6 +187,30 @@ SENSORS: dict[str, Sensor] = {
                 "snow": 12,
                 "adjacent_cloud": 13,
             },
+        ),
+        Sensor(
+            "modis-mod13q1",
+            "MODIS Terra MOD13Q1 16-day 250 m vegetation indices (NDVI, EVI x0.0001, fill -3000; red, NIR, blue, "
+            "MIR reflectance x0.0001, fill -1000), pixel_reliability classes; GeoTIFF exports named like "
+            "AppEEARS' MOD13Q1.061__250m_16_days_NDVI_doy2023001_aid0001.tif",
+            (
+                SensorBand("NDVI", "NDVI", 250, 1e-4, nodata=-3000),
+                SensorBand("EVI", "EVI", 250, 1e-4, nodata=-3000),
+                SensorBand("red_reflectance", "red", 250, 1e-4),
+                SensorBand("NIR_reflectance", "nir08", 250, 1e-4),
+                SensorBand("blue_reflectance", "blue", 250, 1e-4),
+                SensorBand("MIR_reflectance", "swir22", 250, 1e-4),
+            ),
+            nodata=-1000,
+            quality="pixel_reliability",
+            quality_classes={"fill": -1, "good": 0, "marginal": 1, "snow_ice": 2, "cloudy": 3},
+            ignore=(
+                "VI_Quality",
+                "view_zenith_angle",
+                "sun_zenith_angle",
+                "relative_azimuth_angle",
+                "composite_day_of_the_year",
+            ),
         ),
     )
 }

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.windows import Window
 
 from eoforge.config import IGNORE_INDEX, InputsConfig, PrepareConfig
 from eoforge.errors import InputError
@@ -78,6 +81,9 @@ def prepare(
             "blockxsize": 256,
             "blockysize": 256,
             "compress": "zstd",
+            # level 1: ~10x less CPU than GDAL's default 9 on float32 (benchmarks/prepare.py, PERFORMANCE.md)
+            # for ~30 % larger files; this stack is an intermediate read once by chips
+            "zstd_level": 1,
             "BIGTIFF": "IF_SAFER",  # stacks above 4 GiB are written as BigTIFF
         }
         try:
@@ -90,13 +96,24 @@ def prepare(
                     rasterio.open(
                         tmp / "labels.tif", "w", count=1, dtype="uint8", nodata=IGNORE_INDEX, **profile
                     ) as dst_lab,
+                    ExitStack() as stack,
                 ):
                     dst_img.descriptions = tuple(bands)
                     tz = None
                     if isinstance(source, DatedSource):  # the xarray view of the time stack
                         tz = TimeZarr(tmp / "stack.zarr", grid, source.dates, source.per_date, block)
-                    for win in block_windows(grid, block):
-                        img = source.read(win)
+                    windows = block_windows(grid, block)
+                    # one reader thread prefetches the next block while this one is burnt, counted and written
+                    # (GDAL releases the GIL, so the warp overlaps the rest on a second core); 2 blocks in
+                    # memory at most; the pool is shut down (waiting for its read) before the source closes
+                    pool = stack.enter_context(
+                        ThreadPoolExecutor(1, thread_name_prefix="eoforge-prepare-read")
+                    )
+                    pending = pool.submit(_read, source, windows[0])
+                    for i, win in enumerate(windows):
+                        img = pending.result()
+                        if i + 1 < len(windows):
+                            pending = pool.submit(_read, source, windows[i + 1])
                         if tz is not None:
                             tz.write(img, win)
                         valid = valid_mask(img)
@@ -114,7 +131,9 @@ def prepare(
                         lab[~valid] = IGNORE_INDEX
                         dst_img.write(img, window=win)
                         dst_lab.write(lab, 1, window=win)
-                        stats.update(img[:, valid])  # under 'all' a band may be NaN at a valid pixel
+                        # under 'all' a band may be NaN at a valid pixel; a whole valid block is passed as a view
+                        flat = img.reshape(img.shape[0], -1)
+                        stats.update(flat if valid.all() else flat[:, valid.ravel()])
                         n += int(valid.sum())
                         counts += np.bincount(lab[lab != IGNORE_INDEX], minlength=n_cls)[:n_cls]
                 if tz is not None:
@@ -215,6 +234,12 @@ def _open(
     if prep.interpolate:
         log.info("gaps are filled by %s interpolation along time (prepare.interpolate)", prep.interpolate)
     return DatedSource(recipe, images, grid=grid, **aoi), facts  # type: ignore[arg-type]
+
+
+def _read(source: RecipeSource | DatedSource, win: Window) -> np.ndarray:
+    """``source.read`` in the reader thread, under the same GDAL cache cap (rasterio's Env is per thread)."""
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        return source.read(win)
 
 
 LOST_WARN_FRACTION = 0.05

@@ -14,7 +14,7 @@ from eoforge.data import ChipDataset
 
 
 def default_workers() -> int:
-    """CPU count - 1 (the main process trains), at most 4: chips are one Zarr chunk each, cheap to read."""
+    """CPU count - 1 (the main process trains), at most 4: batches come from memory or one Zarr read each."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
@@ -40,9 +40,11 @@ class EpochShuffle(Sampler[int]):
 
 
 class ChipDataModule(L.LightningDataModule):
-    """Train/val/test loaders over a :class:`ChipStore` (``store.splits``), normalised with ``mean``/``std``.
+    """Train/val/test loaders over a :class:`ChipStore` (``store.splits``), normalised with ``mean``/``std`` (and
+    ``clamp``, see :mod:`eoforge.normalise`).
 
-    The train loader shuffles and reads with ``num_workers`` persistent worker processes; augmentation runs
+    The train loader shuffles and reads with ``num_workers`` persistent worker processes, a batch per fetch
+    (a split within ``cache_mb`` MiB is read once per process and then served from memory); augmentation runs
     on the batch on the training device (see :mod:`eoforge.train.augment`), never here.
     """
 
@@ -55,8 +57,11 @@ class ChipDataModule(L.LightningDataModule):
         num_workers: int | None = None,
         pin_memory: bool = False,
         seed: int = 0,
+        clamp: bool = False,
+        cache_mb: float = 1024,
     ) -> None:
         super().__init__()
+        self.clamp = clamp
         self.store = store
         self.mean = mean
         self.std = std
@@ -64,6 +69,7 @@ class ChipDataModule(L.LightningDataModule):
         self.num_workers = default_workers() if num_workers is None else num_workers
         self.pin_memory = pin_memory
         self.seed = seed
+        self.cache_mb = cache_mb
 
     def _epoch(self) -> int:
         trainer = getattr(self, "trainer", None)
@@ -73,7 +79,7 @@ class ChipDataModule(L.LightningDataModule):
         return len(self.store.splits.get(split, [])) > 0
 
     def _loader(self, split: str, train: bool) -> DataLoader[dict[str, object]]:
-        ds = ChipDataset(self.store, split, self.mean, self.std)
+        ds = ChipDataset(self.store, split, self.mean, self.std, clamp=self.clamp, cache_mb=self.cache_mb)
         workers = self.num_workers if train else 0
         return DataLoader(
             ds,  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from eoforge.config import ModelConfig, TrainConfig
 from eoforge.errors import InputError
 from eoforge.io.atomic import write_text
 from eoforge.models import create_model
+from eoforge.normalise import clamps
 from eoforge.prepare import PreparedScene
 from eoforge.train.augment import BatchAugment
 from eoforge.train.datamodule import ChipDataModule
@@ -201,8 +202,10 @@ def train(
         scene.std,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
+        cache_mb=cfg.cache_mb,
         pin_memory=uses_cuda(cfg.accelerator),
         seed=cfg.seed,
+        clamp=clamps(scene.recipe),
     )
     has_val = data.has("val")
     monitor, mode = ("val_miou", "max") if has_val else ("train_loss", "min")
