@@ -3,6 +3,7 @@ dates dropped, gaps kept or interpolated, and predict reading the same channels 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -137,8 +138,13 @@ def test_cloudy_date_dropped_and_gaps_interpolated(tmp_path: Path, caplog: pytes
     data[2, :, :20, :] = np.nan  # date 2: 37.5 % valid
     files = write_dates(tmp_path, data)
     cfg = run_cfg(tmp_path, images=files, min_valid_date=0.5, interpolate="linear")
-    with caplog.at_level("INFO"):
-        scene = prepare(cfg.inputs, tmp_path / "out", prep=cfg.prepare)
+    lg = logging.getLogger("eoforge")  # the CLI (run by other tests) may stop eoforge records reaching root
+    lg.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="eoforge"):
+            scene = prepare(cfg.inputs, tmp_path / "out", prep=cfg.prepare)
+    finally:
+        lg.removeHandler(caplog.handler)
     assert "date 2021-07-01 dropped" in caplog.text and "interpolation" in caplog.text
     assert scene.temporal is not None
     assert scene.temporal["dates"] == DATES[:2]
