@@ -73,6 +73,7 @@ def _fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
             "predict.overlap 64 must be smaller than the predict tile 64",
         ),  # default tile
         ("chips.split.test", 0.0, "chips.split.test is 0 but `eoforge run` evaluates on the test split"),
+        ("inputs.labels.crs", "EPSG:99999999", "'EPSG:99999999' is not a CRS; write it as e.g. EPSG:4326"),
     ],
 )
 def test_values_that_would_break_later_are_refused_at_load(key: str, value: object, message: str) -> None:

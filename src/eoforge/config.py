@@ -63,6 +63,29 @@ class LabelsConfig(_Strict):
         description="Label raster value meaning 'unlabelled' when the file does not tag its nodata (e.g. -1); "
         "the file's own nodata is used too.",
     )
+    layer: str | None = Field(
+        default=None,
+        description="Layer of a vector file holding several (e.g. a GeoPackage); needed when it has more "
+        "than one layer with geometry.",
+    )
+    crs: str | None = Field(
+        default=None,
+        description="CRS of the coordinates of a CSV (x/y or WKT columns; CSV files carry none) or of a "
+        "vector file without one, e.g. EPSG:4326.",
+    )
+
+    @field_validator("crs")
+    @classmethod
+    def _check_crs(cls, v: str | None) -> str | None:
+        if v is not None:
+            from rasterio.crs import CRS
+            from rasterio.errors import CRSError
+
+            try:
+                CRS.from_user_input(v)
+            except CRSError:
+                raise ValueError(f"'{v}' is not a CRS; write it as e.g. EPSG:4326") from None
+        return v
 
     @model_validator(mode="after")
     def _column_or_value(self) -> LabelsConfig:

@@ -24,10 +24,13 @@ from eoforge.errors import EoforgeError, InputError, output_error
 from eoforge.evaluate import evaluate
 from eoforge.io.atomic import OUTPUT_ERRNOS, sweep_temporaries, write_text
 from eoforge.io.guard import check_run_folder
+from eoforge.io.space import WHAT as SPACE_WHAT
+from eoforge.io.space import check_free_space, stage_bytes
 from eoforge.io.state import changed_inputs, fingerprint, load_state, paths_in, run_lock, tree_digest
 from eoforge.package import ClassInfo, PackageMeta, add_metrics, load_package, save_package
 from eoforge.predict import PredictResult, predict
 from eoforge.prepare import PreparedScene, prepare
+from eoforge.prepare.stack import open_prepare_source
 from eoforge.tasks import get_task
 from eoforge.train import train
 
@@ -48,8 +51,9 @@ def save_config(cfg: RunConfig, out: Path) -> None:
 
 
 def stage_prepare(cfg: RunConfig, out: Path) -> PreparedScene:
-    save_config(cfg, out)
-    return prepare(cfg.inputs, out, prep=cfg.prepare)
+    # points/lines as labels are sparse labels: only with chips that keep any labelled pixel
+    sparse = get_task(cfg.task).labelled_fraction(cfg.chips.labelled_fraction) == 0
+    return prepare(cfg.inputs, out, prep=cfg.prepare, sparse=sparse)
 
 
 def stage_chips(cfg: RunConfig, out: Path) -> ChipStore:
@@ -189,7 +193,10 @@ def _stale(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path, stage: s
 
 
 def _record(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path, stage: str | None) -> None:
-    """Record ``stage`` as finished, drop the stages after it, refresh output digests; write stages.json."""
+    """Record ``stage`` as finished, drop the stages after it, refresh output digests; write stages.json and
+    ``OUT/config.yaml`` (the config of what OUT now holds; a command refused before any stage finished leaves
+    both as they were)."""
+    save_config(cfg, out)
     if stage is not None:
         state[stage] = {"config": stage_hash(cfg, stage), "inputs": stage_inputs(cfg, stage), "outputs": ""}
         for later in STAGES[STAGES.index(stage) + 1 :]:
@@ -232,12 +239,39 @@ def _run_stage(
     return stage_predict(cfg, out, on_progress=on_progress)
 
 
-def _open_run(cfg: RunConfig, out: Path) -> None:
-    """Checks and housekeeping under the lock: sweep what killed runs left, refresh OUT/config.yaml."""
+def _sweep(out: Path) -> None:
+    """Housekeeping under the lock: remove what killed runs left (before the space check: it frees space)."""
     removed = sweep_temporaries(out)
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted run", len(removed))
-    save_config(cfg, out)
+
+
+def space_needs(cfg: RunConfig, out: Path, stages: list[str]) -> dict[str, int]:
+    """Estimated bytes the large outputs of ``stages`` need in ``out`` (see :mod:`eoforge.io.space`)."""
+    if not set(stages) & set(SPACE_WHAT):
+        return {}
+    if "prepare" in stages:  # the grid and channels the prepared stack will have
+        _, source = open_prepare_source(cfg.inputs, cfg.prepare)
+        with source:
+            h, w, c = source.grid.height, source.grid.width, source.count
+    else:
+        scene = PreparedScene.load(out / "prepared")
+        h, w, c = scene.grid.height, scene.grid.width, len(scene.bands)
+    return stage_bytes(stages, h, w, c, list(cfg.inputs.classes), cfg.chips, cfg.predict)
+
+
+def _check_space(cfg: RunConfig, out: Path, stages: list[str]) -> None:
+    """Refuse before anything is written when the stages' large outputs would not fit in ``out``'s disk."""
+    check_free_space(out, space_needs(cfg, out, stages))
+
+
+def _todo(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path) -> dict[str, str]:
+    """The stages `run` must run, with why: the first stale one and every stage after it."""
+    for i, stage in enumerate(STAGES):
+        why = _stale(state, cfg, out, stage)
+        if why is not None:
+            return {stage: why, **{later: "an earlier stage ran" for later in STAGES[i + 1 :]}}
+    return {}
 
 
 def run_stage(
@@ -257,23 +291,26 @@ def run_stage(
         raise InputError(f"unknown stage '{stage}'; choose one of: {', '.join(STAGES)}")
     out = check_run_folder(out)
     with run_lock(out):
-        _open_run(cfg, out)
+        _sweep(out)
         state = load_state(out / STATE)
+        todo = []
         for before in STAGES[: STAGES.index(stage)]:
             why = _stale(state, cfg, out, before)
             if why is not None and before == "predict":
                 # evaluation scores the delivered map: `eoforge evaluate` predicts it first when needed
-                with _output_errors(out):
-                    _run_stage(cfg, out, before, progress, credits, on_progress)
-                _record(state, cfg, out, before)
+                todo.append(before)
                 continue
             if why is not None:
                 first = out / _OUTPUTS[before][0]
                 problem = "not found" if not first.is_file() else f"out of date ({why})"
                 raise InputError(f"{first}: {problem}; run `eoforge {before}` first")
-        with _output_errors(out):
-            result = _run_stage(cfg, out, stage, progress, credits, on_progress)
-        _record(state, cfg, out, stage)
+        todo.append(stage)
+        _check_space(cfg, out, todo)
+        result = None
+        for name in todo:
+            with _output_errors(out):
+                result = _run_stage(cfg, out, name, progress, credits, on_progress)
+            _record(state, cfg, out, name)
         return result
 
 
@@ -296,20 +333,22 @@ def run(
     out = check_run_folder(out)
     check_devices(cfg.train)
     with run_lock(out):
-        _open_run(cfg, out)
+        _sweep(out)
         state = load_state(out / STATE) if resume else {}
-        rerun = False
+        todo = _todo(state, cfg, out)
+        _check_space(cfg, out, list(todo))
+        if not todo:  # nothing to run: OUT/config.yaml still follows the latest command
+            save_config(cfg, out)
         metrics: dict[str, Any] | None = None
         for stage in STAGES:
-            why = "an earlier stage ran" if rerun else _stale(state, cfg, out, stage)
+            why = todo.get(stage)
             log.debug("stage %s: %s", stage, why or "up to date")
             if on_stage is not None:
                 on_stage(stage, why is None)
             if why is None:
                 continue
-            if not rerun and why != "not run yet":
+            if why not in ("not run yet", "an earlier stage ran"):
                 log.info("%s runs again: %s", stage, why)
-            rerun = True
             state.pop(stage, None)
             with _output_errors(out):
                 result = _run_stage(cfg, out, stage, progress, credits, on_progress, resume)

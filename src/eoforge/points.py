@@ -21,6 +21,49 @@ from eoforge.errors import DataError, InputError
 log = logging.getLogger(__name__)
 
 
+WKT_COLUMNS = ("wkt", "geometry", "geom", "the_geom")
+"""Names (any case) of a CSV column read as WKT geometry when there are no x/y columns (OGR's usual ones)."""
+
+
+def read_csv_geometries(
+    path: str | Path, crs: str | None, crs_fix: str, x: str = "x", y: str = "y"
+) -> gpd.GeoDataFrame:
+    """A CSV as vector features: points from ``x``/``y`` columns, else geometries from a WKT column, in ``crs``.
+
+    The one CSV reader of labels (point labels here, ``inputs.labels`` in prepare). A CSV carries no CRS, so
+    ``crs`` is required; ``crs_fix`` says where the user gives it. No geometry at all is a one-line error.
+    """
+    path = Path(path)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(
+            f"{path}: not a readable CSV ({str(exc).splitlines()[0]}); save it as comma-separated UTF-8 text"
+        ) from None
+    lower = {str(c).lower(): c for c in df.columns}
+    wkt = next((lower[n] for n in WKT_COLUMNS if n in lower), None)
+    if x in df.columns and y in df.columns:
+        geometry = gpd.points_from_xy(df[x], df[y])
+    elif wkt is not None:
+        try:
+            geometry = gpd.GeoSeries.from_wkt(df[wkt].where(df[wkt].notna(), None)).values
+        except Exception as exc:  # shapely raises GEOSException (and others) on malformed WKT
+            raise InputError(
+                f"{path}: column '{wkt}' is not WKT geometry ({str(exc).splitlines()[0]}); "
+                "write geometries as WKT (e.g. POINT (x y))"
+            ) from None
+        df = df.drop(columns=[wkt])
+    else:
+        raise InputError(
+            f"{path}: a CSV without geometry (no '{x}'/'{y}' columns and no WKT column; columns: "
+            f"{', '.join(map(str, df.columns))}); add x and y columns (or a WKT column), or give a vector "
+            "file (e.g. GeoPackage)"
+        )
+    if crs is None:
+        raise InputError(f"{path}: a CSV needs its CRS (CSV files carry none); {crs_fix} (e.g. EPSG:4326)")
+    return gpd.GeoDataFrame(df, geometry=geometry, crs=crs)
+
+
 def read_points(
     path: str | Path, column: str, crs: str | None = None, x: str = "x", y: str = "y"
 ) -> gpd.GeoDataFrame:
@@ -29,13 +72,9 @@ def read_points(
     if not path.is_file():
         raise InputError(f"{path}: point labels not found; check the path")
     if path.suffix.lower() == ".csv":
-        df = pd.read_csv(path)
-        missing = [c for c in (x, y, column) if c not in df.columns]
-        if missing:
-            raise InputError(f"{path}: columns {missing} missing; columns are {list(df.columns)}")
-        if crs is None:
-            raise InputError(f"{path}: a CSV of points needs its CRS; give crs (e.g. EPSG:4326)")
-        gdf = gpd.GeoDataFrame(df, geometry=gpd.points_from_xy(df[x], df[y]), crs=crs)
+        gdf = read_csv_geometries(path, crs, "give crs", x, y)
+        if column not in gdf.columns:
+            raise InputError(f"{path}: columns {[column]} missing; columns are {list(gdf.columns)}")
     else:
         try:
             gdf = gpd.read_file(path)

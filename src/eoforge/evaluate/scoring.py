@@ -275,6 +275,8 @@ def evaluate(
     rf = next((b for b in baselines if b["kind"] == "random_forest"), None)
     if rf is not None:
         metrics["baseline"] = rf  # the README's and earlier versions' key for the random forest
+    if scene.label_facts is not None:  # what prepare found in the labels (dropped rows, repaired polygons)
+        metrics["label_facts"] = scene.label_facts
     lost_counts = scene.lost_to_nodata
     lost = dict(zip(names, lost_counts, strict=True)) if lost_counts else None
     metrics["warnings"] = [

@@ -108,6 +108,16 @@ def conclusion_warnings(
                 "use smaller blocks",
             )
         )
+    unlabelled = [n for n, k in prepared_counts.items() if k == 0]
+    if unlabelled:
+        out.append(
+            (
+                "class_no_labels",
+                f"{', '.join(repr(n) for n in unlabelled)} listed in inputs.classes but no labelled pixel "
+                "after rasterization: the model cannot learn or be scored on it; add labels or drop it from "
+                "inputs.classes",
+            )
+        )
     if lost_to_nodata:
         lost = []
         for n, k in lost_to_nodata.items():

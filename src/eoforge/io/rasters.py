@@ -25,11 +25,19 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
     if not path.exists():
         raise InputError(f"{path}: file not found; check the path")
     try:
-        return rasterio.open(path)
+        src = rasterio.open(path)
     except RasterioIOError as exc:
         raise DataError(
             f"{path}: not a readable raster ({str(exc).splitlines()[0]}); give a GeoTIFF or another GDAL format"
         ) from None
+    complex_ = sorted({d for d in src.dtypes if "complex" in d})
+    if complex_:  # read as float32 they would silently lose their imaginary part
+        src.close()
+        raise DataError(
+            f"{path}: holds complex values ({', '.join(complex_)}), which eoforge reads as real numbers; "
+            "compute the amplitude (and phase) first, e.g. gdal_calc.py --calc='abs(A)', and give those bands"
+        )
+    return src
 
 
 def grid_of(src: rasterio.DatasetReader) -> Grid:

@@ -34,6 +34,9 @@ class PreparedScene:
     band_descriptions: list[str] | None = None
     recipe: dict[str, Any] | None = None
     normalization: dict[str, Any] | None = None
+    label_facts: dict[str, Any] | None = None
+    """What prepare found in the labels: rows, rows without class/geometry, geometry types, repaired polygons,
+    classes without pixels (shown in the report)."""
     temporal: dict[str, Any] | None = None  # time stacks: dates, dropped_dates (valid fraction), interpolate
 
     @property
@@ -74,6 +77,7 @@ class PreparedScene:
             "band_descriptions": self.band_descriptions,
             "recipe": self.recipe,
             "normalization": self.normalization,
+            "label_facts": self.label_facts,
         } | ({"temporal": self.temporal} if self.temporal else {})
 
     @classmethod
@@ -101,5 +105,6 @@ class PreparedScene:
             band_descriptions=m.get("band_descriptions"),
             recipe=m.get("recipe"),
             normalization=m.get("normalization"),
+            label_facts=m.get("label_facts"),
             temporal=m.get("temporal"),
         )

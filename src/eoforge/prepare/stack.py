@@ -26,7 +26,7 @@ from eoforge.io.rasters import block_windows, valid_mask
 from eoforge.prepare.align import grid_like
 from eoforge.prepare.dates import DatedSource, dated_strings, valid_fractions
 from eoforge.prepare.labels import ClassMapper, burn, is_vector, label_reader, load_vector
-from eoforge.prepare.recipe import RecipeSource, discover_bands, mask_specs, recipe_from_config
+from eoforge.prepare.recipe import Recipe, RecipeSource, discover_bands, mask_specs, recipe_from_config
 from eoforge.prepare.scene import PreparedScene
 from eoforge.prepare.stats import BandStats, normalisation
 from eoforge.prepare.timezarr import TimeZarr
@@ -43,10 +43,26 @@ def _colors(cfg: InputsConfig) -> list[str]:
     return [given.get(cid, PALETTE[i % len(PALETTE)]) for i, cid in enumerate(cfg.classes)]
 
 
+def open_prepare_source(cfg: InputsConfig, prep: PrepareConfig) -> tuple[Recipe, RecipeSource | DatedSource]:
+    """The recipe of a run and the source applying it to the run's files (grid, masks, AOI); a time stack
+    with all its dates (``min_valid_date`` is applied by :func:`prepare`)."""
+    grid_override = grid_like(prep.grid.like) if prep.grid.like else None
+    source, _ = _open(cfg, prep, grid_override, 512, probe_dates=False)
+    return source.recipe, source
+
+
 def prepare(
-    cfg: InputsConfig, out_dir: str | Path, block: int = 512, prep: PrepareConfig | None = None
+    cfg: InputsConfig,
+    out_dir: str | Path,
+    block: int = 512,
+    prep: PrepareConfig | None = None,
+    sparse: bool = False,
 ) -> PreparedScene:
-    """Apply the preparation recipe, rasterize labels and compute statistics; write ``out_dir/prepared``."""
+    """Apply the preparation recipe, rasterize labels and compute statistics; write ``out_dir/prepared``.
+
+    ``sparse``: point/line vector labels are accepted as sparse labels (the run keeps chips holding any
+    labelled pixel, ``chips.min_labelled: 0``); otherwise they are refused (see :func:`load_vector`).
+    """
     out_dir = Path(out_dir)
     prep = prep or PrepareConfig()
     mapper = ClassMapper(cfg.classes, cfg.labels.ignore_unknown)
@@ -58,7 +74,7 @@ def prepare(
         bands = source.band_names
         first = source.paths[0]
         vector = is_vector(cfg.labels.path)
-        gdf = load_vector(cfg, grid, mapper) if vector else None
+        gdf, facts = load_vector(cfg, grid, mapper, sparse) if vector else (None, {"kind": "raster"})
         lab_src: Any = None
         lab_reader: Any = None
         if not vector:
@@ -172,9 +188,16 @@ def prepare(
                     band_descriptions=source.described_names,
                     recipe=recipe.to_json(),
                     normalization={"mode": norm.mode, "percentile_accuracy": norm.percentile_accuracy},
+                    label_facts={
+                        **facts,
+                        "classes_without_pixels": [
+                            n for n, k in zip(cfg.classes.values(), counts, strict=True) if not k
+                        ],
+                    },
                     temporal=temporal,
                 )
                 _warn_lost(scene)
+                _warn_unlabelled(scene)
                 (tmp / "scene.json").write_text(json.dumps(scene.to_json(), indent=2))
         finally:
             if lab_reader is not None and lab_reader is not lab_src:
@@ -197,7 +220,7 @@ def _sources(cfg: InputsConfig) -> list[Any]:
 
 
 def _open(
-    cfg: InputsConfig, prep: PrepareConfig, grid: Any, block: int
+    cfg: InputsConfig, prep: PrepareConfig, grid: Any, block: int, probe_dates: bool = True
 ) -> tuple[RecipeSource | DatedSource, dict[str, Any] | None]:
     """The source prepare reads (a time stack: its dates after ``min_valid_date``) and the facts about dates."""
     aoi = dict(masks=mask_specs(cfg), aoi=prep.aoi, aoi_crs=prep.aoi_crs)
@@ -213,7 +236,7 @@ def _open(
         dates = list(cfg.dates or [])
     recipe = recipe_from_config(cfg, prep, discover_bands(cfg), dates)
     facts: dict[str, Any] = {"dates": dates, "dropped_dates": {}, "interpolate": prep.interpolate}
-    if prep.min_valid_date is not None:
+    if prep.min_valid_date is not None and probe_dates:
         with DatedSource(replace(recipe, interpolate=None), images, grid=grid, **aoi) as probe:  # type: ignore[arg-type]
             fractions = valid_fractions(probe, block)
         facts["valid_fraction"] = {d: round(f, 4) for d, f in fractions.items()}
@@ -243,6 +266,17 @@ def _read(source: RecipeSource | DatedSource, win: Window) -> np.ndarray:
 
 
 LOST_WARN_FRACTION = 0.05
+
+
+def _warn_unlabelled(scene: PreparedScene) -> None:
+    """Log a warning for classes listed in the config that have no labelled pixel (the report warns too)."""
+    empty = [n for n, k in zip(scene.class_names, scene.class_counts, strict=True) if k == 0]
+    if empty:
+        log.warning(
+            "class(es) %s: no labelled pixel on valid image pixels after rasterization; the model cannot learn "
+            "them (add labels, or drop them from inputs.classes)",
+            ", ".join(repr(n) for n in empty),
+        )
 
 
 def _warn_lost(scene: PreparedScene) -> None:
