@@ -107,3 +107,32 @@ def test_cli_series_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         main(["series", "train", str(csv), "-o", str(csv), "--epochs", "1"])
     assert exc.value.code == 2 and "is not a series model folder" in capsys.readouterr().err
     assert read_series_csv(csv).values.shape == (40, 6, 2)
+
+
+def test_seed_ensemble_averages_member_probabilities_and_round_trips(tmp_path: Path) -> None:
+    import torch
+
+    from eoforge.temporal.fit import SoftmaxMean, load_series_model, save_series_model
+
+    rng = np.random.default_rng(1)
+    rows = [
+        f"{i},0,0,{'a' if i % 2 else 'b'},2021-0{t + 1}-01,{(i % 2) * t + rng.normal(0, 0.1):.3f},{rng.normal():.3f}"
+        for i in range(24)
+        for t in range(4)
+    ]
+    series = read_series_csv(write_csv(tmp_path / "s.csv", rows))
+    idx = np.arange(24)
+    fitted = train_series(series, idx, arch="pixel-mlp", epochs=2, batch_size=8, ensemble=3)
+    assert isinstance(fitted.model, SoftmaxMean) and len(fitted.model.members) == 3
+    x = fitted.normalize(series.channels(idx))
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(m(x), 1) for m in fitted.model.members]).mean(0)[:, :, 0, 0]
+    np.testing.assert_allclose(fitted.predict_proba(series.channels(idx)), mean.numpy(), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(fitted.model.members[0].net[0].weight, fitted.model.members[1].net[0].weight)
+    out = save_series_model(fitted, tmp_path / "m", {})
+    again = load_series_model(out)
+    np.testing.assert_allclose(
+        again.predict_proba(series.channels(idx)), fitted.predict_proba(series.channels(idx)), rtol=1e-6
+    )
+    with pytest.raises(InputError, match="at least 1 member"):
+        train_series(series, idx, arch="pixel-mlp", epochs=1, ensemble=0)

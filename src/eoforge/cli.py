@@ -114,9 +114,19 @@ def _headline(out: Path, metrics: dict[str, Any], quiet: bool) -> None:
     rows = [(metrics["model"]["arch"], metrics)] + [(b["name"], b) for b in metrics.get("baselines", [])]
     for name, m in rows:
         table.add_row(name, _ci(m, "kappa"), _ci(m, "mean_iou"), _ci(m, "overall_accuracy"))
+    for name, m in metrics.get("scenes", {}).items():  # inputs.scenes: the map of each scene
+        table.add_row(
+            f"{metrics['model']['arch']}, scene {name}",
+            _ci(m, "kappa"),
+            _ci(m, "mean_iou"),
+            _ci(m, "overall_accuracy"),
+        )
     if not quiet:
         out_console.print(table)
-    out_console.print(f"map:     {out / 'map.tif'}")
+    maps = out / "maps" if metrics.get("scenes") else out / "map.tif"
+    out_console.print(
+        f"map{'s' if metrics.get('scenes') else ''}:    {' ' if not metrics.get('scenes') else ''}{maps}"
+    )
     out_console.print(f"metrics: {out / 'metrics.json'}")
     out_console.print(f"report:  {out / 'report.html'}")
     out_console.print(f"model:   {out / 'model'}")
@@ -213,9 +223,12 @@ def _stage(name: str, doc: str) -> None:
         result = pipeline.run_stage(cfg, out, name, progress=not ctx.obj["quiet"])
         if name == "prepare":
             scene = result
-            out_console.print(
-                f"prepared {scene.grid.width}x{scene.grid.height} px, {len(scene.bands)} bands: {scene.root}"
+            size = (
+                f"{len(scene.scenes)} scenes ({', '.join(scene.scenes)})"
+                if scene.scenes
+                else f"{scene.grid.width}x{scene.grid.height} px"
             )
+            out_console.print(f"prepared {size}, {len(scene.bands)} bands: {scene.root}")
         elif name == "train":
             out_console.print(f"model package: {result}")
 

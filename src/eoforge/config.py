@@ -140,9 +140,22 @@ class CubeConfig(_Strict):
     time: str = Field(default="time", description="Name of the cube's time dimension.")
 
 
+class SceneInputs(_Strict):
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Scene name (letters, digits, _ . -): its folder OUT/prepared/<name>/, its map "
+        "OUT/maps/<name>.tif and its rows in the report.",
+    )
+    images: list[str | list[str]] = Field(description="This scene's rasters, written as `inputs.images`.")
+    labels: LabelsConfig = Field(description="This scene's labels, written as `inputs.labels`.")
+    masks: list[MaskConfig] | None = Field(
+        default=None, description="This scene's masks, replacing `inputs.masks` (default: `inputs.masks`)."
+    )
+
+
 class InputsConfig(_Strict):
-    images: ImageList | dict[str, ImageList] | None = Field(
-        default=None,
+    images: ImageList | dict[str, ImageList] = Field(
+        default_factory=list,
         description="Raster files or glob patterns, stacked band-wise in the order given (globs sorted). An "
         "entry that is a list is a mosaic: files covering different areas of the same bands. With `sensor`, "
         "files are matched to bands by name and files of the same band are mosaicked. A time stack is a "
@@ -150,6 +163,11 @@ class InputsConfig(_Strict):
     )
     cube: CubeConfig | None = Field(
         default=None, description="Instead of `images`: a NetCDF/Zarr time stack (time, y, x variables)."
+    )
+    scenes: list[SceneInputs] | None = Field(
+        default=None,
+        description="Many scenes for one model, instead of `images` + `labels`: each with its own images, "
+        "labels (and masks), sharing bands, classes, sensor, nodata and the `prepare` recipe.",
     )
     sensor: str | None = Field(
         default=None,
@@ -174,7 +192,9 @@ class InputsConfig(_Strict):
         description="A pixel is nodata where ALL bands are nodata ('all', default; a band that is nodata at a "
         "valid pixel is filled with its mean) or where ANY band is ('any').",
     )
-    labels: LabelsConfig = Field(description="Where the training labels are.")
+    labels: LabelsConfig | None = Field(
+        default=None, description="Where the training labels are (with `images`; each scene has its own)."
+    )
     classes: dict[int, str] = Field(description="Class id -> class name, for every class in the labels.")
     colors: dict[int, str] | None = Field(
         default=None, description="Class id -> colour as '#rrggbb' for maps and plots (a palette by default)."
@@ -222,7 +242,7 @@ class InputsConfig(_Strict):
 
     @model_validator(mode="after")
     def _images_or_cube(self) -> InputsConfig:
-        if (self.images is None) == (self.cube is None):
+        if self.images and self.cube is not None:
             raise ValueError(
                 "give inputs.images (files, or a date -> files mapping) or inputs.cube, not both"
             )
@@ -244,11 +264,54 @@ class InputsConfig(_Strict):
         return sorted(self.images) if isinstance(self.images, dict) else None
 
     @model_validator(mode="after")
+    def _scenes_or_images(self) -> InputsConfig:
+        if self.scenes is None and (not (self.images or self.cube) or self.labels is None):
+            raise ValueError("give inputs.images and inputs.labels (one scene) or inputs.scenes (many)")
+        if self.scenes is not None and (self.images or self.cube or self.labels is not None):
+            raise ValueError("give inputs.scenes or inputs.images + inputs.labels, not both")
+        if self.scenes is not None and not self.scenes:
+            raise ValueError("inputs.scenes is empty; list at least one scene")
+        names = [s.name for s in self.scenes or []]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"scene name(s) {twice} appear twice in inputs.scenes; give each scene its own name"
+            )
+        return self
+
+    def scene_inputs(self) -> list[tuple[str, InputsConfig]]:
+        """Each scene's own inputs (its images, labels and masks with the shared keys); one unnamed scene
+        (name ``""``) without ``scenes``."""
+        if self.scenes is None:
+            return [("", self)]
+        return [
+            (
+                s.name,
+                self.model_copy(
+                    update={
+                        "images": s.images,
+                        "labels": s.labels,
+                        "masks": self.masks if s.masks is None else s.masks,
+                        "scenes": None,
+                    }
+                ),
+            )
+            for s in self.scenes
+        ]
+
+    def label_source(self) -> LabelsConfig:
+        """The labels of a one-scene inputs section (each of :meth:`scene_inputs`)."""
+        if self.labels is None:
+            raise InputError("inputs.labels is missing; give the labels of the scene (or use inputs.scenes)")
+        return self.labels
+
+    @model_validator(mode="after")
     def _label_ids_are_classes(self) -> InputsConfig:
-        for key in ("value", "background"):
-            v = getattr(self.labels, key)
-            if v is not None and v not in self.classes:
-                raise ValueError(f"labels.{key} {v} is not a class id; use one of {list(self.classes)}")
+        for lab in [self.labels] if self.scenes is None else [s.labels for s in self.scenes]:
+            for key in ("value", "background"):
+                v = getattr(lab, key)
+                if v is not None and v not in self.classes:
+                    raise ValueError(f"labels.{key} {v} is not a class id; use one of {list(self.classes)}")
         unknown = sorted(set(self.colors or {}) - set(self.classes))
         if unknown:
             raise ValueError(f"colors for {unknown}, which are not class ids; use ids of `classes`")
@@ -366,9 +429,18 @@ class SplitConfig(_Strict):
         default=None, description="Regions naming the split of each area (mode: regions)."
     )
     seed: int = Field(default=0, description="Random seed of the block or chip assignment.")
+    by: Literal["block", "scene"] = Field(
+        default="block",
+        description="With inputs.scenes: block splits each scene by `mode`; scene gives every scene whole to "
+        "one split (scenes drawn like blocks, weighted by their chips; needs mode blocks and a scene per split).",
+    )
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitConfig:
+        if self.by == "scene" and self.mode != "blocks":
+            raise ValueError(
+                "split.by scene assigns whole scenes; use it with split.mode blocks (the default)"
+            )
         if self.mode != "regions" and self.val + self.test >= 0.9:
             raise ValueError("val + test must leave at least 10% of the chips for training")
         if (self.mode == "regions") != (self.regions is not None):
@@ -775,6 +847,8 @@ class RunConfig(_Strict):
             raise ValueError(
                 f"predict.overlap {self.predict.overlap} must be smaller than the predict tile {tile}; lower it"
             )
+        if self.chips.split.by == "scene" and not self.inputs.scenes:
+            raise ValueError("chips.split.by scene needs inputs.scenes (several scenes); use by: block")
         if self.chips.split.test <= 0:
             raise ValueError(
                 "chips.split.test is 0 but `eoforge run` evaluates on the test split; give it > 0"
@@ -907,6 +981,13 @@ def _absolutise(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         for m in masks if isinstance(masks, list) else []:
             if isinstance(m, dict) and m.get("path") is not None:
                 m["path"] = _abs(base, m["path"])
+        scenes = inputs.get("scenes")
+        for sc in scenes if isinstance(scenes, list) else []:
+            if isinstance(sc, dict):  # each scene's images, labels and masks, as the one-scene keys
+                sub = _absolutise(
+                    {"inputs": {k: sc[k] for k in ("images", "labels", "masks") if k in sc}}, base
+                )
+                sc.update(sub["inputs"])
     chips = raw.get("chips")
     split = chips.get("split") if isinstance(chips, dict) else None
     regions = split.get("regions") if isinstance(split, dict) else None

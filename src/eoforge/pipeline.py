@@ -93,14 +93,20 @@ def stage_train(cfg: RunConfig, out: Path, progress: bool = False, resume: bool 
     return save_package(out / "model", result.model, meta, cfg.dump())
 
 
+def map_path(cfg: RunConfig, out: Path) -> Path:
+    """The delivered map: ``OUT/map.tif``, or the folder ``OUT/maps`` of ``<scene>.tif`` with inputs.scenes."""
+    return out / "maps" if cfg.inputs.scenes else out / "map.tif"
+
+
 def stage_evaluate(cfg: RunConfig, out: Path, credits: str | None = None) -> dict[str, Any]:
-    """Score the delivered map ``OUT/map.tif`` (written by the predict stage) and the baselines."""
+    """Score the delivered map ``OUT/map.tif`` (written by the predict stage) and the baselines; with
+    inputs.scenes every ``OUT/maps/<scene>.tif``, per scene and overall."""
     predictor = load_package(out / "model")
     metrics = evaluate(
         predictor,
         ChipStore.load(out / "chips"),
         PreparedScene.load(out / "prepared"),
-        out / "map.tif",
+        map_path(cfg, out),
         out,
         cfg=cfg.evaluate,
         train_log=out / "train" / "metrics.csv",
@@ -118,17 +124,24 @@ def stage_evaluate(cfg: RunConfig, out: Path, credits: str | None = None) -> dic
 
 
 def stage_predict(cfg: RunConfig, out: Path, on_progress: Progress | None = None) -> PredictResult:
+    """Predict ``OUT/map.tif``, or with inputs.scenes ``OUT/maps/<scene>.tif`` for every scene (the result of
+    the last one is returned)."""
     scene = PreparedScene.load(out / "prepared")
-    return predict(
-        out / "model",
-        scene.sources,
-        out / "map.tif",
-        on_progress=on_progress,
-        options=cfg.predict.options(),
-        backend=cfg.predict.backend,
-        device=cfg.predict.device,
-        compute=cfg.compute,
-    )
+    result: PredictResult | None = None
+    for name, part in scene.parts():
+        result = predict(
+            out / "model",
+            part.sources,
+            out / "maps" / f"{name}.tif" if name else out / "map.tif",
+            on_progress=on_progress,
+            options=cfg.predict.options(),
+            backend=cfg.predict.backend,
+            device=cfg.predict.device,
+            compute=cfg.compute,
+        )
+    if result is None:  # parts() always holds a scene; keeps mypy informed
+        raise InputError(f"{out / 'prepared'}: no prepared scene; run `eoforge prepare` first")
+    return result
 
 
 STAGES = ("prepare", "chips", "train", "predict", "evaluate")
@@ -171,8 +184,14 @@ def stage_inputs(cfg: RunConfig, stage: str) -> dict[str, list[Any]]:
     return fingerprint(p for k in _READS[stage] for p in paths_in(dump.get(k)))
 
 
-def _outputs(out: Path, stage: str) -> list[Path]:
-    return [out / p for p in _OUTPUTS[stage]]
+def _output_names(cfg: RunConfig, stage: str) -> tuple[str, ...]:
+    if stage == "predict" and cfg.inputs.scenes:  # one map per scene
+        return tuple(f"maps/{s.name}.tif" for s in cfg.inputs.scenes)
+    return _OUTPUTS[stage]
+
+
+def _outputs(cfg: RunConfig, out: Path, stage: str) -> list[Path]:
+    return [out / p for p in _output_names(cfg, stage)]
 
 
 def _stale(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path, stage: str) -> str | None:
@@ -180,14 +199,14 @@ def _stale(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path, stage: s
     rec = state.get(stage)
     if rec is None:
         return "not run yet"
-    if not (out / _OUTPUTS[stage][0]).is_file():
-        return f"{_OUTPUTS[stage][0]} is missing"
+    if not (out / _output_names(cfg, stage)[0]).is_file():
+        return f"{_output_names(cfg, stage)[0]} is missing"
     if rec["config"] != stage_hash(cfg, stage):
         return "config changed"
     changed = changed_inputs(rec["inputs"], stage_inputs(cfg, stage))
     if changed:
         return f"input changed: {', '.join(changed[:3])}" + (" …" if len(changed) > 3 else "")
-    if rec["outputs"] != tree_digest(_outputs(out, stage)):
+    if rec["outputs"] != tree_digest(_outputs(cfg, out, stage)):
         return "its outputs were changed or truncated since it ran"
     return None
 
@@ -202,7 +221,7 @@ def _record(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path, stage: 
         for later in STAGES[STAGES.index(stage) + 1 :]:
             state.pop(later, None)
     for name, rec in state.items():  # later stages may add to earlier outputs (model/metrics.json)
-        rec["outputs"] = tree_digest(_outputs(out, name))
+        rec["outputs"] = tree_digest(_outputs(cfg, out, name))
     write_text(out / STATE, json.dumps({s: state[s] for s in STAGES if s in state}, indent=2))
 
 
@@ -250,14 +269,20 @@ def space_needs(cfg: RunConfig, out: Path, stages: list[str]) -> dict[str, int]:
     """Estimated bytes the large outputs of ``stages`` need in ``out`` (see :mod:`eoforge.io.space`)."""
     if not set(stages) & set(SPACE_WHAT):
         return {}
-    if "prepare" in stages:  # the grid and channels the prepared stack will have
-        _, source = open_prepare_source(cfg.inputs, cfg.prepare)
-        with source:
-            h, w, c = source.grid.height, source.grid.width, source.count
+    shapes: list[tuple[int, int, int]] = []  # (height, width, channels) of each scene's prepared stack
+    if "prepare" in stages:  # the grids and channels the prepared stacks will have
+        for _, sub in cfg.inputs.scene_inputs():
+            _, source = open_prepare_source(sub, cfg.prepare)
+            with source:
+                shapes.append((source.grid.height, source.grid.width, source.count))
     else:
-        scene = PreparedScene.load(out / "prepared")
-        h, w, c = scene.grid.height, scene.grid.width, len(scene.bands)
-    return stage_bytes(stages, h, w, c, list(cfg.inputs.classes), cfg.chips, cfg.predict)
+        for _, scene in PreparedScene.load(out / "prepared").parts():
+            shapes.append((scene.grid.height, scene.grid.width, len(scene.bands)))
+    total: dict[str, int] = {}
+    for h, w, c in shapes:
+        for what, n in stage_bytes(stages, h, w, c, list(cfg.inputs.classes), cfg.chips, cfg.predict).items():
+            total[what] = total.get(what, 0) + n
+    return total
 
 
 def _check_space(cfg: RunConfig, out: Path, stages: list[str]) -> None:
@@ -301,7 +326,7 @@ def run_stage(
                 todo.append(before)
                 continue
             if why is not None:
-                first = out / _OUTPUTS[before][0]
+                first = out / _output_names(cfg, before)[0]
                 problem = "not found" if not first.is_file() else f"out of date ({why})"
                 raise InputError(f"{first}: {problem}; run `eoforge {before}` first")
         todo.append(stage)
@@ -357,4 +382,4 @@ def run(
             _record(state, cfg, out, stage)
         if metrics is None:
             metrics = json.loads((out / "metrics.json").read_text())
-    return RunResult(out=out, metrics=metrics, map=out / "map.tif")
+    return RunResult(out=out, metrics=metrics, map=map_path(cfg, out))

@@ -11,6 +11,8 @@ import shapely
 from eoforge.errors import DataError
 
 if TYPE_CHECKING:
+    import geopandas as gpd
+
     from eoforge.chips.store import ChipStore
 
 
@@ -54,14 +56,40 @@ def check_leakage(
     )
 
 
-def check_store(store: ChipStore) -> None:
-    """Run :func:`check_leakage` on a written store's index (footprints, splits and buffer of ``chips.json``)."""
-    idx = store.index()
-    check_leakage(
-        idx["row"].to_numpy(),
-        idx["col"].to_numpy(),
-        idx["split"].to_numpy(),
-        store.size,
-        int(store.meta().get("buffer", 0)),
-        where=str(store.index_path),
+def check_across_scenes(index: gpd.GeoDataFrame, where: str) -> None:
+    """Raise :class:`DataError` when chips of different splits from different scenes overlap on the ground
+    (scenes that share an area): pixel offsets of two scenes are not comparable, footprints are."""
+    geoms = index.geometry.to_numpy()
+    a, b = shapely.STRtree(geoms).query(geoms, predicate="intersects")
+    scene, split = index["scene"].to_numpy(), index["split"].to_numpy()
+    keep = (a < b) & (scene[a] != scene[b]) & (split[a] != split[b])
+    a, b = a[keep], b[keep]
+    shared = shapely.area(shapely.intersection(geoms[a], geoms[b])) > 0  # touching edges share no pixel
+    a, b = a[shared], b[shared]
+    if len(a) == 0:
+        return
+    i, j = int(a[0]), int(b[0])
+    raise DataError(
+        f"{where}: scenes {scene[i]} and {scene[j]} overlap on the ground and their chips {i} ({split[i]}) and "
+        f"{j} ({split[j]}) share pixels ({len(a)} pair(s)); give scenes that do not overlap or "
+        "use chips.split.by: scene with the overlapping scenes in one split"
     )
+
+
+def check_store(store: ChipStore) -> None:
+    """Run :func:`check_leakage` on a written store's index (footprints, splits and buffer of ``chips.json``),
+    within each scene, and :func:`check_across_scenes` when the store holds several."""
+    idx = store.index()
+    scenes = idx["scene"].to_numpy() if "scene" in idx.columns else np.zeros(len(idx))
+    for name in dict.fromkeys(scenes.tolist()):
+        sub = idx[scenes == name]
+        check_leakage(
+            sub["row"].to_numpy(),
+            sub["col"].to_numpy(),
+            sub["split"].to_numpy(),
+            store.size,
+            int(store.meta().get("buffer", 0)),
+            where=str(store.index_path),
+        )
+    if len(set(scenes.tolist())) > 1:
+        check_across_scenes(idx, where=str(store.index_path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,12 +13,19 @@ import geopandas as gpd
 import numpy as np
 from shapely import box as boxes
 
-from eoforge.chips.leakage import check_leakage
+from eoforge.chips.leakage import check_across_scenes, check_leakage
 from eoforge.chips.samplers import balance, grid_windows, random_windows
-from eoforge.chips.splits import SPLITS, centre_blocks, split_blocks, split_random, split_regions
+from eoforge.chips.splits import (
+    SPLITS,
+    assign_blocks,
+    centre_blocks,
+    split_blocks,
+    split_random,
+    split_regions,
+)
 from eoforge.chips.store import SHARD, ChipStore, consolidate, create_arrays
 from eoforge.chips.tasks import batches, extract, run_tasks, window_stats
-from eoforge.config import IGNORE_INDEX, ChipsConfig, ComputeConfig
+from eoforge.config import IGNORE_INDEX, ChipsConfig, ComputeConfig, SplitConfig
 from eoforge.errors import InputError
 from eoforge.io.atomic import atomic_dir
 from eoforge.prepare import PreparedScene
@@ -177,32 +185,42 @@ def make_chips(
         return make_chips_on(scene, cfg, Path(out_dir), client)
 
 
-def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client: Client | None) -> ChipStore:
-    """:func:`make_chips` on a given Dask client (``None``: in this process), e.g. one already started."""
-    size, sp = cfg.size, cfg.split
-    block = sp.block_size or 2 * size
-    grid = scene.grid
-    if block < size:
-        raise InputError(
-            f"chips.split.block_size ({block}) is smaller than chips.size ({size}); make it at least the chip size"
-        )
-    if grid.height < size or grid.width < size:
-        raise InputError(
-            f"{scene.image}: scene ({grid.width}x{grid.height} px) is smaller than one chip ({size} px); "
-            "lower chips.size"
-        )
-    rows, cols, counts, base, facts = sample(scene, cfg, client)
-    if len(rows) == 0:
-        raise InputError(
-            f"{scene.labels}: no chip has {cfg.min_valid:.0%} valid and {cfg.labelled_fraction:.0%} labelled pixels; "
-            "lower chips.min_valid, chips.min_labelled or chips.size"
-        )
+@dataclass(frozen=True)
+class _Picked:
+    """One scene's chips after sampling, splitting and balancing (row-major), and what chips.json says."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    counts: np.ndarray
+    codes: np.ndarray
+    block_splits: np.ndarray | None
+    dropped: int
+    facts: dict[str, Any]
+
+
+def _split_scene(
+    scene: PreparedScene,
+    cfg: ChipsConfig,
+    sampled: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]],
+    block: int,
+    whole: int | None,
+) -> _Picked:
+    """Split one scene's sampled chips by ``cfg.split`` (or give them all the split code ``whole``: split by
+    scene), balance the training chips, drop the chips the split or balancing left out."""
+    size, sp, grid = cfg.size, cfg.split, scene.grid
+    rows, cols, counts, base, facts = sampled
+    facts = dict(facts)
     names = scene.class_names
     if cfg.sampler == "balanced" and sp.mode == "random":  # balance everything, then draw the splits
         keep, facts["balance"] = choose_balanced(base, counts, np.ones(len(rows), dtype=bool), cfg, names)
         rows, cols, counts, base = rows[keep], cols[keep], counts[keep], base[keep]
     block_splits = None
-    if sp.mode == "blocks":
+    if whole is not None:  # the scene goes whole to one split: its blocks are all of that split
+        codes = np.full(len(rows), whole, dtype=np.int8)
+        block_splits = np.full(
+            (math.ceil(grid.height / block), math.ceil(grid.width / block)), whole, np.int8
+        )
+    elif sp.mode == "blocks":
         codes, block_splits = split_blocks(
             rows, cols, size, grid.shape, block, sp.buffer, sp.val, sp.test, sp.seed
         )
@@ -220,7 +238,67 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
     codes[~base & (codes != 0)] = -1  # pool chips only ever join the training split
     dropped = int((codes < 0).sum())
     kept = codes >= 0
-    rows, cols, counts, codes = rows[kept], cols[kept], counts[kept], codes[kept]
+    return _Picked(rows[kept], cols[kept], counts[kept], codes[kept], block_splits, dropped, facts)
+
+
+def _scene_splits(weights: np.ndarray, names: list[str], sp: SplitConfig) -> np.ndarray:
+    """Split code of every scene for ``split.by: scene``: scenes drawn like blocks, weighted by their chips;
+    every split with a fraction > 0 must get a scene."""
+    codes = assign_blocks(weights[None, :], sp.val, sp.test, sp.seed)[0]
+    wanted = {"train": 1.0, "val": sp.val, "test": sp.test}
+    for k, s in enumerate(SPLITS):
+        if wanted[s] > 0 and not (codes == k).any():
+            drawn = ", ".join(f"{n}: {SPLITS[int(c)]}" for n, c in zip(names, codes, strict=True))
+            raise InputError(
+                f"chips.split.by scene: no scene goes to '{s}' ({drawn}); give at least one scene per split "
+                "(more scenes) or use chips.split.by: block"
+            )
+    return codes
+
+
+def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client: Client | None) -> ChipStore:
+    """:func:`make_chips` on a given Dask client (``None``: in this process), e.g. one already started.
+
+    With several prepared scenes (``inputs.scenes``) every scene is sampled and split on its own (by blocks
+    within it, or whole with ``split.by: scene``) and all chips go into one store, scene after scene; the
+    index's ``scene`` column names each chip's scene and the leakage check runs within each scene (pixel
+    offsets) and across scenes (footprints that overlap on the ground)."""
+    size, sp = cfg.size, cfg.split
+    block = sp.block_size or 2 * size
+    parts = scene.parts()
+    multi = scene.scenes is not None
+    if block < size:
+        raise InputError(
+            f"chips.split.block_size ({block}) is smaller than chips.size ({size}); make it at least the chip size"
+        )
+    for _, part in parts:
+        if part.grid.height < size or part.grid.width < size:
+            raise InputError(
+                f"{part.image}: scene ({part.grid.width}x{part.grid.height} px) is smaller than one chip "
+                f"({size} px); lower chips.size"
+            )
+    sampled = [sample(part, cfg, client) for _, part in parts]
+    for (_, part), smp in zip(parts, sampled, strict=True):
+        if len(smp[0]) == 0:
+            raise InputError(
+                f"{part.labels}: no chip has {cfg.min_valid:.0%} valid and {cfg.labelled_fraction:.0%} labelled "
+                "pixels; lower chips.min_valid, chips.min_labelled or chips.size"
+            )
+    whole: list[int | None] = [None] * len(parts)
+    if multi and sp.by == "scene":
+        weights = np.array([int(smp[3].sum()) for smp in sampled], dtype=np.int64)
+        whole = [int(c) for c in _scene_splits(weights, [n for n, _ in parts], sp)]
+    picked = [
+        _split_scene(part, cfg, smp, block, w)
+        for (_, part), smp, w in zip(parts, sampled, whole, strict=True)
+    ]
+    rows = np.concatenate([p.rows for p in picked])
+    cols = np.concatenate([p.cols for p in picked])
+    counts = np.concatenate([p.counts for p in picked])
+    codes = np.concatenate([p.codes for p in picked])
+    sid = np.concatenate([np.full(len(p.rows), i, dtype=np.int64) for i, p in enumerate(picked)])
+    dropped = sum(p.dropped for p in picked)
+    facts: dict[str, Any] = dict(picked[0].facts) if not multi else {}
     wanted = {"train": 1.0, "val": sp.val, "test": sp.test}
     for k, s in enumerate(SPLITS):
         if (sp.mode == "regions" or wanted[s] > 0) and not (codes == k).any():
@@ -229,37 +307,41 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
                 if sp.mode == "regions"
                 else f"too few for a '{s}' split; lower chips.split.block_size or chips.size"
             )
-            if sp.mode == "blocks":
+            grid = parts[0][1].grid
+            if sp.mode == "blocks" and not multi:
                 hint = f"only {math.ceil(grid.height / block) * math.ceil(grid.width / block)} spatial block(s) of {block} px, {hint}"
             if s == "train" or sp.mode != "regions":
-                raise InputError(f"{scene.image}: {hint}")
+                where = scene.image if not multi else f"{scene.root} ({len(parts)} scenes)"
+                raise InputError(f"{where}: {hint}")
     n = len(rows)
     br, bc = centre_blocks(rows, cols, size, block)
     split_names = np.asarray(SPLITS, dtype=object)[codes]
+    names = scene.class_names
+    grids = [part.grid for _, part in parts]
+    # pixel positions of the point sample: scenes stacked one under the other (keys unique across scenes)
+    offsets = np.cumsum([0] + [g.height for g in grids[:-1]]).astype(np.int64)
+    width = max(g.width for g in grids)
     with atomic_dir(out_dir / "chips") as tmp:
         attrs = {
-            "crs": grid.crs,
-            "transform": list(grid.transform)[:6],
+            "crs": grids[0].crs,
+            "transform": list(grids[0].transform)[:6],
             "bands": scene.bands,
             "classes": dict(zip(map(str, scene.class_ids), names, strict=True)),
             "ignore_index": IGNORE_INDEX,
             "chip_size": size,
-        } | ({"dates": scene.temporal["dates"]} if scene.temporal else {})
-        create_arrays(tmp / "chips.zarr", grid, scene.bands, size, rows, cols, codes, attrs)
+            **({"scenes": [nm for nm, _ in parts]} if multi else {}),
+            **({"dates": scene.temporal["dates"]} if scene.temporal else {}),
+        }
+        create_arrays(
+            tmp / "chips.zarr", grids, scene.bands, size, rows, cols, codes, attrs, sid if multi else None
+        )
         pts = (cfg.points.per_class, cfg.points.seed) if cfg.points is not None else None
+        images = [str(part.image) for _, part in parts]
+        labels = [str(part.labels) for _, part in parts]
         args = [
             (
-                str(scene.image),
-                str(scene.labels),
-                str(tmp / "chips.zarr"),
-                a,
-                rows[a:b],
-                cols[a:b],
-                codes[a:b],
-                size,
-                grid.width,
-                pts,
-                SHARD,
+                *(images, labels, str(tmp / "chips.zarr"), a),
+                *(rows[a:b], cols[a:b], codes[a:b], sid[a:b], size, width, offsets, pts, SHARD),
             )
             # whole shards, so no file is written by two tasks; several per task, so most tiles of the
             # prepared rasters are decompressed once
@@ -267,9 +349,10 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
         ]
         found = run_tasks(extract, args, client)
         consolidate(tmp / "chips.zarr")
-        t = grid.transform
-        x0, y0 = t.c + cols * t.a, t.f + rows * t.e
-        x1, y1 = x0 + size * t.a, y0 + size * t.e
+        tr = np.array([list(g.transform)[:6] for g in grids])[sid]
+        x0, y0 = tr[:, 2] + cols * tr[:, 0], tr[:, 5] + rows * tr[:, 4]
+        x1, y1 = x0 + size * tr[:, 0], y0 + size * tr[:, 4]
+        scene_col = np.asarray([nm for nm, _ in parts], dtype=object)[sid] if multi else str(scene.image)
         index = gpd.GeoDataFrame(
             {
                 "chip": np.arange(n),
@@ -278,24 +361,26 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
                 "col": cols,
                 "block_row": br,
                 "block_col": bc,
-                "scene": str(scene.image),
+                "scene": scene_col,
                 **{f"px_{name}": counts[:, i] for i, name in enumerate(names)},
             },
             geometry=boxes(np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1)),
-            crs=grid.crs,
+            crs=grids[0].crs,
         )
         index.to_parquet(tmp / "index.parquet")
-        n_points = _write_points(tmp / "points.parquet", found, scene, cfg) if pts else 0
+        n_points = _write_points(tmp / "points.parquet", found, parts, offsets, cfg, multi) if pts else 0
         splits = {s: np.flatnonzero(codes == k).tolist() for k, s in enumerate(SPLITS)}
+
+        def named(table: np.ndarray | None) -> list[list[str]] | None:
+            return None if table is None else [[SPLITS[int(v)] for v in r] for r in table]
+
         meta = {
             "size": size,
             "stride": cfg.stride or size,
             "sampler": cfg.sampler,
             "split_mode": sp.mode,
             "blocks_define_splits": sp.mode == "blocks",
-            "block_splits": None
-            if block_splits is None
-            else [[SPLITS[int(v)] for v in r] for r in block_splits],
+            "block_splits": None if multi else named(picked[0].block_splits),
             "block_size": block,
             "buffer": sp.buffer,
             "min_valid": cfg.min_valid,
@@ -310,39 +395,65 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
             **facts,
             "splits": splits,
         }
+        if multi:
+            meta["split_by"] = sp.by
+            meta["scenes"] = {
+                nm: {
+                    "counts": {s: int((p.codes == k).sum()) for k, s in enumerate(SPLITS)},
+                    "block_splits": named(p.block_splits),
+                    **p.facts,
+                }
+                for (nm, _), p in zip(parts, picked, strict=True)
+            }
         (tmp / "chips.json").write_text(json.dumps(meta))
-        check_leakage(rows, cols, split_names, size, sp.buffer, where=str(out_dir / "chips"))
+        for i, (nm, _) in enumerate(parts):  # pixel offsets are comparable within one scene only
+            sel = sid == i
+            where = str(out_dir / "chips") + (f" (scene {nm})" if multi else "")
+            check_leakage(rows[sel], cols[sel], split_names[sel], size, sp.buffer, where=where)
+        if multi:
+            check_across_scenes(index, where=str(out_dir / "chips"))
     log.info("chips: %s (%d dropped at split borders)", meta["counts"], dropped)
     return ChipStore(root=out_dir / "chips", size=size, splits=splits)
 
 
-def _write_points(path: Path, found: list[Any], scene: PreparedScene, cfg: ChipsConfig) -> int:
+def _write_points(
+    path: Path,
+    found: list[Any],
+    parts: list[tuple[str, PreparedScene]],
+    offsets: np.ndarray,
+    cfg: ChipsConfig,
+    multi: bool,
+) -> int:
     from eoforge.chips.tasks import top_points
 
-    parts = [f for f in found if f is not None]
-    if not parts or cfg.points is None:
+    chunks = [f for f in found if f is not None]
+    if not chunks or cfg.points is None:
         return 0
     p = top_points(
-        {k: np.concatenate([f[k] for f in parts]) for k in parts[0]},
-        scene.grid.width,
+        {k: np.concatenate([f[k] for f in chunks]) for k in chunks[0]},
+        max(part.grid.width for _, part in parts),
         cfg.points.per_class,
         cfg.points.seed,
     )
-    t = scene.grid.transform
-    x = t.c + (p["col"] + 0.5) * t.a + (p["row"] + 0.5) * t.b
-    y = t.f + (p["col"] + 0.5) * t.d + (p["row"] + 0.5) * t.e
-    ids = np.asarray(scene.class_ids)
+    sid = np.searchsorted(offsets, p["row"], side="right") - 1  # rows were stacked scene under scene
+    row = p["row"] - offsets[sid]
+    tr = np.array([list(part.grid.transform)[:6] for _, part in parts])[sid]
+    x = tr[:, 2] + (p["col"] + 0.5) * tr[:, 0] + (row + 0.5) * tr[:, 1]
+    y = tr[:, 5] + (p["col"] + 0.5) * tr[:, 3] + (row + 0.5) * tr[:, 4]
+    first = parts[0][1]
+    ids = np.asarray(first.class_ids)
     gdf = gpd.GeoDataFrame(
         {
             "split": np.asarray(SPLITS, dtype=object)[p["split"]],
             "label": p["label"].astype(np.uint8),
             "class_id": ids[p["label"]],
-            "row": p["row"].astype(np.int64),
+            "row": row.astype(np.int64),
             "col": p["col"].astype(np.int64),
-            **{b: p["values"][:, i] for i, b in enumerate(scene.bands)},
+            **({"scene": np.asarray([nm for nm, _ in parts], dtype=object)[sid]} if multi else {}),
+            **{b: p["values"][:, i] for i, b in enumerate(first.bands)},
         },
         geometry=gpd.points_from_xy(x, y),
-        crs=scene.grid.crs,
+        crs=first.grid.crs,
     )
     gdf.to_parquet(path)
     return len(gdf)

@@ -46,9 +46,14 @@ def _backdrop(scene: PreparedScene, max_px: int) -> np.ndarray:
     return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
 
 
-def footprint_map_png(store: ChipStore, scene: PreparedScene, max_px: int = 800) -> bytes:
-    """Chip footprints coloured by split (outlines; overlapping chips darken) over the scene."""
+def footprint_map_png(
+    store: ChipStore, scene: PreparedScene, max_px: int = 800, only: str | None = None
+) -> bytes:
+    """Chip footprints coloured by split (outlines; overlapping chips darken) over the scene; ``only``: the
+    name of that scene in a many-scene store (its chips only)."""
     idx = store.index()
+    if only is not None:
+        idx = idx[idx["scene"] == only]
     left, bottom, right, top = scene.grid.bounds
     aspect = (top - bottom) / max(right - left, 1e-9)
     fig, ax = plt.subplots(figsize=(7, max(2.5, 7 * aspect)))
@@ -80,7 +85,7 @@ def footprint_map_png(store: ChipStore, scene: PreparedScene, max_px: int = 800)
     )
     ax.set_xlim(left, right)
     ax.set_ylim(bottom, top)
-    ax.set_title(f"{len(idx)} chips of {store.size} px by split")
+    ax.set_title(f"{len(idx)} chips of {store.size} px by split{f' in scene {only}' if only else ''}")
     ax.ticklabel_format(useOffset=False, style="plain")
     ax.tick_params(labelsize=7)
     return _png(fig)

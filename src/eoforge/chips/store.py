@@ -103,16 +103,22 @@ def _channel_dates(bands: list[str]) -> np.ndarray | None:
 
 def create_arrays(
     path: Path,
-    grid: Grid,
+    grids: list[Grid],
     bands: list[str],
     size: int,
     rows: np.ndarray,
     cols: np.ndarray,
     codes: np.ndarray,
     attrs: dict[str, Any],
+    scene: np.ndarray | None = None,
 ) -> None:
-    """Create the Zarr group with its per-chip coordinates; ``image``/``label`` chunks are filled by tasks."""
+    """Create the Zarr group with its per-chip coordinates; ``image``/``label`` chunks are filled by tasks.
+
+    ``grids``: the scenes' grids (one CRS); ``scene``: each chip's index into them (stored as the per-chip
+    variable ``scene``, names in the group attribute ``scenes``), or None for one scene."""
     n, c = len(rows), len(bands)
+    grid = grids[0]
+    sid = np.zeros(n, dtype=np.int64) if scene is None else scene
     shard = min(SHARD, max(n, 1))
     g = zarr.open_group(str(path), mode="w", attributes=attrs)  # attributes given at creation: one write
     g.create_array(
@@ -156,7 +162,7 @@ def create_arrays(
             "coordinates": "row col split chip_x chip_y",
         },
     )
-    t = grid.transform
+    t = np.array([list(g.transform)[:6] for g in grids], dtype=np.float64)[sid].T  # a, b, c, d, e, f per chip
     dated = _channel_dates(bands)
     per_chip: dict[str, tuple[np.ndarray, list[str], dict[str, Any]]] = {
         "chip": (np.arange(n, dtype=np.int64), ["chip"], {}),
@@ -170,32 +176,33 @@ def create_arrays(
         ),
         "transform": (
             np.stack(
-                [
-                    np.full(n, t.a),
-                    np.full(n, t.b),
-                    t.c + cols * t.a + rows * t.b,
-                    np.full(n, t.d),
-                    np.full(n, t.e),
-                    t.f + cols * t.d + rows * t.e,
-                ],
+                [t[0], t[1], t[2] + cols * t[0] + rows * t[1], t[3], t[4], t[5] + cols * t[3] + rows * t[4]],
                 axis=1,
-            ),
+            )
+            if n
+            else np.zeros((0, 6)),
             ["chip", "affine"],
             {"long_name": "GDAL-order affine (a, b, c, d, e, f) of each chip"},
         ),
         "chip_x": (
-            t.c + (cols[:, None] + np.arange(size)[None, :] + 0.5) * t.a,
+            t[2][:, None] + (cols[:, None] + np.arange(size)[None, :] + 0.5) * t[0][:, None],
             ["chip", "x"],
             {"standard_name": "projection_x_coordinate", "long_name": "pixel-centre x"},
         ),
         "chip_y": (
-            t.f + (rows[:, None] + np.arange(size)[None, :] + 0.5) * t.e,
+            t[5][:, None] + (rows[:, None] + np.arange(size)[None, :] + 0.5) * t[4][:, None],
             ["chip", "y"],
             {"standard_name": "projection_y_coordinate", "long_name": "pixel-centre y"},
         ),
     }
     if dated is not None:  # a time stack: channels date-major, each channel's date as a decoded coordinate
         per_chip["time"] = (dated, ["band"], dict(TIME_ATTRS))
+    if scene is not None:
+        per_chip["scene"] = (
+            sid,
+            ["chip"],
+            {"long_name": "index of the chip's scene in the attribute scenes"},
+        )
     for name, (data, dims, a) in per_chip.items():
         chunks: tuple[int, ...] | Literal["auto"] = (
             (min(4096, max(len(data), 1)), *(int(d) for d in data.shape[1:])) if data.ndim else "auto"

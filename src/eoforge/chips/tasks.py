@@ -8,6 +8,7 @@ their chips straight into the Zarr arrays (one chunk per chip, so no two tasks w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -125,25 +126,29 @@ def pixel_keys(rows: np.ndarray, cols: np.ndarray, width: int, seed: int) -> np.
 
 
 def extract(
-    image: str,
-    labels: str,
+    images: list[str],
+    labels: list[str],
     store: str,
     start: int,
     rows: np.ndarray,
     cols: np.ndarray,
     splits: np.ndarray,
+    scenes: np.ndarray,
     size: int,
     width: int,
+    offsets: np.ndarray,
     points: tuple[int, int] | None,
     shard: int,
 ) -> dict[str, np.ndarray] | None:
     """Copy chips ``start, start+1, …`` into the Zarr arrays ``image`` and ``label`` of ``store``, one shard
     of ``shard`` chips at a time (``start`` is a shard boundary): each shard is written by a helper thread
     while the next one is read (GDAL and Blosc release the GIL), and the rasters stay open for the whole
-    task so a tile shared by two shards is decompressed once.
+    task so a tile shared by two shards is decompressed once. Chip ``k`` is read from ``images[scenes[k]]``
+    and ``labels[scenes[k]]`` (one pair for one scene).
 
     With ``points = (per_class, seed)``, also return this batch's candidates for the stratified point sample:
-    per (split, class) the ``per_class`` labelled valid pixels of smallest :func:`pixel_keys`.
+    per (split, class) the ``per_class`` labelled valid pixels of smallest :func:`pixel_keys`, at rows shifted
+    by their scene's ``offsets`` entry (scenes stacked one under the other, ``width`` the widest).
     """
     g = zarr.open_group(store, mode="r+")
     img_arr, lab_arr = g["image"], g["label"]
@@ -154,25 +159,31 @@ def extract(
     # every chip has valid pixels (the filters), so zarr's check for chunks equal to the fill value is skipped;
     # the shard's chunks are encoded as one batch (zarr's default pipeline hands them over one by one)
     options = {"array.write_empty_chunks": True, "codec_pipeline.batch_size": shard}
-    with (
-        rasterio.open(image) as src,
-        rasterio.open(labels) as lab,
-        ThreadPoolExecutor(1) as writer,
-        zarr.config.set(options),
-    ):
+    with contextlib.ExitStack() as stack:
+        opened: dict[int, tuple[Any, Any]] = {}  # each scene's rasters, opened when first needed
+        writer = stack.enter_context(ThreadPoolExecutor(1))
+        stack.enter_context(zarr.config.set(options))
         for a in range(0, len(rows), shard):
-            r, c = rows[a : a + shard], cols[a : a + shard]
+            r, c, sc = rows[a : a + shard], cols[a : a + shard], np.asarray(scenes[a : a + shard])
             imgs = np.empty((len(r), *img_arr.shape[1:]), dtype=np.float32)
             labs = np.empty((len(r), *lab_arr.shape[1:]), dtype=np.uint8)
-            for k, lb in read_chips(lab, r, c, size, band=1):
-                labs[k] = lb
-            for k, img in read_chips(src, r, c, size):
-                imgs[k] = img
+            for s in np.unique(sc).tolist():
+                if s not in opened:
+                    opened[s] = (
+                        stack.enter_context(rasterio.open(images[s])),
+                        stack.enter_context(rasterio.open(labels[s])),
+                    )
+                src, lab = opened[s]
+                sel = np.flatnonzero(sc == s)  # chips of one scene, still in row-major order
+                for k, lb in read_chips(lab, r[sel], c[sel], size, band=1):
+                    labs[sel[k]] = lb
+                for k, img in read_chips(src, r[sel], c[sel], size):
+                    imgs[sel[k]] = img
             if pending is not None:
                 pending.result()  # at most one shard waits for its write: memory stays two shards
             pending = writer.submit(_write, img_arr, lab_arr, start + a, imgs, labs)
             if points is not None:
-                found.extend(_labelled(imgs, labs, r, c, splits[a : a + shard]))
+                found.extend(_labelled(imgs, labs, r + offsets[sc], c, splits[a : a + shard]))
         if pending is not None:
             pending.result()
     if not found or points is None:

@@ -87,8 +87,10 @@ def score(cms: BlockConfusion, names: list[str], ids: list[int], n_boot: int, se
     return m
 
 
-def _chip_table(store: ChipStore) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def _chip_table(store: ChipStore, scene: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     idx = store.index()
+    if scene is not None:  # the chips of one scene of a many-scene store (row/col are that scene's)
+        idx = idx[idx["scene"] == scene]
     rows = idx["row"].to_numpy(np.int64)
     cols = idx["col"].to_numpy(np.int64)
     codes = idx["split"].map(SPLIT_CODES).fillna(0).to_numpy(np.uint8)
@@ -97,7 +99,9 @@ def _chip_table(store: ChipStore) -> tuple[np.ndarray, np.ndarray, np.ndarray, i
     return rows, cols, codes, block
 
 
-def _block_splits(store: ChipStore, grid_shape: tuple[int, int], block: int) -> np.ndarray | None:
+def _block_splits(
+    store: ChipStore, grid_shape: tuple[int, int], block: int, scene: str | None = None
+) -> np.ndarray | None:
     """Split code of every spatial block (0 where a block holds no chip), or None when blocks do not define
     the splits (random or region splits: the split of a pixel is then that of the chip covering it)."""
     meta = json.loads((store.root / "chips.json").read_text())
@@ -105,13 +109,15 @@ def _block_splits(store: ChipStore, grid_shape: tuple[int, int], block: int) -> 
         return None
     nbr, nbc = -(-grid_shape[0] // block), -(-grid_shape[1] // block)
     table = np.zeros((nbr, nbc), np.uint8)
-    named = meta.get("block_splits")
+    named = meta.get("block_splits") if scene is None else meta["scenes"][scene]["block_splits"]
     if named:
         for r, row in enumerate(named[:nbr]):
             for c, name in enumerate(row[:nbc]):
                 table[r, c] = SPLIT_CODES.get(name, 0)
         return table
     idx = store.index()
+    if scene is not None:
+        idx = idx[idx["scene"] == scene]
     if {"block_row", "block_col"} <= set(idx.columns):
         for br, bc, s in zip(idx["block_row"], idx["block_col"], idx["split"], strict=True):
             if 0 <= br < nbr and 0 <= bc < nbc:
@@ -136,21 +142,17 @@ def build_scorers(
     scene: PreparedScene,
     map_path: Path,
     cfg: EvaluateConfig,
+    trained: list[Scorer] | None = None,
 ) -> list[Scorer]:
-    """The delivered map first, then majority class, random forest and the user's baselines."""
+    """The delivered map first, then majority class, random forest and the user's baselines. ``trained``:
+    the majority and forest scorers of an earlier call (trained on all training chips; reused per scene)."""
     ids = predictor.class_ids
     names = [c.name for c in predictor.meta.classes]
-    images, labels = store.arrays()
-    x, y = training_pixels(images, labels, store.splits["train"], cfg.rf_pixels, cfg.seed)
-    if len(y) == 0:
-        raise InputError(f"{store.root}: the training chips hold no labelled pixel; re-run chips")
+    if trained is None:
+        trained = train_baselines(store, names, cfg)
     model = MapScorer(map_path, scene.grid, ids, name=predictor.meta.arch)
     model.kind = "model"
-    scorers: list[Scorer] = [model]
-    majority = int(np.bincount(y, minlength=len(ids)).argmax())
-    scorers.append(MajorityScorer(majority, names[majority]))
-    if cfg.random_forest:
-        scorers.append(ForestScorer(x, y, seed=cfg.seed))
+    scorers: list[Scorer] = [model, *trained]
     classes = dict(zip(ids, names, strict=True))
     for b in cfg.baselines:
         if isinstance(b, MapBaseline):
@@ -158,6 +160,93 @@ def build_scorers(
         elif isinstance(b, IndexRule):
             scorers.append(IndexRuleScorer(b, scene.bands, classes))
     return scorers
+
+
+def train_baselines(store: ChipStore, names: list[str], cfg: EvaluateConfig) -> list[Scorer]:
+    """The majority class and (with ``cfg.random_forest``) the random forest, from the training chips."""
+    images, labels = store.arrays()
+    x, y = training_pixels(images, labels, store.splits["train"], cfg.rf_pixels, cfg.seed)
+    if len(y) == 0:
+        raise InputError(f"{store.root}: the training chips hold no labelled pixel; re-run chips")
+    majority = int(np.bincount(y, minlength=len(names)).argmax())
+    out: list[Scorer] = [MajorityScorer(majority, names[majority])]
+    if cfg.random_forest:
+        out.append(ForestScorer(x, y, seed=cfg.seed))
+    return out
+
+
+def _score_pass(
+    scene: PreparedScene,
+    store: ChipStore,
+    scorers: list[Scorer],
+    ids: list[int],
+    tmp: Path,
+    name: str | None,
+    block: int,
+) -> tuple[list[BlockConfusion], dict[str, np.ndarray], int]:
+    """One streaming pass over ``scene`` by blocks: confusion matrices of every scorer per test block, labelled
+    pixels per split, and ``tmp/test_pixels.tif`` + ``tmp/splits.tif``. ``name``: the scene of a many-scene
+    store (its chips only)."""
+    k = len(ids)
+    grid = scene.grid
+    rows, cols, codes, block_size = _chip_table(store, name)
+    block_split = _block_splits(store, grid.shape, block_size, name)
+    nbc = -(-grid.width // block_size)
+    cms = [BlockConfusion(k) for _ in scorers]
+    split_counts = {s: np.zeros(k, np.int64) for s in SPLIT_CODES}
+    needs_pixels = any(s.needs_pixels for s in scorers)
+    dtype, nodata = ("uint8", 255) if max(ids) < 255 else ("uint16", 65535)
+    id_of = np.asarray(ids, dtype=dtype)
+    profile = {
+        "driver": "GTiff",
+        "width": grid.width,
+        "height": grid.height,
+        "count": 1,
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "compress": "deflate",
+    }
+    with (
+        rasterio.open(scene.labels) as lab_src,
+        rasterio.open(scene.image) as img_src,
+        rasterio.open(tmp / "test_pixels.tif", "w", dtype=dtype, nodata=nodata, **profile) as tp,
+        rasterio.open(tmp / "splits.tif", "w", dtype="uint8", nodata=0, **profile) as sp,
+    ):
+        tp.descriptions = ("reference class id of the scored test pixels",)
+        sp.descriptions = (
+            "split of the pixel's spatial block (of its chip for random/region splits): 1 train, 2 val, 3 test",
+        )
+        for win in block_windows(grid, block):
+            lab = lab_src.read(1, window=win)
+            cover = _coverage(win, rows, cols, codes, store.size)
+            r = np.arange(int(win.row_off), int(win.row_off + win.height)) // block_size
+            c = np.arange(int(win.col_off), int(win.col_off + win.width)) // block_size
+            by_block = cover if block_split is None else block_split[r[:, None], c[None, :]]
+            sp.write(by_block, 1, window=win)
+            labelled = lab != IGNORE_INDEX
+            for s, code in SPLIT_CODES.items():
+                sel = lab[(cover == code) & labelled]
+                split_counts[s] += np.bincount(sel, minlength=k)[:k]
+            test = (cover == SPLIT_CODES["test"]) & labelled
+            tp.write(np.where(test, id_of[np.minimum(lab, k - 1)], nodata).astype(dtype), 1, window=win)
+            if not test.any():
+                continue
+            ref = lab[test].astype(np.int64)
+            keys = (r[:, None] * nbc + c[None, :])[test]
+            pixels = img_src.read(window=win)[:, test].T if needs_pixels else None
+            for scorer, cm in zip(scorers, cms, strict=True):
+                cm.add(keys, ref, scorer.predict(win, test, pixels))
+    return cms, split_counts, block_size
+
+
+def _close(scorers: list[Scorer]) -> None:
+    for scorer in scorers:
+        close = getattr(scorer, "close", None)
+        if close is not None:
+            close()
 
 
 def evaluate(
@@ -181,7 +270,7 @@ def evaluate(
     cfg = cfg or EvaluateConfig()
     out_dir = Path(out_dir)
     map_path = Path(map_path)
-    if not map_path.is_file():
+    if not map_path.is_file() and not (scene.scenes and map_path.is_dir()):
         raise InputError(
             f"{map_path}: the map to score does not exist; run `eoforge predict` (or `run`) first"
         )
@@ -192,65 +281,34 @@ def evaluate(
         raise InputError(
             f"{store.root}: the chip store has no test chips; set chips.split.test > 0 and re-run chips"
         )
-    grid = scene.grid
-    rows, cols, codes, block_size = _chip_table(store)
-    block_split = _block_splits(store, grid.shape, block_size)
-    nbc = -(-grid.width // block_size)
-    scorers = build_scorers(predictor, store, scene, map_path, cfg)
-    cms = [BlockConfusion(k) for _ in scorers]
-    split_counts = {s: np.zeros(k, np.int64) for s in SPLIT_CODES}
-    needs_pixels = any(s.needs_pixels for s in scorers)
-    dtype, nodata = ("uint8", 255) if max(ids) < 255 else ("uint16", 65535)
-    id_of = np.asarray(ids, dtype=dtype)
-    profile = {
-        "driver": "GTiff",
-        "width": grid.width,
-        "height": grid.height,
-        "count": 1,
-        "crs": grid.crs,
-        "transform": grid.transform,
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-        "compress": "deflate",
-    }
-    try:
-        with (
-            atomic_dir(out_dir / "eval") as tmp,
-            rasterio.open(scene.labels) as lab_src,
-            rasterio.open(scene.image) as img_src,
-            rasterio.open(tmp / "test_pixels.tif", "w", dtype=dtype, nodata=nodata, **profile) as tp,
-            rasterio.open(tmp / "splits.tif", "w", dtype="uint8", nodata=0, **profile) as sp,
-        ):
-            tp.descriptions = ("reference class id of the scored test pixels",)
-            sp.descriptions = (
-                "split of the pixel's spatial block (of its chip for random/region splits): 1 train, 2 val, 3 test",
-            )
-            for win in block_windows(grid, block):
-                lab = lab_src.read(1, window=win)
-                cover = _coverage(win, rows, cols, codes, store.size)
-                r = np.arange(int(win.row_off), int(win.row_off + win.height)) // block_size
-                c = np.arange(int(win.col_off), int(win.col_off + win.width)) // block_size
-                by_block = cover if block_split is None else block_split[r[:, None], c[None, :]]
-                sp.write(by_block, 1, window=win)
-                labelled = lab != IGNORE_INDEX
-                for s, code in SPLIT_CODES.items():
-                    sel = lab[(cover == code) & labelled]
-                    split_counts[s] += np.bincount(sel, minlength=k)[:k]
-                test = (cover == SPLIT_CODES["test"]) & labelled
-                tp.write(np.where(test, id_of[np.minimum(lab, k - 1)], nodata).astype(dtype), 1, window=win)
-                if not test.any():
-                    continue
-                ref = lab[test].astype(np.int64)
-                keys = (r[:, None] * nbc + c[None, :])[test]
-                pixels = img_src.read(window=win)[:, test].T if needs_pixels else None
-                for scorer, cm in zip(scorers, cms, strict=True):
-                    cm.add(keys, ref, scorer.predict(win, test, pixels))
-    finally:
-        for scorer in scorers:
-            close = getattr(scorer, "close", None)
-            if close is not None:
-                close()
+    # (name, scene, map) per scene: one unnamed scene, or every scene of a many-scene run (maps/<name>.tif)
+    parts: list[tuple[str | None, PreparedScene, Path]] = (
+        [(None, scene, map_path)]
+        if not scene.scenes
+        else [(n, p, map_path / f"{n}.tif" if map_path.is_dir() else map_path) for n, p in scene.parts()]
+    )
+    trained = train_baselines(store, names, cfg)
+    per_scene: list[tuple[list[BlockConfusion], dict[str, np.ndarray]]] = []
+    with atomic_dir(out_dir / "eval") as tmp:
+        for name, part, part_map in parts:
+            if not part_map.is_file():
+                raise InputError(
+                    f"{part_map}: the map of scene {name} does not exist; run `eoforge predict` first"
+                )
+            scorers = build_scorers(predictor, store, part, part_map, cfg, trained)
+            where = tmp if name is None else tmp / name
+            where.mkdir(exist_ok=True)
+            try:
+                scene_cms, counts, block_size = _score_pass(part, store, scorers, ids, where, name, block)
+            finally:
+                _close(scorers)
+            per_scene.append((scene_cms, counts))
+    cms = [BlockConfusion(k) for _ in per_scene[0][0]]
+    for i, (scene_cms, _) in enumerate(per_scene):  # block keys made unique across scenes for the bootstrap
+        for total, cm in zip(cms, scene_cms, strict=True):
+            for key, m in cm.blocks.items():
+                total.blocks[(i << 40) + key] = m.copy()
+    split_counts = {s: np.sum([c[s] for _, c in per_scene], axis=0) for s in SPLIT_CODES}
     if not cms[0].blocks:
         raise InputError(f"{store.root}: the test chips hold no labelled pixel; re-run chips")
     metrics = score(cms[0], names, ids, cfg.bootstrap, cfg.seed)
@@ -272,6 +330,30 @@ def evaluate(
             {"name": scorer.name, "kind": scorer.kind, **score(cm, names, ids, cfg.bootstrap, cfg.seed)}
         )
     metrics["baselines"] = baselines
+    if scene.scenes:  # the same scores per scene; their confusion matrices sum to the overall one
+        metrics["scenes"] = {
+            str(name): {
+                "map": str(part_map),
+                "test_blocks": len(scene_cms[0].blocks),
+                **score(scene_cms[0], names, ids, cfg.bootstrap, cfg.seed),
+                "baselines": [
+                    {"name": sc.name, "kind": sc.kind, **score(cm, names, ids, cfg.bootstrap, cfg.seed)}
+                    for sc, cm in zip(scorers[1:], scene_cms[1:], strict=True)
+                ],
+            }
+            for (name, _, part_map), (scene_cms, _) in zip(parts, per_scene, strict=True)
+        }
+        for (name, part, _), (_, counts) in zip(parts, per_scene, strict=True):
+            m = metrics["scenes"][str(name)]
+            m["class_pixels"] = {s: dict(zip(names, map(int, v), strict=True)) for s, v in counts.items()}
+            m["model"] = metrics["model"]
+            lost_part = dict(zip(names, part.lost_to_nodata, strict=True)) if part.lost_to_nodata else None
+            m["warnings"] = [  # the same checks on the scene alone (its test pixels, blocks and classes)
+                {"code": c, "message": f"scene {name}: {msg}"}
+                for c, msg in conclusion_warnings(
+                    m, dict(zip(names, part.class_counts, strict=True)), lost_part, []
+                )
+            ]
     rf = next((b for b in baselines if b["kind"] == "random_forest"), None)
     if rf is not None:
         metrics["baseline"] = rf  # the README's and earlier versions' key for the random forest
@@ -285,8 +367,8 @@ def evaluate(
             metrics, dict(zip(names, scene.class_counts, strict=True)), lost, warnings or []
         )
     ]
-    panels = _panels(store, scene, map_path, ids)
-    figures = _insights(predictor, store, scene, names, cfg, metrics)
+    panels = [p for n, part, pm in parts for p in _panels(store, part, pm, ids, 1 if n else 2, n)]
+    figures = _insights(predictor, store, parts[0][1], names, cfg, metrics, parts[0][0])
     metrics_text = json.dumps(metrics, indent=2)
     write_text(out_dir / "metrics.json", metrics_text)
     write_text(
@@ -305,6 +387,7 @@ def _insights(
     names: list[str],
     cfg: EvaluateConfig,
     metrics: dict[str, Any],
+    name: str | None = None,
 ) -> dict[str, str]:
     """What the report shows beyond the scores: chip footprints and class histograms per split, and, from the
     model's probabilities on the first ``cfg.insight_chips`` test chips, ROC/PR curves, calibration and the
@@ -320,7 +403,7 @@ def _insights(
         return base64.b64encode(png).decode()
 
     figures = {
-        "footprints": b64(footprint_map_png(store, scene)),
+        "footprints": b64(footprint_map_png(store, scene, only=name)),
         "histograms": b64(class_histogram_png(store, names)),
     }
     chips = sorted(store.splits["test"])[: cfg.insight_chips]
@@ -342,11 +425,18 @@ def _insights(
 
 
 def _panels(
-    store: ChipStore, scene: PreparedScene, map_path: Path, ids: list[int], n: int = 2
+    store: ChipStore,
+    scene: PreparedScene,
+    map_path: Path,
+    ids: list[int],
+    n: int = 2,
+    name: str | None = None,
 ) -> list[Panel]:
     """Image, reference and delivered-map windows of the ``n`` best and ``n`` worst test chips (by the share of
     their labelled pixels the map gets right; chips with at least 100 labelled pixels, up to 500 chips read)."""
     idx = store.index()
+    if name is not None:
+        idx = idx[idx["scene"] == name]
     test = idx[idx["split"] == "test"].sort_values(["row", "col"]).head(500)
     if test.empty:
         return []
@@ -371,6 +461,6 @@ def _panels(
     out = []
     with rasterio.open(scene.image) as img:
         for kind, (acc, w, ref, pred_idx) in picks:
-            title = f"{kind} (agreement {acc:.2f}, row {int(w.row_off)} col {int(w.col_off)})"
+            title = f"{kind} (agreement {acc:.2f}, {f'scene {name}, ' if name else ''}row {int(w.row_off)} col {int(w.col_off)})"
             out.append(Panel(img.read(window=w), ref, pred_idx, title))
     return out

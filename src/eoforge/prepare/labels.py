@@ -130,7 +130,7 @@ def _layer(path: Path, layer: str | None) -> str | None:
 
 def _read(cfg: InputsConfig) -> gpd.GeoDataFrame:
     """The label features of a CSV (x/y or WKT columns, ``inputs.labels.crs``) or of one layer of an OGR file."""
-    lab = cfg.labels
+    lab = cfg.label_source()
     path = lab.path
     if path.suffix.lower() == ".csv":
         return read_csv_geometries(path, lab.crs, "set inputs.labels.crs")
@@ -178,7 +178,7 @@ def load_vector(
     ``make_valid`` and counted: the outline still says which area was meant, and a routine digitising slip
     should not stop a run (QGIS "Fix geometries" does the same GEOS repair).
     """
-    lab = cfg.labels
+    lab = cfg.label_source()
     path = lab.path
     if not path.exists():
         raise InputError(f"{path}: label file not found; check inputs.labels.path")
@@ -259,7 +259,7 @@ def load_vector(
 
 def label_reader(cfg: InputsConfig, grid: Grid) -> tuple[Any, Any]:
     """Open a raster label file on the image grid (reprojected with nearest neighbour when needed)."""
-    path = cfg.labels.path
+    path = cfg.label_source().path
     src = open_raster(path)
     if src.crs is None:
         src.close()

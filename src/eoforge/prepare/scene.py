@@ -38,6 +38,16 @@ class PreparedScene:
     """What prepare found in the labels: rows, rows without class/geometry, geometry types, repaired polygons,
     classes without pixels (shown in the report)."""
     temporal: dict[str, Any] | None = None  # time stacks: dates, dropped_dates (valid fraction), interpolate
+    band_stats: dict[str, list[float]] | None = None
+    scenes: list[str] | None = None
+    """With ``inputs.scenes``: this record covers the run (pooled statistics, summed class counts, the first
+    scene's grid) and each scene is prepared in ``root/<name>/`` (:meth:`parts`)."""
+
+    def parts(self) -> list[tuple[str, PreparedScene]]:
+        """``(name, scene)`` of every prepared scene: this one (name ``""``) when the run has one scene."""
+        if not self.scenes:
+            return [("", self)]
+        return [(name, PreparedScene.load(self.root / name)) for name in self.scenes]
 
     @property
     def image(self) -> Path:
@@ -78,6 +88,8 @@ class PreparedScene:
             "recipe": self.recipe,
             "normalization": self.normalization,
             "label_facts": self.label_facts,
+            **({"band_stats": self.band_stats} if self.band_stats is not None else {}),
+            **({"scenes": self.scenes} if self.scenes is not None else {}),
         } | ({"temporal": self.temporal} if self.temporal else {})
 
     @classmethod
@@ -107,4 +119,6 @@ class PreparedScene:
             normalization=m.get("normalization"),
             label_facts=m.get("label_facts"),
             temporal=m.get("temporal"),
+            band_stats=m.get("band_stats"),
+            scenes=m.get("scenes"),
         )

@@ -57,15 +57,20 @@ def prepare(
     block: int = 512,
     prep: PrepareConfig | None = None,
     sparse: bool = False,
+    folder: str = "prepared",
 ) -> PreparedScene:
-    """Apply the preparation recipe, rasterize labels and compute statistics; write ``out_dir/prepared``.
+    """Apply the preparation recipe, rasterize labels and compute statistics; write ``out_dir/prepared``
+    (``out_dir/folder``). With ``inputs.scenes``, each scene goes to ``prepared/<name>/`` (:func:`prepare_scenes`).
 
     ``sparse``: point/line vector labels are accepted as sparse labels (the run keeps chips holding any
     labelled pixel, ``chips.min_labelled: 0``); otherwise they are refused (see :func:`load_vector`).
     """
     out_dir = Path(out_dir)
     prep = prep or PrepareConfig()
-    mapper = ClassMapper(cfg.classes, cfg.labels.ignore_unknown)
+    if cfg.scenes is not None:
+        return prepare_scenes(cfg, out_dir, block, prep, sparse)
+    labels = cfg.label_source()
+    mapper = ClassMapper(cfg.classes, labels.ignore_unknown)
     grid_override = grid_like(prep.grid.like) if prep.grid.like else None
     source, temporal = _open(cfg, prep, grid_override, block)
     recipe = source.recipe
@@ -73,7 +78,7 @@ def prepare(
         grid = source.grid
         bands = source.band_names
         first = source.paths[0]
-        vector = is_vector(cfg.labels.path)
+        vector = is_vector(labels.path)
         gdf, facts = load_vector(cfg, grid, mapper, sparse) if vector else (None, {"kind": "raster"})
         lab_src: Any = None
         lab_reader: Any = None
@@ -85,8 +90,8 @@ def prepare(
         counts = np.zeros(n_cls, dtype=np.int64)
         lost = np.zeros(n_cls, dtype=np.int64)
         bg = IGNORE_INDEX
-        if cfg.labels.background is not None:  # validated against classes by the config
-            bg = list(cfg.classes).index(cfg.labels.background)
+        if labels.background is not None:  # validated against classes by the config
+            bg = list(cfg.classes).index(labels.background)
         profile = {
             "driver": "GTiff",
             "width": grid.width,
@@ -104,7 +109,7 @@ def prepare(
         }
         try:
             # GDAL's block cache defaults to 5 % of RAM; cap it so memory stays bounded by the blocks
-            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_dir(out_dir / "prepared") as tmp:
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_dir(out_dir / folder) as tmp:
                 with (
                     rasterio.open(
                         tmp / "image.tif", "w", count=source.count, dtype="float32", nodata=np.nan, **profile
@@ -134,11 +139,11 @@ def prepare(
                             tz.write(img, win)
                         valid = valid_mask(img)
                         if gdf is not None:
-                            lab = burn(gdf, grid, win, bg, cfg.labels.all_touched)
+                            lab = burn(gdf, grid, win, bg, labels.all_touched)
                         else:
                             raw = lab_reader.read(1, window=win)
                             ok = ~np.isnan(raw) if raw.dtype.kind == "f" else np.ones(raw.shape, bool)
-                            for nd in (lab_reader.nodata, cfg.labels.nodata):
+                            for nd in (lab_reader.nodata, labels.nodata):
                                 if nd is not None:
                                     ok &= raw != nd
                             lab = mapper.array(raw, ok)
@@ -154,14 +159,14 @@ def prepare(
                         counts += np.bincount(lab[lab != IGNORE_INDEX], minlength=n_cls)[:n_cls]
                 if tz is not None:
                     tz.close()
-                mapper.check(cfg.labels.path)
+                mapper.check(labels.path)
                 if n == 0:
                     raise InputError(
                         f"{first}: every pixel is nodata; check inputs.nodata, the masks and the AOI"
                     )
                 if counts.sum() == 0:
                     raise InputError(
-                        f"{cfg.labels.path}: no labelled pixel falls on valid image pixels; "
+                        f"{labels.path}: no labelled pixel falls on valid image pixels; "
                         "check that labels and image cover the same area"
                     )
                 empty = [b for b, k in zip(bands, stats.n, strict=True) if k == 0]
@@ -170,9 +175,11 @@ def prepare(
                         f"{first}: channel(s) {', '.join(empty)} are nodata on every valid pixel; "
                         "check inputs.nodata or drop them"
                     )
-                norm = normalisation(stats, prep.normalize, str(tmp / "image.tif"), grid, prep.clip, block)
+                norm = normalisation(
+                    stats, prep.normalize, [(str(tmp / "image.tif"), grid)], prep.clip, block
+                )
                 scene = PreparedScene(
-                    root=out_dir / "prepared",
+                    root=out_dir / folder,
                     grid=grid,
                     bands=bands,
                     class_ids=list(cfg.classes),
@@ -194,6 +201,7 @@ def prepare(
                             n for n, k in zip(cfg.classes.values(), counts, strict=True) if not k
                         ],
                     },
+                    band_stats=stats.to_json(),
                     temporal=temporal,
                 )
                 _warn_lost(scene)
@@ -257,6 +265,63 @@ def _open(
     if prep.interpolate:
         log.info("gaps are filled by %s interpolation along time (prepare.interpolate)", prep.interpolate)
     return DatedSource(recipe, images, grid=grid, **aoi), facts  # type: ignore[arg-type]
+
+
+def prepare_scenes(
+    cfg: InputsConfig, out_dir: Path, block: int, prep: PrepareConfig, sparse: bool = False
+) -> PreparedScene:
+    """Prepare every scene of ``inputs.scenes`` into ``out_dir/prepared/<name>/`` with the same recipe and grid
+    rule, then normalise them all alike: statistics pooled over the valid pixels of all scenes (exact for
+    zscore/minmax, one histogram over every scene for percentile), as one scene's statistics cover the whole
+    scene. ``prepared/scene.json`` describes the run: pooled statistics, class counts summed over the
+    scenes, the first scene's grid, and the scene names."""
+    with atomic_dir(out_dir / "prepared") as tmp:
+        parts = [
+            (name, prepare(sub, tmp, block, prep, sparse, folder=name)) for name, sub in cfg.scene_inputs()
+        ]
+        first_name, first = parts[0]
+        for name, p in parts[1:]:
+            if p.bands != first.bands:
+                raise InputError(
+                    f"scene {name}: bands {p.bands} differ from scene {first_name}'s {first.bands}; give every "
+                    "scene the same bands (inputs.bands / file names)"
+                )
+            if p.grid.crs != first.grid.crs:
+                raise InputError(
+                    f"scene {name}: CRS {p.grid.crs} differs from scene {first_name}'s {first.grid.crs}; set "
+                    "prepare.grid.crs so that every scene is prepared on one CRS"
+                )
+        stats = BandStats(len(first.bands))
+        for _, p in parts:
+            stats.merge(BandStats.from_json(p.band_stats or {}))
+        images = [(str(tmp / name / "image.tif"), p.grid) for name, p in parts]
+        norm = normalisation(stats, prep.normalize, images, prep.clip, block)
+        pooled: dict[str, Any] = {
+            "mean": [float(x) for x in norm.offset],
+            "std": [float(x) for x in norm.scale],
+            "normalization": {
+                "mode": norm.mode,
+                "percentile_accuracy": norm.percentile_accuracy,
+                "over": "valid pixels of all scenes",
+            },
+        }
+        for name, p in parts:  # every scene carries the run's normalisation (its own stays in band_stats)
+            (tmp / name / "scene.json").write_text(json.dumps(replace(p, **pooled).to_json(), indent=2))
+        run = replace(
+            first,
+            root=out_dir / "prepared",
+            class_counts=[int(x) for x in np.sum([p.class_counts for _, p in parts], axis=0)],
+            lost_to_nodata=[
+                int(x) for x in np.sum([p.lost_to_nodata or [0] * len(p.class_ids) for _, p in parts], axis=0)
+            ],
+            sources=[s for _, p in parts for s in p.sources],
+            band_stats=stats.to_json(),
+            scenes=[name for name, _ in parts],
+            **pooled,
+        )
+        (tmp / "scene.json").write_text(json.dumps(run.to_json(), indent=2))
+    log.info("prepared %d scenes: %s", len(parts), ", ".join(name for name, _ in parts))
+    return run
 
 
 def _read(source: RecipeSource | DatedSource, win: Window) -> np.ndarray:

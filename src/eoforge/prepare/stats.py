@@ -67,6 +67,28 @@ class BandStats:
         self.min = np.minimum(self.min, bmin)
         self.max = np.maximum(self.max, bmax)
 
+    def merge(self, other: BandStats) -> None:
+        """Add another set of pixels' statistics (Chan et al. pairwise merge: as if updated with them)."""
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        safe = np.maximum(n, 1)
+        self.mean = self.mean + delta * other.n / safe
+        self.m2 = self.m2 + other.m2 + delta**2 * self.n * other.n / safe
+        self.n = n
+        self.min = np.minimum(self.min, other.min)
+        self.max = np.maximum(self.max, other.max)
+
+    def to_json(self) -> dict[str, list[float]]:
+        return {k: [float(x) for x in getattr(self, k)] for k in ("n", "mean", "m2", "min", "max")}
+
+    @classmethod
+    def from_json(cls, d: dict[str, list[float]]) -> BandStats:
+        out = cls(len(d["n"]))
+        out.n = np.asarray(d["n"], dtype=np.int64)
+        for k in ("mean", "m2", "min", "max"):
+            setattr(out, k, np.asarray(d[k], dtype=np.float64))
+        return out
+
     @property
     def std(self) -> np.ndarray:
         out: np.ndarray = np.sqrt(self.m2 / np.maximum(self.n, 1))
@@ -124,23 +146,26 @@ class Histogram:
 
 
 def percentiles(
-    path: str, grid: Grid, lo: np.ndarray, hi: np.ndarray, q: tuple[float, float], block: int = 512
+    images: list[tuple[str, Grid]], lo: np.ndarray, hi: np.ndarray, q: tuple[float, float], block: int = 512
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Percentiles ``q`` of every band of the stack at ``path`` from a histogram pass; returns (low, high, bin)."""
+    """Percentiles ``q`` of every band over the stacks ``(path, grid)`` (one histogram pass over all of them);
+    returns (low, high, bin)."""
     hist = Histogram(lo, hi)
-    with rasterio.open(path) as src:
-        for win in block_windows(grid, block):
-            hist.update(src.read(window=win))
+    for path, grid in images:
+        with rasterio.open(path) as src:
+            for win in block_windows(grid, block):
+                hist.update(src.read(window=win))
     out = hist.quantiles(q)
     return out[0], out[1], hist.width
 
 
 def normalisation(
-    stats: BandStats, mode: str, image: str, grid: Grid, clip: tuple[float, float], block: int = 512
+    stats: BandStats, mode: str, images: list[tuple[str, Grid]], clip: tuple[float, float], block: int = 512
 ) -> Normalisation:
+    """The normalisation of ``mode`` from ``stats`` of the valid pixels of the stacks ``images``."""
     if mode == "zscore":
         return Normalisation(stats.mean.tolist(), _nonzero(stats.std).tolist(), mode)
     if mode == "minmax":
         return Normalisation(stats.min.tolist(), _nonzero(stats.max - stats.min).tolist(), mode)
-    plo, phi, width = percentiles(image, grid, stats.min, stats.max, clip, block)
+    plo, phi, width = percentiles(images, stats.min, stats.max, clip, block)
     return Normalisation(plo.tolist(), _nonzero(phi - plo).tolist(), mode, width.tolist())

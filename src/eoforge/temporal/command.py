@@ -43,6 +43,13 @@ def series_cmd() -> None:
     type=click.FloatRange(min=0),
     help="Gaussian jitter of the training inputs, in standard deviations (augmentation).",
 )
+@click.option(
+    "--ensemble",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Members trained with seeds seed, seed+1, ...; their class probabilities are averaged.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--date-column", default="date", show_default=True)
@@ -59,6 +66,7 @@ def series_train_cmd(
     test_fraction: float,
     weight_decay: float,
     noise: float,
+    ensemble: int,
     seed: int,
     label_column: str,
     date_column: str,
@@ -89,6 +97,7 @@ def series_train_cmd(
         weight_decay=weight_decay,
         seed=seed,
         noise=noise,
+        ensemble=ensemble,
     )
     scores = {arch: evaluate_series(fitted, series, te).to_json()}
     if baseline:

@@ -55,6 +55,19 @@ class SeriesTask(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": sched}
 
 
+class SoftmaxMean(nn.Module):
+    """A seed ensemble: the log of the members' mean class probabilities, so ``softmax`` of the output is that
+    mean and ``argmax`` its most probable class; fully convolutional like the members."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.stack([torch.softmax(m(x), 1) for m in self.members]).mean(0)
+        return torch.log(p.clamp_min(1e-12))
+
+
 @dataclass(frozen=True)
 class SeriesModel:
     """A trained model with the per-band normalisation it was trained with."""
@@ -136,35 +149,44 @@ def train_series(
     weight_decay: float = 1e-4,
     seed: int = 0,
     noise: float = 0.0,
+    ensemble: int = 1,
 ) -> SeriesModel:
     """Fit a registry model (``tempcnn``, ``ltae``, ``pixel-mlp``...) on the ``train_idx`` series;
-    ``noise`` > 0 adds Gaussian jitter (in standard deviations) to the training inputs."""
+    ``noise`` > 0 adds Gaussian jitter (in standard deviations) to the training inputs; ``ensemble`` > 1
+    trains that many members (seeds ``seed``, ``seed + 1``, ...) and averages their probabilities
+    (:class:`SoftmaxMean`)."""
     import eoforge.temporal.models  # noqa: F401  (registers the temporal models)
 
-    L.seed_everything(seed, workers=True, verbose=False)
+    if ensemble < 1:
+        raise InputError(f"ensemble {ensemble}: give at least 1 member")
     n_times, n_bands = series.n_times, len(series.bands)
     encoder = encoder or f"t{n_times}"
     mean, std = band_stats(series, train_idx)
-    model = create_model(arch, n_times * n_bands, len(series.classes), encoder)
-    fitted = SeriesModel(model, arch, encoder, mean, std, series.classes, series.bands, n_times)
-    x = fitted.normalize(series.channels(train_idx))
-    y = torch.from_numpy(series.labels[train_idx])
-    loader = DataLoader(
-        TensorDataset(x, y), batch_size=batch_size, shuffle=True, drop_last=len(y) > batch_size
-    )
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    trainer.fit(SeriesTask(model, lr, weight_decay, epochs, noise), train_dataloaders=loader)
-    log.info("trained %s on %d series for %d epochs", arch, len(y), epochs)
-    model.cpu().eval()
-    return fitted
+    members: list[nn.Module] = []
+    for k in range(ensemble):
+        L.seed_everything(seed + k, workers=True, verbose=False)
+        model = create_model(arch, n_times * n_bands, len(series.classes), encoder)
+        fitted = SeriesModel(model, arch, encoder, mean, std, series.classes, series.bands, n_times)
+        x = fitted.normalize(series.channels(train_idx))
+        y = torch.from_numpy(series.labels[train_idx])
+        loader = DataLoader(
+            TensorDataset(x, y), batch_size=batch_size, shuffle=True, drop_last=len(y) > batch_size
+        )
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(SeriesTask(model, lr, weight_decay, epochs, noise), train_dataloaders=loader)
+        model.cpu().eval()
+        members.append(model)
+    log.info("trained %s x%d on %d series for %d epochs", arch, ensemble, len(train_idx), epochs)
+    final = members[0] if ensemble == 1 else SoftmaxMean(members).eval()
+    return SeriesModel(final, arch, encoder, mean, std, series.classes, series.bands, n_times)
 
 
 def evaluate_series(fitted: SeriesModel, series: PixelSeries, idx: np.ndarray) -> SeriesScores:
@@ -221,6 +243,7 @@ def save_series_model(fitted: SeriesModel, out_dir: str | Path, metrics: dict[st
         "classes": list(fitted.classes),
         "bands": list(fitted.bands),
         "n_times": fitted.n_times,
+        "ensemble": len(fitted.model.members) if isinstance(fitted.model, SoftmaxMean) else 1,
     }
     with atomic_dir(out) as tmp:
         torch.save(fitted.model.state_dict(), tmp / "model.pt")
@@ -242,7 +265,11 @@ def load_series_model(path: str | Path) -> SeriesModel:
             f"{path}: not a series model folder ({exc}); train one with `eoforge series train`"
         ) from None
     n_in = meta["n_times"] * len(meta["bands"])
-    model = create_model(meta["arch"], n_in, len(meta["classes"]), meta["encoder"])
+    members = [
+        create_model(meta["arch"], n_in, len(meta["classes"]), meta["encoder"])
+        for _ in range(int(meta.get("ensemble", 1)))
+    ]
+    model = members[0] if len(members) == 1 else SoftmaxMean(members)
     model.load_state_dict(state)
     model.eval()
     return SeriesModel(
