@@ -191,3 +191,22 @@ def test_linear_interpolation_matches_numpy(values: np.ndarray, steps: list[int]
             continue
         want = np.interp(days, days[ok], values[ok, j])  # np.interp keeps the end values: nearest date
         np.testing.assert_allclose(out[:, j], want, rtol=1e-9, atol=1e-9)
+
+
+def test_a_scene_of_many_has_dates(tmp_path: Path) -> None:
+    data = series()
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    scenes = [
+        {"name": n, "images": write_dates(tmp_path / n, data), "labels": {"path": str(labels(tmp_path / n))}}
+        for n in ("a", "b")
+    ]
+    cfg = parse_config(
+        {"inputs": {"scenes": scenes, "classes": {1: "early", 2: "late"}, "bands": ["red", "nir"]}}
+    )
+    assert [sub.dates for _, sub in cfg.inputs.scene_inputs()] == [DATES, DATES]
+    run = prepare(cfg.inputs, tmp_path / "out", prep=cfg.prepare)
+    assert run.scenes == ["a", "b"] and len(run.bands) == 6
+    for name, part in run.parts():
+        assert part.temporal is not None and part.temporal["dates"] == DATES, name
+        assert xr.open_zarr(part.root / "stack.zarr")["image"].shape == (3, 2, H, W)

@@ -140,14 +140,33 @@ class CubeConfig(_Strict):
     time: str = Field(default="time", description="Name of the cube's time dimension.")
 
 
+def _iso_keys(v: Any) -> Any:
+    """YAML reads an unquoted 2021-04-01 as a date: keys of a date mapping become ISO strings, a lone file a
+    one-item list."""
+    if isinstance(v, dict):
+        return {
+            (k.isoformat() if hasattr(k, "isoformat") else str(k)): ([f] if isinstance(f, str) else f)
+            for k, f in v.items()
+        }
+    return v
+
+
 class SceneInputs(_Strict):
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Scene name (letters, digits, _ . -): its folder OUT/prepared/<name>/, its map "
         "OUT/maps/<name>.tif and its rows in the report.",
     )
-    images: list[str | list[str]] = Field(description="This scene's rasters, written as `inputs.images`.")
+    images: ImageList | dict[str, ImageList] = Field(
+        description="This scene's rasters, written as `inputs.images` (a date -> files mapping for a time stack)."
+    )
     labels: LabelsConfig = Field(description="This scene's labels, written as `inputs.labels`.")
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _date_keys(cls, v: Any) -> Any:
+        return _iso_keys(v)
+
     masks: list[MaskConfig] | None = Field(
         default=None, description="This scene's masks, replacing `inputs.masks` (default: `inputs.masks`)."
     )
@@ -232,13 +251,7 @@ class InputsConfig(_Strict):
     @field_validator("images", mode="before")
     @classmethod
     def _date_keys(cls, v: Any) -> Any:
-        # YAML reads an unquoted 2021-04-01 as a date: keys become ISO strings, a lone file a one-item list
-        if isinstance(v, dict):
-            return {
-                (k.isoformat() if hasattr(k, "isoformat") else str(k)): ([f] if isinstance(f, str) else f)
-                for k, f in v.items()
-            }
-        return v
+        return _iso_keys(v)
 
     @model_validator(mode="after")
     def _images_or_cube(self) -> InputsConfig:
