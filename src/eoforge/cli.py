@@ -670,6 +670,8 @@ def predict_cmd(
 ) -> None:
     """Classify IMAGES (files stacked band-wise, in training band order) with MODEL_DIR into a COG.
 
+    A model trained on a time stack takes its dates as DATE=FILE (2021-04-02=s2_0402.tif ...), or the cube file.
+
     A killed run started again with the same arguments continues from its finished row bands.
     """
     from eoforge.config import ComputeConfig
@@ -677,8 +679,10 @@ def predict_cmd(
     from eoforge.io.atomic import sweep_temporaries
     from eoforge.io.guard import check_output_file
     from eoforge.predict import PredictOptions, predict
+    from eoforge.prepare.dates import strip_date
 
-    check_output_file(output, [model_dir, *images], nbytes=_map_bytes(images))
+    files = tuple(Path(strip_date(p)) for p in images)
+    check_output_file(output, [model_dir, *files], nbytes=_map_bytes(files))
     sweep_temporaries(output.parent, depth=0, name=output.name)  # what a killed predict left
     if tile is not None and overlap is not None and overlap >= tile:
         raise InputError(f"--overlap {overlap}: must be smaller than --tile {tile}")

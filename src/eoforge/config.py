@@ -31,6 +31,7 @@ class _Strict(BaseModel):
 
 
 _COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 class LabelsConfig(_Strict):
@@ -125,25 +126,62 @@ class MaskConfig(_Strict):
         return self
 
 
+ImageList = list[str | list[str]]
+
+
+class CubeConfig(_Strict):
+    path: str = Field(
+        description="NetCDF (.nc) or Zarr (.zarr) cube of dated bands, opened lazily (xarray + dask)."
+    )
+    variables: list[str] | None = Field(
+        default=None,
+        description="Data variables used as bands, in order (default: every (time, y, x) variable).",
+    )
+    time: str = Field(default="time", description="Name of the cube's time dimension.")
+
+
+def _iso_keys(v: Any) -> Any:
+    """YAML reads an unquoted 2021-04-01 as a date: keys of a date mapping become ISO strings, a lone file a
+    one-item list."""
+    if isinstance(v, dict):
+        return {
+            (k.isoformat() if hasattr(k, "isoformat") else str(k)): ([f] if isinstance(f, str) else f)
+            for k, f in v.items()
+        }
+    return v
+
+
 class SceneInputs(_Strict):
     name: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
         description="Scene name (letters, digits, _ . -): its folder OUT/prepared/<name>/, its map "
         "OUT/maps/<name>.tif and its rows in the report.",
     )
-    images: list[str | list[str]] = Field(description="This scene's rasters, written as `inputs.images`.")
+    images: ImageList | dict[str, ImageList] = Field(
+        description="This scene's rasters, written as `inputs.images` (a date -> files mapping for a time stack)."
+    )
     labels: LabelsConfig = Field(description="This scene's labels, written as `inputs.labels`.")
+
+    @field_validator("images", mode="before")
+    @classmethod
+    def _date_keys(cls, v: Any) -> Any:
+        return _iso_keys(v)
+
     masks: list[MaskConfig] | None = Field(
         default=None, description="This scene's masks, replacing `inputs.masks` (default: `inputs.masks`)."
     )
 
 
 class InputsConfig(_Strict):
-    images: list[str | list[str]] = Field(
+    images: ImageList | dict[str, ImageList] = Field(
         default_factory=list,
         description="Raster files or glob patterns, stacked band-wise in the order given (globs sorted). An "
         "entry that is a list is a mosaic: files covering different areas of the same bands. With `sensor`, "
-        "files are matched to bands by name and files of the same band are mosaicked.",
+        "files are matched to bands by name and files of the same band are mosaicked. A time stack is a "
+        "mapping ISO date -> such a list (same bands every date).",
+    )
+    cube: CubeConfig | None = Field(
+        default=None, description="Instead of `images`: a NetCDF/Zarr time stack (time, y, x variables)."
     )
     scenes: list[SceneInputs] | None = Field(
         default=None,
@@ -210,11 +248,39 @@ class InputsConfig(_Strict):
                 raise ValueError(f"colour of class {k} is '{c}'; write colours as '#rrggbb' (e.g. '#1f78b4')")
         return v
 
+    @field_validator("images", mode="before")
+    @classmethod
+    def _date_keys(cls, v: Any) -> Any:
+        return _iso_keys(v)
+
+    @model_validator(mode="after")
+    def _images_or_cube(self) -> InputsConfig:
+        if self.images and self.cube is not None:
+            raise ValueError(
+                "give inputs.images (files, or a date -> files mapping) or inputs.cube, not both"
+            )
+        if isinstance(self.images, dict):
+            if not self.images:
+                raise ValueError("inputs.images is an empty date mapping; list at least one date")
+            for d, files in self.images.items():
+                if not _ISO_DATE.match(d):
+                    raise ValueError(
+                        f"inputs.images date '{d}' is not an ISO date; write dates as YYYY-MM-DD"
+                    )
+                if not files:
+                    raise ValueError(f"inputs.images date {d} lists no file; give its files or drop the date")
+        return self
+
+    @property
+    def dates(self) -> list[str] | None:
+        """The dates of a time stack given as a date -> files mapping, in time order (None otherwise)."""
+        return sorted(self.images) if isinstance(self.images, dict) else None
+
     @model_validator(mode="after")
     def _scenes_or_images(self) -> InputsConfig:
-        if self.scenes is None and (not self.images or self.labels is None):
+        if self.scenes is None and (not (self.images or self.cube) or self.labels is None):
             raise ValueError("give inputs.images and inputs.labels (one scene) or inputs.scenes (many)")
-        if self.scenes is not None and (self.images or self.labels is not None):
+        if self.scenes is not None and (self.images or self.cube or self.labels is not None):
             raise ValueError("give inputs.scenes or inputs.images + inputs.labels, not both")
         if self.scenes is not None and not self.scenes:
             raise ValueError("inputs.scenes is empty; list at least one scene")
@@ -322,6 +388,18 @@ class PrepareConfig(_Strict):
     clip: tuple[float, float] = Field(
         default=(2.0, 98.0),
         description="Lower and upper percentiles of `normalize: percentile`; values beyond them are clamped.",
+    )
+    min_valid_date: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Time stacks: dates whose valid fraction (of the pixels valid on any date) is below this are "
+        "dropped (cloudy dates); listed in the log and scene.json.",
+    )
+    interpolate: Literal["linear"] | None = Field(
+        default=None,
+        description="Time stacks: fill nodata gaps linearly along time (per pixel and band; ends take the "
+        "nearest date); by default gaps stay NaN. Part of the recipe, so predict does the same.",
     )
 
     @field_validator("aoi")
@@ -742,6 +820,11 @@ class EvaluateConfig(_Strict):
 
 
 class RunConfig(_Strict):
+    task: Literal["segmentation", "pixel"] = Field(
+        default="segmentation",
+        description="segmentation: dense labels (a class per pixel); pixel: sparse labels (points, a few "
+        "pixels): chips kept with one labelled pixel, unlabelled pixels ignored.",
+    )
     inputs: InputsConfig
     prepare: PrepareConfig = Field(
         default_factory=PrepareConfig,
@@ -893,10 +976,17 @@ def _absolutise(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         imgs = inputs.get("images")
         if isinstance(imgs, str):
             imgs = [imgs]
+
+        def files(entries: list[Any]) -> list[Any]:
+            return [[_abs(base, q) for q in p] if isinstance(p, list) else _abs(base, p) for p in entries]
+
         if isinstance(imgs, list):
-            inputs["images"] = [
-                [_abs(base, q) for q in p] if isinstance(p, list) else _abs(base, p) for p in imgs
-            ]
+            inputs["images"] = files(imgs)
+        elif isinstance(imgs, dict):  # a time stack: date -> files
+            inputs["images"] = {d: files([v] if isinstance(v, str) else v) for d, v in imgs.items()}
+        cube = inputs.get("cube")
+        if isinstance(cube, dict) and isinstance(cube.get("path"), str):
+            cube["path"] = _abs(base, cube["path"])
         labels = inputs.get("labels")
         if isinstance(labels, dict) and "path" in labels and not Path(str(labels["path"])).is_absolute():
             labels["path"] = str(base / str(labels["path"]))

@@ -31,6 +31,7 @@ from eoforge.package import ClassInfo, PackageMeta, add_metrics, load_package, s
 from eoforge.predict import PredictResult, predict
 from eoforge.prepare import PreparedScene, prepare
 from eoforge.prepare.stack import open_prepare_source
+from eoforge.tasks import get_task
 from eoforge.train import train
 
 log = logging.getLogger(__name__)
@@ -51,21 +52,29 @@ def save_config(cfg: RunConfig, out: Path) -> None:
 
 def stage_prepare(cfg: RunConfig, out: Path) -> PreparedScene:
     # points/lines as labels are sparse labels: only with chips that keep any labelled pixel
-    return prepare(cfg.inputs, out, prep=cfg.prepare, sparse=cfg.chips.labelled_fraction == 0)
+    sparse = get_task(cfg.task).labelled_fraction(cfg.chips.labelled_fraction) == 0
+    return prepare(cfg.inputs, out, prep=cfg.prepare, sparse=sparse)
 
 
 def stage_chips(cfg: RunConfig, out: Path) -> ChipStore:
-    return make_chips(PreparedScene.load(out / "prepared"), cfg.chips, out, compute=cfg.compute)
+    scene = PreparedScene.load(out / "prepared")
+    return make_chips(scene, cfg.chips, out, compute=cfg.compute, task=get_task(cfg.task))
 
 
 def stage_train(cfg: RunConfig, out: Path, progress: bool = False, resume: bool = True) -> Path:
     scene = PreparedScene.load(out / "prepared")
     store = ChipStore.load(out / "chips")
+    model_cfg = cfg.model
+    if scene.temporal:  # temporal models read the date count from the stack (registry encoder `t<dates>`)
+        from eoforge.temporal.models import encoder_for_dates
+
+        encoder = encoder_for_dates(model_cfg.arch, model_cfg.encoder, len(scene.temporal["dates"]))
+        model_cfg = model_cfg.model_copy(update={"encoder": encoder})
     # resume: continue an interrupted training of the same config from OUT/train/checkpoints/last.ckpt
-    result = train(store, scene, cfg.model, cfg.train, out, progress=progress, resume=resume)
+    result = train(store, scene, model_cfg, cfg.train, out, progress=progress, resume=resume)
     meta = PackageMeta(
-        arch=cfg.model.arch,
-        encoder=cfg.model.encoder,
+        arch=model_cfg.arch,
+        encoder=model_cfg.encoder,
         bands=scene.bands,
         mean=scene.mean,
         std=scene.std,
@@ -138,12 +147,12 @@ def stage_predict(cfg: RunConfig, out: Path, on_progress: Progress | None = None
 STAGES = ("prepare", "chips", "train", "predict", "evaluate")
 _SECTIONS = {  # the config sections each stage's output depends on (earlier stages' through the cascade)
     "prepare": ("inputs", "prepare"),
-    "chips": ("inputs", "prepare", "chips"),
-    "train": ("inputs", "prepare", "chips", "model", "train"),
+    "chips": ("inputs", "prepare", "task", "chips"),
+    "train": ("inputs", "prepare", "task", "chips", "model", "train"),
     # the package keeps the tile/overlap of the run that trained it (defaults of `eoforge predict`); the run's
     # own map and its evaluation use the current `predict` section, so changing it never retrains
-    "predict": ("inputs", "prepare", "chips", "model", "train", "predict"),
-    "evaluate": ("inputs", "prepare", "chips", "model", "train", "predict", "evaluate"),
+    "predict": ("inputs", "prepare", "task", "chips", "model", "train", "predict"),
+    "evaluate": ("inputs", "prepare", "task", "chips", "model", "train", "predict", "evaluate"),
 }
 _READS = {  # the sections whose file paths a stage reads (fingerprinted in stages.json)
     "prepare": ("inputs", "prepare"),

@@ -12,6 +12,7 @@ selection, the shape of targets, and what ``predict`` writes for a scene.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,7 +58,12 @@ class Task:
         """Labelled pixels a chip needs to be kept: a fraction of the chip for dense labels, one for sparse."""
         if self.targets == "sparse":
             return 1
-        return max(1, round(min_valid * chip_size * chip_size)) if self.per_pixel else 0
+        return max(1, math.ceil(min_valid * chip_size * chip_size)) if self.per_pixel else 0
+
+    def labelled_fraction(self, configured: float) -> float:
+        """The chips' ``min_labelled`` under this task: as configured for dense labels, 0 for sparse ones
+        (a chip is then kept with one labelled pixel)."""
+        return 0.0 if self.targets == "sparse" else configured
 
     def loss(self, class_weights: torch.Tensor | None = None) -> nn.Module:
         if self.multilabel:

@@ -33,6 +33,8 @@ from eoforge.prepare import PreparedScene
 if TYPE_CHECKING:
     from distributed import Client
 
+    from eoforge.tasks import Task
+
 log = logging.getLogger(__name__)
 
 STRIP = 256
@@ -165,11 +167,19 @@ def choose_balanced(
 
 
 def make_chips(
-    scene: PreparedScene, cfg: ChipsConfig, out_dir: str | Path, compute: ComputeConfig | None = None
+    scene: PreparedScene,
+    cfg: ChipsConfig,
+    out_dir: str | Path,
+    compute: ComputeConfig | None = None,
+    task: Task | None = None,
 ) -> ChipStore:
     """Cut, filter, split and store chips from a prepared scene into ``out_dir/chips``; Dask runs the reads
-    on the scheduler ``compute`` names (in this process by default)."""
+    on the scheduler ``compute`` names (in this process by default). The ``task`` (default: segmentation)
+    says how many labelled pixels a chip needs (sparse labels: one)."""
     from eoforge.compute import dask_client
+
+    if task is not None:
+        cfg = cfg.model_copy(update={"min_labelled": task.labelled_fraction(cfg.labelled_fraction)})
 
     with dask_client(compute) as client:
         return make_chips_on(scene, cfg, Path(out_dir), client)
@@ -320,6 +330,7 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
             "ignore_index": IGNORE_INDEX,
             "chip_size": size,
             **({"scenes": [nm for nm, _ in parts]} if multi else {}),
+            **({"dates": scene.temporal["dates"]} if scene.temporal else {}),
         }
         create_arrays(
             tmp / "chips.zarr", grids, scene.bands, size, rows, cols, codes, attrs, sid if multi else None

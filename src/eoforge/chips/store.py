@@ -85,6 +85,22 @@ class ChipStore:
         return cls(root=root, size=m["size"], splits={k: list(v) for k, v in m["splits"].items()})
 
 
+TIME_ATTRS = {"units": "days since 1970-01-01", "calendar": "proleptic_gregorian", "standard_name": "time"}
+
+
+def _channel_dates(bands: list[str]) -> np.ndarray | None:
+    """Days since 1970 of each channel of a time stack (names ``DATE/channel``), None for undated bands."""
+    import datetime as dt
+
+    try:
+        days = [dt.date.fromisoformat(b.split("/", 1)[0]).toordinal() for b in bands if "/" in b]
+    except ValueError:
+        return None
+    if len(days) != len(bands) or not days:
+        return None
+    return np.asarray(days, dtype=np.int64) - dt.date(1970, 1, 1).toordinal()
+
+
 def create_arrays(
     path: Path,
     grids: list[Grid],
@@ -125,7 +141,8 @@ def create_arrays(
             "grid_mapping": "spatial_ref",
             "long_name": "image bands",
             "band_names": bands,
-            "coordinates": "row col split chip_x chip_y",
+            "coordinates": "row col split chip_x chip_y"
+            + (" time" if _channel_dates(bands) is not None else ""),
         },
     )
     g.create_array(
@@ -146,6 +163,7 @@ def create_arrays(
         },
     )
     t = np.array([list(g.transform)[:6] for g in grids], dtype=np.float64)[sid].T  # a, b, c, d, e, f per chip
+    dated = _channel_dates(bands)
     per_chip: dict[str, tuple[np.ndarray, list[str], dict[str, Any]]] = {
         "chip": (np.arange(n, dtype=np.int64), ["chip"], {}),
         "band": (np.arange(1, c + 1, dtype=np.int64), ["band"], {"band_names": bands}),
@@ -177,6 +195,8 @@ def create_arrays(
             {"standard_name": "projection_y_coordinate", "long_name": "pixel-centre y"},
         ),
     }
+    if dated is not None:  # a time stack: channels date-major, each channel's date as a decoded coordinate
+        per_chip["time"] = (dated, ["band"], dict(TIME_ATTRS))
     if scene is not None:
         per_chip["scene"] = (
             sid,

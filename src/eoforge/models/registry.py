@@ -82,3 +82,9 @@ def _load_builtin() -> None:
     # the built-in architectures register on import; imported lazily so `eoforge --help` stays fast
     import eoforge.models.segmentation
     import eoforge.temporal.models  # noqa: F401  (tempcnn, ltae, pixel-mlp, pixel-cnn)
+
+
+def channels_last_ok(model: nn.Module) -> bool:
+    """Whether ``model`` can be put in channels-last memory format: no 5-D weight (the temporal models'
+    ``Conv3d`` time convolutions have one, and torch refuses the 4-D format for them)."""
+    return all(p.dim() != 5 for p in model.parameters())

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from eoforge.errors import InputError, PackageError
+from eoforge.models.registry import channels_last_ok
 from eoforge.package import Predictor, load_package
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,9 @@ def load_predictor(
                     100 * AGREEMENT,
                 )
                 pred = ref
-                pred.channels_last = True
-                pred.model = pred.model.to(memory_format=torch.channels_last)
+                if channels_last_ok(pred.model):
+                    pred.channels_last = True
+                    pred.model = pred.model.to(memory_format=torch.channels_last)
             else:
                 log.debug(
                     "backend auto: %s + channels-last (agrees with fp32 on %.2f %% of probed pixels)",

@@ -34,6 +34,7 @@ from eoforge.geo import Grid
 from eoforge.io.rasters import check_band_names, valid_mask
 from eoforge.predict.blend import BLENDS, BandPlan, plan_bands
 from eoforge.predict.outputs import PROB_DTYPES, UNCERTAINTIES, BandResult, Parts, assemble, extra_paths
+from eoforge.prepare.dates import strip_date
 
 if TYPE_CHECKING:
     from eoforge.config import ComputeConfig
@@ -387,13 +388,24 @@ def check_bands(
         )
 
 
+def _resolved(entry: Any) -> Any:
+    """An images entry with absolute paths (for Dask workers): a ``DATE=PATH`` string keeps its date."""
+    if isinstance(entry, list | tuple):
+        return [_resolved(q) for q in entry]
+    path = strip_date(entry)
+    prefix = str(entry)[: len(str(entry)) - len(path)]
+    return prefix + str(Path(path).resolve())
+
+
 def _input_files(images: Sequence[Any]) -> list[Path]:
-    """The files behind ``images``: entries may be globs or lists of mosaic tiles (as in ``inputs.images``)."""
+    """The files behind ``images``: entries may be globs or lists of mosaic tiles (as in ``inputs.images``),
+    ``DATE=PATH`` strings of a time stack."""
     import glob
 
     out: list[Path] = []
     for entry in images:
-        for item in entry if isinstance(entry, (list, tuple)) else [entry]:
+        for raw in entry if isinstance(entry, (list, tuple)) else [entry]:
+            item = strip_date(raw)
             hits = sorted(glob.glob(str(item))) if any(ch in str(item) for ch in "*?[") else [str(item)]
             out.extend(Path(h) for h in hits if Path(h).exists())
     return out
@@ -489,8 +501,8 @@ def predict_scene(
         raise InputError(
             f"{out}: is a folder; give the path of the map file to write (e.g. {out / 'map.tif'})"
         )
-    for img in images:
-        if Path(img).exists() and out.exists() and out.resolve() == Path(img).resolve():
+    for img in _input_files(images):
+        if out.exists() and out.resolve() == img.resolve():
             raise InputError(f"{out}: the output is one of the input images; write the map to another file")
     t0 = time.perf_counter()
     source = open_source(images, meta)
@@ -622,7 +634,7 @@ def _run_distributed(
         assert client is not None
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or (compute.workers or 1))
         tasks = []
-        imgs = tuple(str(Path(p).resolve()) for p in images)
+        imgs = tuple(_resolved(p) for p in images)
         for j0, j1 in runs:
             step = max(1, -(-(j1 - j0) // (2 * n_workers)))
             for a in range(j0, j1, step):

@@ -53,11 +53,15 @@ class Recipe:
     normalize: str = "zscore"
     clip: tuple[float, float] = (2.0, 98.0)
     version: int = field(default=RECIPE_VERSION)
+    dates: tuple[str, ...] = ()  # a time stack: its dates (channels date-major), see eoforge.prepare.dates
+    interpolate: str | None = None  # "linear": gaps filled along time
+    cube: tuple[tuple[str, ...], str] | None = None  # a NetCDF/Zarr cube: (variables, time dimension)
 
     @property
     def channels(self) -> list[str]:
-        """Model input channels: the bands, then the indices."""
-        return [*self.bands, *self.indices]
+        """Model input channels: the bands, then the indices (of every date, date-major, for a time stack)."""
+        per_date = [*self.bands, *self.indices]
+        return [f"{d}/{c}" for d in self.dates for c in per_date] if self.dates else per_date
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,7 +76,15 @@ class Recipe:
             "nodata_rule": self.nodata_rule,
             "indices": list(self.indices),
             "normalize": {"mode": self.normalize, "clip": list(self.clip)},
-        }
+        } | (
+            {
+                "dates": list(self.dates),
+                "interpolate": self.interpolate,
+                "cube": {"variables": list(self.cube[0]), "time": self.cube[1]} if self.cube else None,
+            }
+            if self.dates
+            else {}
+        )
 
     @classmethod
     def from_json(cls, m: dict[str, Any]) -> Recipe:
@@ -100,11 +112,17 @@ class Recipe:
             normalize=m.get("normalize", {}).get("mode", "zscore"),
             clip=tuple(m.get("normalize", {}).get("clip", (2.0, 98.0))),
             version=int(m.get("version", 1)),
+            dates=tuple(m.get("dates") or ()),
+            interpolate=m.get("interpolate"),
+            cube=(tuple(m["cube"]["variables"]), str(m["cube"]["time"])) if m.get("cube") else None,
         )
 
 
-def recipe_from_config(inputs: InputsConfig, prep: PrepareConfig, band_names: Sequence[str]) -> Recipe:
-    """The recipe of a run: ``band_names`` are the stack's band names found by :func:`discover_bands`."""
+def recipe_from_config(
+    inputs: InputsConfig, prep: PrepareConfig, band_names: Sequence[str], dates: Sequence[str] = ()
+) -> Recipe:
+    """The recipe of a run: ``band_names`` are the stack's band names found by :func:`discover_bands`
+    (per date for a time stack, whose ``dates`` are given)."""
     sensor = get_sensor(inputs.sensor) if inputs.sensor else None
     crs, res = prep.grid.crs, prep.grid.resolution
     if prep.grid.like is not None:
@@ -125,6 +143,9 @@ def recipe_from_config(inputs: InputsConfig, prep: PrepareConfig, band_names: Se
         else:
             masks.append((sensor.quality or mk.band, "bits", tuple(quality_bits(sensor, mk.bits))))
     nd = inputs.nodata
+    cube = None
+    if inputs.cube is not None:
+        cube = (tuple(band_names), inputs.cube.time)
     return Recipe(
         bands=tuple(band_names),
         sensor=inputs.sensor,
@@ -138,6 +159,9 @@ def recipe_from_config(inputs: InputsConfig, prep: PrepareConfig, band_names: Se
         indices=tuple(prep.indices),
         normalize=prep.normalize,
         clip=(float(prep.clip[0]), float(prep.clip[1])),
+        dates=tuple(dates),
+        interpolate=prep.interpolate if dates else None,
+        cube=cube,
     )
 
 
@@ -425,31 +449,44 @@ def _first_crs(path: Path) -> str:
 
 
 def discover_bands(inputs: InputsConfig) -> list[str]:
-    """Band names of a run's stack before any recipe exists: sensor names, inputs.bands, descriptions, stems."""
+    """Band names of a run's stack before any recipe exists: sensor names, inputs.bands, descriptions, stems
+    (of the first date for a time stack; a cube's variables)."""
+    if inputs.cube is not None:
+        from eoforge.temporal.cube import open_cube
+
+        return list(open_cube(inputs.cube.path, inputs.cube.variables, inputs.cube.time).bands)
+    images: Images = (
+        inputs.images[min(inputs.images)] if isinstance(inputs.images, dict) else inputs.images or []
+    )
     if inputs.sensor:
         sensor = get_sensor(inputs.sensor)
-        groups, _ = _sensor_groups(sensor, inputs.images, list(inputs.bands) if inputs.bands else None)
+        groups, _ = _sensor_groups(sensor, images, list(inputs.bands) if inputs.bands else None)
         return [n for g in groups for n in g.names]
     names: list[str] = []
-    for files in _entries(inputs.images):
+    for files in _entries(images):
         with RasterStack([files[0]]) as st:
             names.extend(st.band_names)
     if inputs.bands is not None:
         if len(inputs.bands) != len(names):
             raise InputError(
-                f"{_entries(inputs.images)[0][0]}: inputs.bands lists {len(inputs.bands)} names but the images "
+                f"{_entries(images)[0][0]}: inputs.bands lists {len(inputs.bands)} names but the images "
                 f"hold {len(names)} bands; give one name per band"
             )
         return list(inputs.bands)
     return names
 
 
-def open_source(meta: Any, images: Images) -> RasterStack | RecipeSource:
-    """The reader predict uses for a package: its recipe applied to ``images`` (packages without a recipe:
-    a plain :class:`RasterStack` with the package's nodata and rule)."""
+def open_source(meta: Any, images: Images) -> Any:
+    """The reader predict uses for a package (a :class:`RecipeSource`, a time-stack ``DatedSource``, or a plain
+    :class:`RasterStack` for packages without a recipe, with their nodata and rule)."""
     recipe = getattr(meta, "recipe", None)
     if recipe:
-        return RecipeSource(Recipe.from_json(recipe), images)
+        rec = Recipe.from_json(recipe)
+        if rec.dates:
+            from eoforge.prepare.dates import DatedSource
+
+            return DatedSource(rec, images)
+        return RecipeSource(rec, images)
     flat = _flatten(images)
     return RasterStack(flat, nodata=meta.nodata, nodata_rule=meta.nodata_rule)
 

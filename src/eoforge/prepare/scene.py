@@ -37,6 +37,7 @@ class PreparedScene:
     label_facts: dict[str, Any] | None = None
     """What prepare found in the labels: rows, rows without class/geometry, geometry types, repaired polygons,
     classes without pixels (shown in the report)."""
+    temporal: dict[str, Any] | None = None  # time stacks: dates, dropped_dates (valid fraction), interpolate
     band_stats: dict[str, list[float]] | None = None
     scenes: list[str] | None = None
     """With ``inputs.scenes``: this record covers the run (pooled statistics, summed class counts, the first
@@ -89,7 +90,7 @@ class PreparedScene:
             "label_facts": self.label_facts,
             **({"band_stats": self.band_stats} if self.band_stats is not None else {}),
             **({"scenes": self.scenes} if self.scenes is not None else {}),
-        }
+        } | ({"temporal": self.temporal} if self.temporal else {})
 
     @classmethod
     def load(cls, root: str | Path) -> PreparedScene:
@@ -117,6 +118,7 @@ class PreparedScene:
             recipe=m.get("recipe"),
             normalization=m.get("normalization"),
             label_facts=m.get("label_facts"),
+            temporal=m.get("temporal"),
             band_stats=m.get("band_stats"),
             scenes=m.get("scenes"),
         )

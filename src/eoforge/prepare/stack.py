@@ -24,10 +24,12 @@ from eoforge.errors import InputError
 from eoforge.io.atomic import atomic_dir
 from eoforge.io.rasters import block_windows, valid_mask
 from eoforge.prepare.align import grid_like
+from eoforge.prepare.dates import DatedSource, dated_strings, valid_fractions
 from eoforge.prepare.labels import ClassMapper, burn, is_vector, label_reader, load_vector
 from eoforge.prepare.recipe import Recipe, RecipeSource, discover_bands, mask_specs, recipe_from_config
 from eoforge.prepare.scene import PreparedScene
 from eoforge.prepare.stats import BandStats, normalisation
+from eoforge.prepare.timezarr import TimeZarr
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +43,12 @@ def _colors(cfg: InputsConfig) -> list[str]:
     return [given.get(cid, PALETTE[i % len(PALETTE)]) for i, cid in enumerate(cfg.classes)]
 
 
-def open_prepare_source(cfg: InputsConfig, prep: PrepareConfig) -> tuple[Recipe, RecipeSource]:
-    """The recipe of a run and the source applying it to the run's files (grid, masks, AOI)."""
-    recipe = recipe_from_config(cfg, prep, discover_bands(cfg))
+def open_prepare_source(cfg: InputsConfig, prep: PrepareConfig) -> tuple[Recipe, RecipeSource | DatedSource]:
+    """The recipe of a run and the source applying it to the run's files (grid, masks, AOI); a time stack
+    with all its dates (``min_valid_date`` is applied by :func:`prepare`)."""
     grid_override = grid_like(prep.grid.like) if prep.grid.like else None
-    source = RecipeSource(
-        recipe, cfg.images, grid=grid_override, masks=mask_specs(cfg), aoi=prep.aoi, aoi_crs=prep.aoi_crs
-    )
-    return recipe, source
+    source, _ = _open(cfg, prep, grid_override, 512, probe_dates=False)
+    return source.recipe, source
 
 
 def prepare(
@@ -71,7 +71,9 @@ def prepare(
         return prepare_scenes(cfg, out_dir, block, prep, sparse)
     labels = cfg.label_source()
     mapper = ClassMapper(cfg.classes, labels.ignore_unknown)
-    recipe, source = open_prepare_source(cfg, prep)
+    grid_override = grid_like(prep.grid.like) if prep.grid.like else None
+    source, temporal = _open(cfg, prep, grid_override, block)
+    recipe = source.recipe
     with source:
         grid = source.grid
         bands = source.band_names
@@ -118,6 +120,9 @@ def prepare(
                     ExitStack() as stack,
                 ):
                     dst_img.descriptions = tuple(bands)
+                    tz = None
+                    if isinstance(source, DatedSource):  # the xarray view of the time stack
+                        tz = TimeZarr(tmp / "stack.zarr", grid, source.dates, source.per_date, block)
                     windows = block_windows(grid, block)
                     # one reader thread prefetches the next block while this one is burnt, counted and written
                     # (GDAL releases the GIL, so the warp overlaps the rest on a second core); 2 blocks in
@@ -130,6 +135,8 @@ def prepare(
                         img = pending.result()
                         if i + 1 < len(windows):
                             pending = pool.submit(_read, source, windows[i + 1])
+                        if tz is not None:
+                            tz.write(img, win)
                         valid = valid_mask(img)
                         if gdf is not None:
                             lab = burn(gdf, grid, win, bg, labels.all_touched)
@@ -150,6 +157,8 @@ def prepare(
                         stats.update(flat if valid.all() else flat[:, valid.ravel()])
                         n += int(valid.sum())
                         counts += np.bincount(lab[lab != IGNORE_INDEX], minlength=n_cls)[:n_cls]
+                if tz is not None:
+                    tz.close()
                 mapper.check(labels.path)
                 if n == 0:
                     raise InputError(
@@ -179,7 +188,7 @@ def prepare(
                     mean=[float(x) for x in norm.offset],
                     std=[float(x) for x in norm.scale],
                     class_counts=[int(x) for x in counts],
-                    sources=list(cfg.images),
+                    sources=_sources(cfg),
                     nodata=cfg.nodata,
                     nodata_rule=cfg.nodata_rule,
                     lost_to_nodata=[int(x) for x in lost],
@@ -193,6 +202,7 @@ def prepare(
                         ],
                     },
                     band_stats=stats.to_json(),
+                    temporal=temporal,
                 )
                 _warn_lost(scene)
                 _warn_unlabelled(scene)
@@ -206,6 +216,55 @@ def prepare(
         "prepared %dx%d px, %d channels, %d labelled px", grid.width, grid.height, len(bands), counts.sum()
     )
     return scene
+
+
+def _sources(cfg: InputsConfig) -> list[Any]:
+    """What predict reads again: the images (``DATE=PATH`` strings for dated files), or the cube file."""
+    if cfg.cube is not None:
+        return [cfg.cube.path]
+    if isinstance(cfg.images, dict):
+        return dated_strings(cfg.images)
+    return list(cfg.images or [])
+
+
+def _open(
+    cfg: InputsConfig, prep: PrepareConfig, grid: Any, block: int, probe_dates: bool = True
+) -> tuple[RecipeSource | DatedSource, dict[str, Any] | None]:
+    """The source prepare reads (a time stack: its dates after ``min_valid_date``) and the facts about dates."""
+    aoi = dict(masks=mask_specs(cfg), aoi=prep.aoi, aoi_crs=prep.aoi_crs)
+    if cfg.dates is None and cfg.cube is None:
+        recipe = recipe_from_config(cfg, prep, discover_bands(cfg))
+        return RecipeSource(recipe, cfg.images or [], grid=grid, **aoi), None  # type: ignore[arg-type]
+    images: Any = [cfg.cube.path] if cfg.cube is not None else cfg.images
+    if cfg.cube is not None:
+        from eoforge.temporal.cube import open_cube
+
+        dates = [str(d) for d in open_cube(cfg.cube.path, cfg.cube.variables, cfg.cube.time).dates]
+    else:
+        dates = list(cfg.dates or [])
+    recipe = recipe_from_config(cfg, prep, discover_bands(cfg), dates)
+    facts: dict[str, Any] = {"dates": dates, "dropped_dates": {}, "interpolate": prep.interpolate}
+    if prep.min_valid_date is not None and probe_dates:
+        with DatedSource(replace(recipe, interpolate=None), images, grid=grid, **aoi) as probe:  # type: ignore[arg-type]
+            fractions = valid_fractions(probe, block)
+        facts["valid_fraction"] = {d: round(f, 4) for d, f in fractions.items()}
+        dropped = {d: round(f, 4) for d, f in fractions.items() if f < prep.min_valid_date}
+        kept = [d for d in dates if d not in dropped]
+        if not kept:
+            raise InputError(
+                f"prepare.min_valid_date {prep.min_valid_date}: every date is below it (valid fractions "
+                f"{', '.join(f'{d} {f:.2f}' for d, f in fractions.items())}); lower it"
+            )
+        for d, f in dropped.items():
+            log.info(
+                "date %s dropped: %.1f%% valid < prepare.min_valid_date %.2f", d, 100 * f, prep.min_valid_date
+            )
+        facts["dropped_dates"] = dropped
+        facts["dates"] = kept
+        recipe = replace(recipe, dates=tuple(kept))
+    if prep.interpolate:
+        log.info("gaps are filled by %s interpolation along time (prepare.interpolate)", prep.interpolate)
+    return DatedSource(recipe, images, grid=grid, **aoi), facts  # type: ignore[arg-type]
 
 
 def prepare_scenes(
@@ -265,7 +324,7 @@ def prepare_scenes(
     return run
 
 
-def _read(source: RecipeSource, win: Window) -> np.ndarray:
+def _read(source: RecipeSource | DatedSource, win: Window) -> np.ndarray:
     """``source.read`` in the reader thread, under the same GDAL cache cap (rasterio's Env is per thread)."""
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         return source.read(win)

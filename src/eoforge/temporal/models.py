@@ -250,6 +250,25 @@ def pixel_cnn(in_channels: int, num_classes: int, encoder: str) -> nn.Module:
 
 
 TEMPORAL_MODELS = ("tempcnn", "ltae")
+
+
+def encoder_for_dates(arch: str, encoder: str, n_dates: int) -> str:
+    """The registry ``encoder`` string of a temporal ``arch`` trained on ``n_dates`` dates: ``t<n>`` (keeping a
+    ``-w<width>`` given in the config); a ``t<n>`` that disagrees with the stack is an error. Other archs (a
+    U-Net over dates stacked as channels) keep their encoder."""
+    if arch not in TEMPORAL_MODELS:
+        return encoder
+    m = _SPEC.match(encoder.strip().lower())
+    if m is None or not (m.group("t") or m.group("w")):
+        return f"t{n_dates}"
+    if m.group("t") and int(m.group("t")) != n_dates:
+        raise InputError(
+            f"model.encoder '{encoder}' says {m.group('t')} dates but the prepared stack has {n_dates}; "
+            f"use t{n_dates} or leave the date count out"
+        )
+    return f"t{n_dates}" + (f"-w{m.group('w')}" if m.group("w") else "")
+
+
 PIXEL_MODELS = ("pixel-mlp", "pixel-cnn")
 
 for _name, _factory in (

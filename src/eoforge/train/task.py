@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from eoforge.config import IGNORE_INDEX
 from eoforge.errors import InputError
+from eoforge.models.registry import channels_last_ok
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +68,9 @@ class SegmentationTask(L.LightningModule):
         self.epochs = epochs
         self.loss = loss if loss is not None else nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
         self.augment = augment
-        self.channels_last = channels_last
+        self.channels_last = channels_last and channels_last_ok(model)
         self.freeze_encoder_epochs = freeze_encoder_epochs
-        if channels_last:
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.val_cm = MulticlassConfusionMatrix(num_classes=num_classes, ignore_index=IGNORE_INDEX)
         # kept outside the module tree, so checkpoints hold the plain model's keys
