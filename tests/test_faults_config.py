@@ -125,8 +125,8 @@ def _cfg_file(tmp_path: Path, scene: dict, **train: object) -> Path:
     [
         ({"accelerator": "gpu"}, "train.accelerator: gpu but no CUDA GPU is visible on this machine"),
         ({"accelerator": "cuda"}, "train.accelerator: cuda but no CUDA GPU is visible"),
-        ({"devices": 3}, "train.devices: 3 on CPU would start 3 training processes over one run folder"),
-        ({"accelerator": "cpu", "devices": 2}, "train.devices: 2 on CPU"),
+        ({"devices": 4096}, "train.devices: 4096 on CPU starts 4096 training processes but this machine has"),
+        ({"accelerator": "cpu", "devices": 4096}, "train.devices: 4096 on CPU starts"),
     ],
 )
 def test_hardware_the_machine_lacks_is_refused_before_any_work(

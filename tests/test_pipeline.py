@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -159,3 +160,42 @@ def test_run_resumes_and_reruns_only_what_the_config_changes(striped: dict, tmp_
     seen.clear()
     run(parse_config(raw), out, on_stage=lambda s, skipped: seen.append((s, skipped)))
     assert [s for s, skipped in seen if not skipped] == ["chips", "train", "predict", "evaluate"]
+
+
+def test_run_with_two_cpu_devices_trains_in_two_spawned_ranks(striped: dict, tmp_path: Path) -> None:
+    """`train.devices: 2` on CPU from a config: the train stage spawns 2 gloo ranks (ddp_spawn) that split the
+    train chips; the rest of the run stays in this process and finishes (map, metrics)."""
+    import os
+
+    from eoforge.chips import ChipStore
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 CPU cores (train.devices may not exceed them)")
+    d = striped["dir"]
+    cfg = {
+        "inputs": {
+            "images": [str(d / f"band{i}.tif") for i in (1, 2, 3)],
+            "labels": {"path": str(d / "labels.gpkg"), "column": "cover"},
+            "classes": {1: "water", 2: "forest", 3: "field"},
+        },
+        "chips": {"size": 32, "stride": 16, "split": {"val": 0.2, "test": 0.2, "block_size": 64}},
+        "model": {"arch": "fpn", "encoder": "tu-mobilenetv3_small_050"},
+        "train": {"epochs": 2, "batch_size": 2, "devices": 2, "accelerator": "cpu", "num_workers": 0},
+        "predict": {"tile": 64, "overlap": 16},
+    }
+    path = d / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "run"
+    main(["-q", "run", str(path), "--out", str(out)])
+    summary = json.loads((out / "train" / "summary.json").read_text())
+    assert (summary["world_size"], summary["strategy"]) == (2, "DDPStrategy")
+    assert summary["epochs_run"] == 2 and summary["best_score"] is not None
+    # each rank saw half of the train chips: half the optimizer steps of one process per epoch
+    n_train = len(ChipStore.load(out / "chips").splits["train"])
+    with open(out / "train" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train_loss")]
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    per_rank = -(-n_train // 2)
+    assert int(rows[0]["step"]) + 1 == per_rank // 2 < n_train // 2
+    assert (out / "map.tif").is_file() and (out / "model" / "model.safetensors").is_file()
+    assert json.loads((out / "metrics.json").read_text())["overall_accuracy"] > 0

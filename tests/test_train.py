@@ -210,6 +210,9 @@ def test_resumed_training_equals_uninterrupted(tmp_path: Path) -> None:
     store, scene = _store(tmp_path / "chips")
     (tmp_path / "chips").mkdir(exist_ok=True)
     straight = train(store, scene, TINY, _cfg(), tmp_path / "a")
+    # last.ckpt is the last epoch's, whether or not it was the best
+    last = torch.load(tmp_path / "a" / "train" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (1, 4)
     with pytest.raises(RuntimeError, match="killed"):
         train(store, scene, TINY, _cfg(), tmp_path / "b", callbacks=[_Kill()])
     assert (tmp_path / "b" / "train" / "checkpoints" / "last.ckpt").is_file()
@@ -230,13 +233,30 @@ class _WorldSize(Callback):
         (self.path / f"rank{trainer.global_rank}.txt").write_text(f"{trainer.world_size} {trainer.strategy}")
 
 
-def test_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
+def _losses(run: Path) -> list[float]:
+    with open(run / "train" / "metrics.csv") as f:
+        return [float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")]
+
+
+def test_ddp_with_two_cpu_processes_follows_the_single_process_loss_curve(tmp_path: Path) -> None:
+    """2 gloo ranks (spawned) and 1 process train on the same chips with the same global batch (4 chips) and
+    steps per epoch (2): same epochs logged, both curves fall, final losses within 25 % of each other."""
     store, scene = _store(tmp_path)
-    cfg = _cfg(epochs=1, strategy="ddp", devices=2, deterministic=False)
-    res = train(store, scene, TINY, cfg, tmp_path, callbacks=[_WorldSize(tmp_path)])
+    epochs = 4
+    one = train(store, scene, TINY, _cfg(epochs=epochs, lr=0.01, augment=None), tmp_path / "one")
+    cfg = _cfg(
+        epochs=epochs, lr=0.01, augment=None, batch_size=2, strategy="ddp", devices=2, deterministic=False
+    )
+    two = train(store, scene, TINY, cfg, tmp_path / "two", callbacks=[_WorldSize(tmp_path)])
     ranks = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
-    assert len(ranks) == 2 and all(r.startswith("2 ") for r in ranks)
-    assert res.best_checkpoint is not None and res.best_checkpoint.is_file()
+    assert len(ranks) == 2 and all(r.startswith("2 ") and "DDPStrategy" in r for r in ranks)
+    assert two.best_checkpoint is not None and two.best_checkpoint.is_file()
+    # the spawned ranks' progress comes back from their checkpoints
+    assert two.epochs_run == one.epochs_run == epochs and two.best_score is not None
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(a) == len(b) == epochs
+    assert a[-1] < a[0] and b[-1] < b[0]
+    assert abs(a[-1] - b[-1]) <= 0.25 * a[-1], (a, b)
 
 
 def test_datamodule_loaders_with_workers_and_an_epoch_seeded_order(tmp_path: Path) -> None:
@@ -285,3 +305,52 @@ def test_optimizer_is_fused_adamw_on_cpu_and_steps() -> None:
     opt.step()
     # Adam's first step moves each parameter by lr against the sign of its gradient (none where it is zero)
     torch.testing.assert_close(w.detach(), torch.tensor([0.9, 1.1, 1.0]))
+
+
+def test_tensorboard_tracker_logs_the_config_the_curves_and_the_final_metrics(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")  # pinned in requirements.lock
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    store, scene = _store(tmp_path)
+    res = train(store, scene, TINY, _cfg(epochs=2, logger="tensorboard"), tmp_path)
+    logdir = tmp_path / "train" / "tensorboard"
+    assert list(logdir.glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(logdir))
+    acc.Reload()
+    scalars = {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    assert len(scalars["train_loss"]) == 2 and len(scalars["val_miou"]) == 2
+    assert scalars["epochs_run"] == [2.0]
+    (best,) = scalars["best_val_miou"]
+    assert best == pytest.approx(res.best_score) and best == pytest.approx(max(scalars["val_miou"]))
+    # the config is the run's hyperparameters (nested sections flattened with '/')
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["train/loss"].string_value == "ce+dice" and hparams["train/epochs"].number_value == 2
+    assert hparams["model/encoder"].string_value == TINY.encoder
+
+
+class _Compiled(Callback):
+    def __init__(self) -> None:
+        self.kinds: list[str] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+        self.kinds.append(type(pl_module._forward[0]).__name__)
+
+
+def test_compile_trains_through_torch_compile_and_checkpoints_the_plain_model(tmp_path: Path) -> None:
+    """torch.compile on CPU (inductor; a per-pixel CNN keeps the compile short): a checkpoint of plain keys."""
+    from eoforge.models import create_model
+
+    store, scene = _store(tmp_path)
+    model_cfg = ModelConfig(arch="pixel-cnn", encoder="w8")
+    seen = _Compiled()
+    cfg = _cfg(epochs=1, compile=True, deterministic=False)
+    res = train(store, scene, model_cfg, cfg, tmp_path, callbacks=[seen])
+    assert seen.kinds and set(seen.kinds) == {"OptimizedModule"}
+    assert res.best_checkpoint is not None and res.best_checkpoint.is_file()
+    state = torch.load(res.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    plain = create_model("pixel-cnn", 4, 3, "w8").state_dict()
+    assert sorted(k for k in state if k.startswith("model.")) == sorted(f"model.{k}" for k in plain)
+    assert not [k for k in state if k.startswith("_forward")]  # no "_forward._orig_mod." copy
+    assert all(torch.equal(state[f"model.{k}"], v) for k, v in res.model.state_dict().items())

@@ -924,7 +924,13 @@ def config_warnings(cfg: RunConfig) -> list[tuple[str, str]]:
 
 def check_devices(train: TrainConfig) -> None:
     """Refuse at the start of a run what the machine cannot do: a GPU accelerator without a GPU, more
-    devices than there are, several CPU devices (Lightning would re-launch the run into the same folder)."""
+    devices than there are (GPUs, or CPU cores for CPU processes).
+
+    Several CPU devices are fine: without a launcher the training stage spawns its ranks (``ddp_spawn``,
+    see :func:`eoforge.train.fit.train`), so only training runs in them, never the rest of the run.
+    """
+    import os
+
     import torch  # here, not at import: loading a config stays fast
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -937,12 +943,13 @@ def check_devices(train: TrainConfig) -> None:
         raise InputError("train.accelerator: mps but MPS is not available here; use accelerator: auto or cpu")
     on_gpu = train.accelerator in ("gpu", "cuda") or (train.accelerator == "auto" and gpus > 0)
     if isinstance(train.devices, int) and train.devices > 1:
-        if not on_gpu:
+        cores = os.cpu_count() or 1
+        if not on_gpu and train.devices > cores:
             raise InputError(
-                f"train.devices: {train.devices} on CPU would start {train.devices} training processes over "
-                "one run folder; use devices: 1 (one process uses all CPU cores)"
+                f"train.devices: {train.devices} on CPU starts {train.devices} training processes but this "
+                f"machine has {cores} CPU core(s); use devices: {cores} or fewer"
             )
-        if train.devices > gpus:
+        if on_gpu and train.devices > gpus:
             raise InputError(
                 f"train.devices: {train.devices} but only {gpus} GPU(s) are visible; use devices: {gpus} or auto"
             )

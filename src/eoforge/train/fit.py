@@ -123,6 +123,17 @@ def _strategy(cfg: TrainConfig) -> str:
     return cfg.strategy
 
 
+def _progress(trainer: L.Trainer, ckpt: ModelCheckpoint, last: Path) -> tuple[int, float | None]:
+    """Epochs run and best monitored score. With spawned ranks (``ddp_spawn``) this process's trainer ran no
+    epoch and Lightning sends back only the best checkpoint's path, so both are read from ``last.ckpt``."""
+    if ckpt.best_model_score is not None or not last.is_file():
+        score = ckpt.best_model_score
+        return trainer.current_epoch, float(score) if score is not None else None
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    saved = state.get("callbacks", {}).get(ckpt.state_key, {}).get("best_model_score")
+    return int(state["epoch"]) + 1, float(saved) if saved is not None else None
+
+
 def _resume_key(model_cfg: ModelConfig, cfg: TrainConfig, store: ChipStore, scene: PreparedScene) -> str:
     payload = {
         "eoforge": __version__,
@@ -209,9 +220,13 @@ def train(
     )
     has_val = data.has("val")
     monitor, mode = ("val_miou", "max") if has_val else ("train_loss", "min")
-    ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_last=True)
+    ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode)
+    # last.ckpt every epoch, whether or not the score improved (Lightning 2.6's save_last writes it only with
+    # a new best, so a resumed run would go back to the best epoch): a second, unmonitored checkpoint
+    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, enable_version_counter=False)
     cbs: list[Callback] = [
         ckpt,
+        latest,
         EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience),
         _Reseed(cfg.seed),
         *(callbacks or []),
@@ -219,6 +234,7 @@ def train(
     if progress:
         cbs.append(RichProgressBar())
     params = {"model": model_cfg.model_dump(mode="json"), "train": cfg.model_dump(mode="json")}
+    loggers = _trackers(cfg, out, params)
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
@@ -228,7 +244,7 @@ def train(
         precision=plan.precision,  # type: ignore[arg-type]
         deterministic=cfg.deterministic,
         callbacks=cbs,
-        logger=_trackers(cfg, out, params),
+        logger=loggers,
         enable_progress_bar=progress,
         enable_model_summary=False,
         log_every_n_steps=1,
@@ -241,10 +257,10 @@ def train(
     if best is not None and best.is_file():
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state)
-    score = ckpt.best_model_score
+    epochs_run, score = _progress(trainer, ckpt, last)
     log.info(
         "trained %d epochs; best %s = %.4f",
-        trainer.current_epoch,
+        epochs_run,
         monitor,
         float(score) if score is not None else float("nan"),
     )
@@ -252,7 +268,7 @@ def train(
         model=task.model.cpu().eval().to(memory_format=torch.contiguous_format),
         best_checkpoint=best,
         log_csv=out / "metrics.csv",
-        epochs_run=trainer.current_epoch,
+        epochs_run=epochs_run,
         best_score=float(score) if score is not None else None,
         monitor=monitor,
         seed=cfg.seed,
@@ -264,6 +280,8 @@ def train(
         "precision": plan.precision,
         "channels_last": plan.channels_last,
         "deterministic": cfg.deterministic,
+        "world_size": trainer.world_size,
+        "strategy": type(trainer.strategy).__name__,
         "epochs_run": result.epochs_run,
         "monitor": monitor,
         "best_score": result.best_score,
@@ -272,4 +290,21 @@ def train(
         "class_weights": class_weights,
     }
     write_text(out / "summary.json", json.dumps(summary, indent=2))
+    _log_final(loggers[1:], params, monitor, result)
     return result
+
+
+def _log_final(trackers: list[Logger], params: dict[str, Any], monitor: str, result: TrainResult) -> None:
+    """The run's outcome on the experiment trackers (the curves were logged epoch by epoch)."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    final = {"epochs_run": float(result.epochs_run)}
+    if result.best_score is not None:
+        final[f"best_{monitor}"] = result.best_score
+    for tracker in trackers:
+        if isinstance(tracker, TensorBoardLogger):
+            # TensorBoard's HPARAMS tab shows a config only together with metrics: written once, at the end
+            tracker.log_hyperparams(params, final)
+        else:
+            tracker.log_metrics(final, step=result.epochs_run)
+        tracker.finalize("success")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -73,11 +75,28 @@ class SegmentationTask(L.LightningModule):
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.val_cm = MulticlassConfusionMatrix(num_classes=num_classes, ignore_index=IGNORE_INDEX)
-        # kept outside the module tree, so checkpoints hold the plain model's keys
-        self._forward = torch.compile(model) if compile else model
+        # kept outside the module tree (a tuple is not registered as a submodule), so checkpoints hold the
+        # plain model's keys once ("model.*"), with or without compile
+        self._forward: tuple[nn.Module] = (torch.compile(model) if compile else model,)  # type: ignore[assignment]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # older checkpoints held the model twice ("model.*" and "_forward.*"): keep one copy
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("_forward.")]:
+            del state[key]
+
+    def setup(self, stage: str) -> None:
+        # several CPU ranks on one machine: each takes its share of the cores instead of all of them
+        # (torch's default), which would oversubscribe the CPU devices-fold
+        trainer = self.trainer
+        if trainer.world_size > 1 and isinstance(trainer.accelerator, CPUAccelerator):
+            share = max(1, (os.cpu_count() or 1) // max(1, trainer.num_devices))
+            if torch.get_num_threads() > share:
+                torch.set_num_threads(share)
+                log.info("rank %d: %d torch thread(s)", trainer.global_rank, share)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self._forward(x)
+        out: torch.Tensor = self._forward[0](x)
         return out
 
     def on_after_batch_transfer(
@@ -111,14 +130,31 @@ class SegmentationTask(L.LightningModule):
                 f"training diverged: the loss is {loss.item()} at epoch {self.current_epoch}, batch {batch_idx}; "
                 f"lower train.lr (now {self.lr}) or check the inputs for extreme values"
             )
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        # sync_dist: with several ranks the epoch's loss is the mean over all of them (a no-op on one)
+        self.log(
+            "train_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(logits),
+            sync_dist=True,
+        )
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch["image"])
         loss = self.loss(logits, batch["mask"])
         self.val_cm.update(logits.max(1).indices, batch["mask"])
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(logits))
+        self.log(
+            "val_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(logits),
+            sync_dist=True,
+        )
 
     def on_validation_epoch_end(self) -> None:
         self.log("val_miou", present_class_miou(self.val_cm.compute()), prog_bar=True, sync_dist=False)
