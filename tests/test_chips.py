@@ -435,3 +435,31 @@ def test_dataset_batches_from_the_cache_equal_store_reads(built: ChipStore) -> N
     copy = pickle.loads(pickle.dumps(cached))  # what a worker process receives: no arrays, no cache
     assert copy._cache is None and copy._arrays is None and copy.cached
     torch.testing.assert_close(copy.batch(pos)[0], cached.batch(pos)[0])
+
+
+class _Cluster:
+    """What `tasks_per_call` asks of a dask.distributed Client: its workers' threads."""
+
+    def __init__(self, threads: list[int]) -> None:
+        self.threads = threads
+
+    def scheduler_info(self) -> dict[str, object]:
+        return {"workers": {f"tcp://w{i}": {"nthreads": n} for i, n in enumerate(self.threads)}}
+
+
+@given(
+    items=st.integers(1, 500),
+    most=st.integers(1, 16),
+    threads=st.lists(st.integers(1, 4), min_size=1, max_size=6),
+)
+def test_tasks_per_call_gives_every_thread_work_and_stays_within_most(
+    items: int, most: int, threads: list[int]
+) -> None:
+    from eoforge.compute import tasks_per_call
+
+    assert tasks_per_call(items, most, None) == most  # in-process: the fewest, largest tasks
+    per = tasks_per_call(items, most, _Cluster(threads))  # type: ignore[arg-type]
+    assert 1 <= per <= most
+    n_tasks = -(-items // per)
+    # as many tasks as the items allow, up to two per thread (or `most` caps the task size)
+    assert n_tasks >= min(items, 2 * sum(threads)) or per == 1 or per == most

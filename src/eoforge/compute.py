@@ -57,3 +57,19 @@ def dask_client(cfg: ComputeConfig | None) -> Iterator[Client | None]:
     ):
         log.info("dask: local cluster of %d workers (dashboard %s)", cfg.workers, client.dashboard_link)
         yield client
+
+
+def worker_threads(client: Client | None) -> int:
+    """Tasks the cluster runs at once (the sum of its workers' threads); 1 in-process."""
+    if client is None:
+        return 1
+    workers = client.scheduler_info().get("workers", {})
+    return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+
+
+def tasks_per_call(items: int, most: int, client: Client | None, per_thread: int = 2) -> int:
+    """Items per Dask task: ``most`` in-process (fewest fixed costs), and on a cluster small enough that every
+    thread gets about ``per_thread`` tasks (so the last task does not leave the other workers idle)."""
+    if client is None:
+        return most
+    return max(1, min(most, items // (per_thread * worker_threads(client))))
