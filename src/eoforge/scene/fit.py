@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from eoforge.errors import InputError
 from eoforge.scene.samples import SceneSamples, read_chip
 from eoforge.tasks import Task, get_task
+from eoforge.train.fit import quiet_cpu_trainer
 
 log = logging.getLogger(__name__)
 
@@ -159,16 +160,7 @@ def train_scene(
         if val_idx is not None and len(val_idx)
         else None
     )
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = quiet_cpu_trainer(epochs)
     trainer.fit(SceneTask(model, task, len(samples.classes), lr, epochs), train_dl, val_dl)
     model.eval()
     log.info("trained %s (%s) on %d chips for %d epochs", arch, task.name, len(train_idx), epochs)

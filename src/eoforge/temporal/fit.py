@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from eoforge.errors import InputError, PackageError
 from eoforge.models import create_model
 from eoforge.temporal.series import PixelSeries
+from eoforge.train.fit import quiet_cpu_trainer
 
 log = logging.getLogger(__name__)
 
@@ -172,15 +173,7 @@ def train_series(
         loader = DataLoader(
             TensorDataset(x, y), batch_size=batch_size, shuffle=True, drop_last=len(y) > batch_size
         )
-        trainer = L.Trainer(
-            max_epochs=epochs,
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
+        trainer = quiet_cpu_trainer(epochs)
         trainer.fit(SeriesTask(model, lr, weight_decay, epochs, noise), train_dataloaders=loader)
         model.cpu().eval()
         members.append(model)

@@ -66,6 +66,21 @@ class _Reseed(Callback):
         torch.manual_seed(self.seed * 100003 + trainer.current_epoch)
 
 
+def quiet_cpu_trainer(epochs: int) -> L.Trainer:
+    """A one-process CPU Lightning trainer without logger, checkpoints, progress bar or sanity validation:
+    the small in-memory fits (pixel series, scene chips) that keep their own records."""
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+
+
 def resolve_class_weights(cfg: TrainConfig, scene: PreparedScene) -> list[float] | None:
     if cfg.class_weights is None:
         return None
