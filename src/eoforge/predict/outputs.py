@@ -226,6 +226,10 @@ def assemble(
                 _to_cog(raw["uncertainty"], finals["uncertainty"], "average", predictor="YES")
         if "polygons" in finals and vectorize_fn is not None:
             vec = parts.dir / f"polygons{extras['polygons'].suffix}"  # GDAL wants the format's extension
-            vectorize_fn(raw["map"], vec)
+            # it reads the map a block of rows at a time: cap GDAL's cache by the width there too
+            with rasterio.Env(
+                GDAL_CACHEMAX=gdal_cache_mb(grid.width, np.dtype(class_dtype).itemsize, COG_CACHE_ROWS)
+            ):
+                vectorize_fn(raw["map"], vec)
             os.replace(vec, finals["polygons"])
     parts.remove()
