@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+import rasterio
 import torch
 from rasterio.windows import Window
 
@@ -33,7 +34,15 @@ from eoforge.errors import InputError, PackageError
 from eoforge.geo import Grid
 from eoforge.io.rasters import check_band_names, valid_mask
 from eoforge.predict.blend import BLENDS, BandPlan, plan_bands
-from eoforge.predict.outputs import PROB_DTYPES, UNCERTAINTIES, BandResult, Parts, assemble, extra_paths
+from eoforge.predict.outputs import (
+    PROB_DTYPES,
+    UNCERTAINTIES,
+    BandResult,
+    Parts,
+    assemble,
+    extra_paths,
+    gdal_cache_mb,
+)
 from eoforge.prepare.dates import strip_date
 
 if TYPE_CHECKING:
@@ -168,26 +177,32 @@ def _row_batches(
         yield k, [], None, None
 
 
-def _prefetch(gen: Iterator[_Item], depth: int = 2) -> Iterator[_Item]:
-    """Run ``gen`` in a reader thread, ``depth`` batches ahead of the consumer."""
+def _prefetch(gen: Iterator[_Item], depth: int = 2, cache_mb: int | None = None) -> Iterator[_Item]:
+    """Run ``gen`` in a reader thread, ``depth`` batches ahead of the consumer, with GDAL's block cache capped at
+    ``cache_mb`` MiB (rasterio's Env is per thread; GDAL's default cap, 5 % of the RAM, would keep every block
+    of a scene that fits in it)."""
     q: queue.Queue[object] = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
 
     def work() -> None:
         try:
-            for item in gen:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(done)
+            with rasterio.Env(**({} if cache_mb is None else {"GDAL_CACHEMAX": cache_mb})):
+                _fill()
         except BaseException as exc:
             q.put(exc)
+
+    def _fill() -> None:
+        for item in gen:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+        q.put(done)
 
     th = threading.Thread(target=work, name="eoforge-reader", daemon=True)
     th.start()
@@ -334,7 +349,10 @@ def run_bands(
     keep_probs = bool(opts.probabilities or opts.uncertainty)
     buf = _Buffer(plan, len(job.class_ids), direct, keep_probs, plan.bounds[j0])
     k0 = plan.first_window_row(j0)
-    for k, js, batch, valid in _prefetch(_row_batches(source, plan, k0, j1, opts.batch_size, stats)):
+    # the reader keeps the source's blocks of a window row and of the next (blocks up to 512 rows, float32)
+    cache = gdal_cache_mb(plan.width, 4 * source.count, plan.th + 2 * 512)
+    batches = _row_batches(source, plan, k0, j1, opts.batch_size, stats)
+    for k, js, batch, valid in _prefetch(batches, cache_mb=cache):
         if batch is None or valid is None:
             if k >= j0:
                 yield buf.flush(k, lut, nodata, opts.probabilities, opts.uncertainty)
@@ -548,6 +566,7 @@ def predict_scene(
         predictor.num_classes,
         opts.probabilities,
         _vectorizer(opts, predictor, grid) if opts.vectorize else None,
+        band_rows=plan.th,
     )
     secs = time.perf_counter() - t0
     log.info(

@@ -32,6 +32,22 @@ log = logging.getLogger(__name__)
 _BAND = re.compile(r"^band_(\d{6})\.npz$")
 PROB_DTYPES = ("uint8", "float32")
 UNCERTAINTIES = ("entropy", "max-prob")
+#: rows of blocks GDAL may keep for a COG copy: its overview pass reads the source in chunks of block rows
+COG_CACHE_ROWS = 1024
+#: the least GDAL block cache any stage gets (small scenes: as fast as an unbounded cache)
+MIN_CACHE_MB = 64
+
+
+def gdal_cache_mb(width: int, bytes_per_pixel: int, rows: int) -> int:
+    """A GDAL block-cache cap (``GDAL_CACHEMAX``, MiB) for streaming a raster ``width`` px wide by bands of
+    ``rows`` rows, ``bytes_per_pixel`` over all its bands: room for those rows across the width, at least
+    :data:`MIN_CACHE_MB`. GDAL's default cap (5 % of the RAM) keeps the blocks of a whole scene that fits in it,
+    which made predict's peak memory grow with the scene height; this bounds it by the width."""
+    if width <= 0 or bytes_per_pixel <= 0 or rows <= 0:
+        raise ValueError(
+            f"need positive width, bytes per pixel and rows, got {width}, {bytes_per_pixel}, {rows}"
+        )
+    return max(MIN_CACHE_MB, -(-width * bytes_per_pixel * rows // 2**20))
 
 
 @dataclass
@@ -125,16 +141,20 @@ def _profile(grid: Grid, count: int, dtype: str, nodata: float | None) -> dict[s
 
 
 def _to_cog(raw: Path, final: Path, resampling: str, predictor: str = "NO") -> None:
-    rasterio.shutil.copy(
-        raw,
-        final,
-        driver="COG",
-        compress="DEFLATE",
-        predictor=predictor,
-        blocksize=256,
-        overview_resampling=resampling,
-        num_threads=os.cpu_count() or 1,
-    )
+    with rasterio.open(raw) as src:
+        bpp = src.count * np.dtype(src.dtypes[0]).itemsize + 1  # + 1: an internal mask
+        cache = gdal_cache_mb(src.width, bpp, COG_CACHE_ROWS)
+    with rasterio.Env(GDAL_CACHEMAX=cache):
+        rasterio.shutil.copy(
+            raw,
+            final,
+            driver="COG",
+            compress="DEFLATE",
+            predictor=predictor,
+            blocksize=256,
+            overview_resampling=resampling,
+            num_threads=os.cpu_count() or 1,
+        )
 
 
 def assemble(
@@ -149,15 +169,24 @@ def assemble(
     num_classes: int,
     probabilities: str | None,
     vectorize_fn: Callable[[Path, Path], None] | None = None,
+    band_rows: int = 512,
 ) -> None:
-    """Copy the saved bands into COGs: the map, then the optional outputs; rename them all when complete."""
+    """Copy the saved bands into COGs: the map, then the optional outputs; rename them all when complete.
+    ``band_rows`` (the most rows of a band) sizes the GDAL cache: a band touches its rows plus a partly
+    written row of 256-px blocks above and below."""
     raw = {"map": parts.dir / "map.raw.tif"}
     if "probabilities" in extras:
         raw["probabilities"] = parts.dir / "probs.raw.tif"
     if "uncertainty" in extras:
         raw["uncertainty"] = parts.dir / "uncertainty.raw.tif"
+    bpp = np.dtype(class_dtype).itemsize
+    if "probabilities" in raw:
+        bpp += num_classes * np.dtype(probabilities or "uint8").itemsize + 1  # + 1: the uint8 mask
+    if "uncertainty" in raw:
+        bpp += 4
+    cache = gdal_cache_mb(grid.width, bpp, band_rows + 2 * 256)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=256, GDAL_TIFF_INTERNAL_MASK=True))
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=cache, GDAL_TIFF_INTERNAL_MASK=True))
         dst = {
             "map": stack.enter_context(
                 rasterio.open(raw["map"], "w", **_profile(grid, 1, class_dtype, nodata))
@@ -197,6 +226,10 @@ def assemble(
                 _to_cog(raw["uncertainty"], finals["uncertainty"], "average", predictor="YES")
         if "polygons" in finals and vectorize_fn is not None:
             vec = parts.dir / f"polygons{extras['polygons'].suffix}"  # GDAL wants the format's extension
-            vectorize_fn(raw["map"], vec)
+            # it reads the map a block of rows at a time: cap GDAL's cache by the width there too
+            with rasterio.Env(
+                GDAL_CACHEMAX=gdal_cache_mb(grid.width, np.dtype(class_dtype).itemsize, COG_CACHE_ROWS)
+            ):
+                vectorize_fn(raw["map"], vec)
             os.replace(vec, finals["polygons"])
     parts.remove()
