@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -38,6 +39,27 @@ BANDS = {
     60: ["B01", "B09", "B10"],
 }
 X0, Y0 = 600000.0, 5100000.0
+
+
+def tile_inputs(folder: Path, size: int) -> dict[str, Any]:
+    """Write the generated tile and two label polygons (left/right halves) under ``folder``; return the run
+    config's ``inputs`` section for them."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    paths = make_tile(folder, size)
+    ext = size * 10
+    gpd.GeoDataFrame(
+        {"c": ["a", "b"]},
+        geometry=[box(X0, Y0 - ext, X0 + ext / 2, Y0), box(X0 + ext / 2, Y0 - ext, X0 + ext, Y0)],
+        crs="EPSG:32633",
+    ).to_file(folder / "labels.gpkg")
+    return {
+        "images": [str(p) for p in paths],
+        "sensor": "sentinel2-l1c",
+        "labels": {"path": str(folder / "labels.gpkg"), "column": "c"},
+        "classes": {1: "a", 2: "b"},
+    }
 
 
 def make_tile(root: Path, size: int) -> list[Path]:
@@ -139,25 +161,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="eoforge-bench-prepare-", dir=args.tmp) as tmp_s:
         tmp = Path(tmp_s)
         t0 = time.perf_counter()
-        paths = make_tile(tmp, args.size)
+        inputs = tile_inputs(tmp, args.size)
         gen = time.perf_counter() - t0
-        import geopandas as gpd
-        from shapely.geometry import box
-
-        ext = args.size * 10
-        gpd.GeoDataFrame(
-            {"c": ["a", "b"]},
-            geometry=[box(X0, Y0 - ext, X0 + ext / 2, Y0), box(X0 + ext / 2, Y0 - ext, X0 + ext, Y0)],
-            crs="EPSG:32633",
-        ).to_file(tmp / "labels.gpkg")
-        cfg = {
-            "inputs": {
-                "images": [str(p) for p in paths],
-                "sensor": "sentinel2-l1c",
-                "labels": {"path": str(tmp / "labels.gpkg"), "column": "c"},
-                "classes": {1: "a", 2: "b"},
-            }
-        }
+        paths = [Path(p) for p in inputs["images"]]
+        cfg = {"inputs": inputs}
         (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
         disk_in = du(tmp)
         # the same 13 files, ordered as the sensor orders them (plain reads them in this order too)
