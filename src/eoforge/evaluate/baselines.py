@@ -15,14 +15,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from eoforge.config import IGNORE_INDEX, IndexRule, class_index
 from eoforge.errors import InputError
 from eoforge.geo import Grid
-from eoforge.io.rasters import open_raster, valid_mask
+from eoforge.io.rasters import nearest_on_grid, open_raster, valid_mask
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +62,6 @@ class MapScorer:
         if self._src.crs is None:
             self._src.close()
             raise InputError(f"{self.path}: the map has no CRS; assign one (e.g. gdal_edit.py -a_srs)")
-        same = self._src.crs.to_string() == grid.crs and Grid(
-            grid.crs, self._src.transform, self._src.height, self._src.width
-        ).same_as(grid)
         kind = self._src.dtypes[0]
         if np.dtype(kind).kind not in "ui" or np.dtype(kind).itemsize > 2:
             self._src.close()
@@ -74,17 +69,7 @@ class MapScorer:
                 f"{self.path}: a class map must hold integer class ids (uint8/uint16/int16), not {kind}; "
                 "give a class-map raster"
             )
-        self._reader: Any = self._src
-        if not same:
-            log.info("%s: warping the map onto the scene grid (nearest) for scoring", self.path)
-            self._reader = WarpedVRT(
-                self._src,
-                crs=grid.crs,
-                transform=grid.transform,
-                width=grid.width,
-                height=grid.height,
-                resampling=Resampling.nearest,
-            )
+        self._reader: Any = nearest_on_grid(self._src, grid, "map")
         self._lut = id_lut(class_ids)
         self._k = len(class_ids)
         self._nodata = self._src.nodata
