@@ -1,5 +1,6 @@
 """Masks given by path for one date of a time stack (`inputs.masks[].date`): a pixel masked on that date is a
-gap (NaN) in `prepared/stack.zarr` on that date only; an undated mask masks every date."""
+gap (NaN) in `prepared/stack.zarr` on that date only; an undated mask masks every date. The free-space
+estimate counts `stack.zarr`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from conftest import write_tif
 
 from eoforge.config import load_config
 from eoforge.errors import InputError
+from eoforge.pipeline import space_needs
 from eoforge.prepare import prepare
 
 DATES = ["2021-04-02", "2021-05-12", "2021-07-01"]
@@ -63,9 +65,11 @@ def test_a_mask_of_one_date_makes_a_gap_on_that_date_only(tmp_path: Path) -> Non
     ]
     cfg = load_config(config(tmp_path, files, masks))
     assert cfg.inputs.masks[0].date == "2021-05-12"
+    # the free-space estimate counts the time stack twice: image.tif and stack.zarr (6 float32 channels)
+    assert space_needs(cfg, tmp_path, ["prepare"]) == {"prepare": H * W * (2 * 4 * 6 + 1)}
     scene = prepare(cfg.inputs, tmp_path / "run", prep=cfg.prepare)
     stack = xr.open_zarr(scene.root / "stack.zarr")["image"]
-    assert stack.dims == ("time", "band", "y", "x")
+    assert stack.dims == ("time", "band", "y", "x") and stack.nbytes == H * W * 4 * 6
     values = stack.values  # (3, 2, 24, 24): tiny
     gaps = np.isnan(values).all(axis=1)  # (time, y, x): pixels without any band
     assert np.isnan(values).any(axis=1).sum() == gaps.sum()  # a mask removes the whole pixel
