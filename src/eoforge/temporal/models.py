@@ -10,6 +10,8 @@ date-major: channel ``t * n_bands + b`` is band ``b`` of date ``t`` (``C = n_tim
 - ``ltae``: Lightweight Temporal Attention Encoder (Garnot & Landrieu 2020, ECCV workshops): a per-date
   embedding, one learnt master query per head attending over dates, channel groups as values, then an MLP.
   Dates are positions 0..T-1 in the sinusoidal encoding (day-of-year positions are not known to the registry).
+  Narrow widths get fewer heads (:func:`ltae_heads`); the MLP's batch norms need a dozen optimiser steps before
+  their running statistics (used in evaluation) catch up: a run of 2-4 steps scores far below its training fit.
 - ``pixel-mlp``: 1x1 convolutions (the ACES "DNN"): a multilayer perceptron applied to each pixel.
 - ``pixel-cnn``: 3x3 convolutions with no downsampling (NEODAAS mangrove style): a small neighbourhood.
 
