@@ -152,3 +152,20 @@ def test_the_package_records_the_task_and_predict_asks_it(tmp_path: Path) -> Non
     (pixel / "eoforge.json").write_text(json.dumps(meta))
     with pytest.raises(PackageError, match=f"task 'regression' is not one of {', '.join(TASKS)}"):
         read_meta(pixel)
+
+
+def test_per_pixel_metrics_share_one_confusion_matrix() -> None:
+    """Accuracy, macro F1 (classes present in the reference), kappa and mIoU from one counted state."""
+    from sklearn.metrics import cohen_kappa_score, f1_score
+
+    pred = torch.tensor([[0, 0, 1, 1, 2, 2, 1, 0]])
+    ref = torch.tensor([[0, 1, 1, 1, 1, 0, 255, 255]])  # class 2 predicted, never in the reference
+    metrics = get_task("pixel").metrics(3)
+    metrics.update(pred, ref)
+    assert list(metrics.compute_groups.values()) == [["accuracy", "f1_macro", "kappa", "miou"]]
+    got = {k: float(v) for k, v in metrics.compute().items()}
+    p, r = pred[0, :6].numpy(), ref[0, :6].numpy()
+    assert got["accuracy"] == pytest.approx(3 / 6)
+    assert got["f1_macro"] == pytest.approx(f1_score(r, p, labels=[0, 1], average="macro"))
+    assert got["kappa"] == pytest.approx(cohen_kappa_score(r, p), abs=1e-6)
+    assert got["miou"] == pytest.approx((1 / 3 + 2 / 4) / 2)  # IoU of classes 0 and 1 (2 is left out)

@@ -66,6 +66,28 @@ class PresentClassMIoU(MulticlassConfusionMatrix):
         return present_class_miou(super().compute())
 
 
+class ConfusionAccuracy(MulticlassConfusionMatrix):
+    """Overall accuracy from the confusion matrix (shares the one state of the per-pixel metrics: a
+    collection of separate torchmetrics classes counted every validation pixel three times, ~2.7x slower)."""
+
+    def compute(self) -> torch.Tensor:
+        cm = super().compute().to(torch.float64)
+        return (cm.diag().sum() / cm.sum().clamp_min(1)).to(torch.float32)
+
+
+class PresentClassF1(MulticlassConfusionMatrix):
+    """Macro F1 over the classes present in the reference (as :func:`present_class_miou`)."""
+
+    def compute(self) -> torch.Tensor:
+        cm = super().compute().to(torch.float64)
+        tp, true, pred = cm.diag(), cm.sum(1), cm.sum(0)
+        present = true > 0
+        if not bool(present.any()):
+            return torch.zeros((), dtype=torch.float32, device=cm.device)
+        f1 = 2 * tp[present] / (true[present] + pred[present])
+        return f1.mean().to(torch.float32)
+
+
 @dataclass(frozen=True)
 class Task:
     """One learning task; see the module docstring for the four defined here (``TASKS``)."""
@@ -168,15 +190,23 @@ class Task:
                     "f1_per_label": MultilabelF1Score(num_labels=num_classes, average="none"),
                 }
             )
-        ignore = IGNORE_INDEX if self.per_pixel else None
-        common = {
-            "accuracy": MulticlassAccuracy(num_classes=num_classes, average="micro", ignore_index=ignore),
-            "f1_macro": MulticlassF1Score(num_classes=num_classes, average="macro", ignore_index=ignore),
-            "kappa": MulticlassCohenKappa(num_classes=num_classes, ignore_index=ignore),
-        }
-        if self.per_pixel:
-            common["miou"] = PresentClassMIoU(num_classes=num_classes, ignore_index=ignore)
-        return MetricCollection(common)  # type: ignore[arg-type]
+        if self.per_pixel:  # one confusion matrix (a single compute group), classes present in the reference
+            n, ig = num_classes, IGNORE_INDEX
+            return MetricCollection(
+                {
+                    "accuracy": ConfusionAccuracy(num_classes=n, ignore_index=ig),
+                    "f1_macro": PresentClassF1(num_classes=n, ignore_index=ig),
+                    "kappa": MulticlassCohenKappa(num_classes=n, ignore_index=ig),
+                    "miou": PresentClassMIoU(num_classes=n, ignore_index=ig),
+                }
+            )
+        return MetricCollection(
+            {
+                "accuracy": MulticlassAccuracy(num_classes=num_classes, average="micro"),
+                "f1_macro": MulticlassF1Score(num_classes=num_classes, average="macro"),
+                "kappa": MulticlassCohenKappa(num_classes=num_classes),
+            }
+        )
 
 
 TASKS: dict[str, Task] = {
