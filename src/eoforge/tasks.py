@@ -159,7 +159,7 @@ class Task:
         """Class indices (argmax over dim 1) or multi-hot labels (sigmoid above the threshold)."""
         if self.multilabel:
             return (torch.sigmoid(logits) >= self.multilabel_threshold).long()
-        return logits.argmax(1)
+        return logits.max(1).indices  # as argmax, ~15x faster on CPU (predict/engine.py)
 
     def decide(self, scores: np.ndarray) -> np.ndarray:
         """:meth:`predict` on scores already computed (``(N, K)``): indices ``(N,)`` or multi-hot ``(N, K)``."""
