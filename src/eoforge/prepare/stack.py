@@ -26,7 +26,14 @@ from eoforge.io.rasters import block_windows, valid_mask
 from eoforge.prepare.align import grid_like
 from eoforge.prepare.dates import DatedSource, dated_strings, valid_fractions
 from eoforge.prepare.labels import ClassMapper, burn, is_vector, label_reader, load_vector
-from eoforge.prepare.recipe import Recipe, RecipeSource, discover_bands, mask_specs, recipe_from_config
+from eoforge.prepare.recipe import (
+    Recipe,
+    RecipeSource,
+    date_mask_specs,
+    discover_bands,
+    mask_specs,
+    recipe_from_config,
+)
 from eoforge.prepare.scene import PreparedScene
 from eoforge.prepare.stats import BandStats, normalisation
 from eoforge.prepare.timezarr import TimeZarr
@@ -231,10 +238,12 @@ def _open(
     cfg: InputsConfig, prep: PrepareConfig, grid: Any, block: int, probe_dates: bool = True
 ) -> tuple[RecipeSource | DatedSource, dict[str, Any] | None]:
     """The source prepare reads (a time stack: its dates after ``min_valid_date``) and the facts about dates."""
-    aoi = dict(masks=mask_specs(cfg), aoi=prep.aoi, aoi_crs=prep.aoi_crs)
+    aoi: dict[str, Any] = dict(masks=mask_specs(cfg), aoi=prep.aoi, aoi_crs=prep.aoi_crs)
+    date_masks = date_mask_specs(cfg)  # refuses a mask date that is not a date of the stack
     if cfg.dates is None and cfg.cube is None:
         recipe = recipe_from_config(cfg, prep, discover_bands(cfg))
         return RecipeSource(recipe, cfg.images or [], grid=grid, **aoi), None  # type: ignore[arg-type]
+    aoi["date_masks"] = date_masks
     images: Any = [cfg.cube.path] if cfg.cube is not None else cfg.images
     if cfg.cube is not None:
         from eoforge.temporal.cube import open_cube
@@ -245,7 +254,7 @@ def _open(
     recipe = recipe_from_config(cfg, prep, discover_bands(cfg), dates)
     facts: dict[str, Any] = {"dates": dates, "dropped_dates": {}, "interpolate": prep.interpolate}
     if prep.min_valid_date is not None and probe_dates:
-        with DatedSource(replace(recipe, interpolate=None), images, grid=grid, **aoi) as probe:  # type: ignore[arg-type]
+        with DatedSource(replace(recipe, interpolate=None), images, grid=grid, **aoi) as probe:
             fractions = valid_fractions(probe, block)
         facts["valid_fraction"] = {d: round(f, 4) for d, f in fractions.items()}
         dropped = {d: round(f, 4) for d, f in fractions.items() if f < prep.min_valid_date}
@@ -264,7 +273,7 @@ def _open(
         recipe = replace(recipe, dates=tuple(kept))
     if prep.interpolate:
         log.info("gaps are filled by %s interpolation along time (prepare.interpolate)", prep.interpolate)
-    return DatedSource(recipe, images, grid=grid, **aoi), facts  # type: ignore[arg-type]
+    return DatedSource(recipe, images, grid=grid, **aoi), facts
 
 
 def prepare_scenes(

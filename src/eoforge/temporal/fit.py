@@ -17,43 +17,41 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from eoforge.errors import InputError, PackageError
 from eoforge.models import create_model
+from eoforge.tasks import get_task
 from eoforge.temporal.series import PixelSeries
 from eoforge.train.fit import quiet_cpu_trainer
+from eoforge.train.task import TaskModule
 
 log = logging.getLogger(__name__)
 
 
-class SeriesTask(L.LightningModule):
-    """Cross-entropy on per-pixel logits ``(N, K, 1, 1)``; AdamW with cosine decay."""
+class Jitter(nn.Module):
+    """Gaussian jitter of the standardised values, the usual time-series augmentation (training batches)."""
 
-    def __init__(
-        self, model: nn.Module, lr: float, weight_decay: float, epochs: int, noise: float = 0.0
-    ) -> None:
+    def __init__(self, sigma: float) -> None:
         super().__init__()
-        self.model = model
-        self.lr, self.weight_decay, self.epochs, self.noise = lr, weight_decay, epochs, noise
-        self.loss = nn.CrossEntropyLoss()
+        self.sigma = sigma
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.model(x)
-        return out
+    def forward(self, image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return image + self.sigma * torch.randn_like(image), target
 
-    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        if self.noise > 0:  # jitter of the standardised values: the usual time-series augmentation
-            x = x + self.noise * torch.randn_like(x)
-        loss: torch.Tensor = self.loss(self(x)[:, :, 0, 0], y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
-        return loss
 
-    def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.epochs, 1))
-        return {"optimizer": opt, "lr_scheduler": sched}
+class SeriesChips(Dataset[dict[str, torch.Tensor]]):
+    """Series as one-pixel chips: ``{"image": (T*B, 1, 1), "mask": (1, 1) int64}``, the batches of the
+    ``pixel`` task's :class:`~eoforge.train.task.TaskModule`."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y.long()[:, None, None]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.x[i], "mask": self.y[i]}
 
 
 class SoftmaxMean(nn.Module):
@@ -171,10 +169,18 @@ def train_series(
         x = fitted.normalize(series.channels(train_idx))
         y = torch.from_numpy(series.labels[train_idx])
         loader = DataLoader(
-            TensorDataset(x, y), batch_size=batch_size, shuffle=True, drop_last=len(y) > batch_size
+            SeriesChips(x, y), batch_size=batch_size, shuffle=True, drop_last=len(y) > batch_size
         )
-        trainer = quiet_cpu_trainer(epochs)
-        trainer.fit(SeriesTask(model, lr, weight_decay, epochs, noise), train_dataloaders=loader)
+        module = TaskModule(
+            model,
+            len(series.classes),
+            lr,
+            weight_decay,
+            epochs,
+            task=get_task("pixel"),  # one labelled pixel per "chip"
+            augment=Jitter(noise) if noise > 0 else None,
+        )
+        quiet_cpu_trainer(epochs).fit(module, train_dataloaders=loader)
         model.cpu().eval()
         members.append(model)
     log.info("trained %s x%d on %d series for %d epochs", arch, ensemble, len(train_idx), epochs)
