@@ -23,7 +23,7 @@ from eoforge.chips.splits import (
     split_random,
     split_regions,
 )
-from eoforge.chips.store import SHARD, ChipStore, consolidate, create_arrays
+from eoforge.chips.store import CHUNK, ChipStore, consolidate, create_arrays
 from eoforge.chips.tasks import batches, extract, run_tasks, window_stats
 from eoforge.compute import tasks_per_call
 from eoforge.config import IGNORE_INDEX, ChipsConfig, ComputeConfig, SplitConfig
@@ -41,10 +41,10 @@ log = logging.getLogger(__name__)
 STRIP = 256
 """Rows of the scene per Dask task (the prepared rasters' tile height): chips whose top row falls in one strip."""
 MAX_PER_TASK = 256
-SHARDS_PER_TASK = 4
-"""Zarr shards per extraction task at most (``SHARDS_PER_TASK * SHARD`` chips; two shards are held at once);
+"""At most this many chips per statistics task (bounds a task's memory: ``MAX_PER_TASK`` chips are held at once)."""
+CHUNKS_PER_TASK = 4
+"""Zarr chunks per extraction task at most (``CHUNKS_PER_TASK * CHUNK`` chips; two chunks are held at once);
 fewer on a cluster so every worker gets tasks (:func:`eoforge.compute.tasks_per_call`)."""
-"""At most this many chips per task (bounds a task's memory: ``MAX_PER_TASK`` chips are held at once)."""
 
 
 def _stats(
@@ -340,15 +340,16 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
         pts = (cfg.points.per_class, cfg.points.seed) if cfg.points is not None else None
         images = [str(part.image) for _, part in parts]
         labels = [str(part.labels) for _, part in parts]
-        per_task = tasks_per_call(-(-n // SHARD), SHARDS_PER_TASK, client)  # shards per task
+        per_task = tasks_per_call(-(-n // CHUNK), CHUNKS_PER_TASK, client)  # chunks per task
         args = [
             (
                 *(images, labels, str(tmp / "chips.zarr"), a),
-                *(rows[a:b], cols[a:b], codes[a:b], sid[a:b], size, width, offsets, pts, SHARD),
+                *(rows[a:b], cols[a:b], codes[a:b], sid[a:b], size, width, offsets, pts, CHUNK),
+                client is None,  # a helper writer thread in-process; on a worker, its one thread
             )
-            # whole shards, so no file is written by two tasks; several per task, so most tiles of the
+            # whole chunks, so no file is written by two tasks; several per task, so most tiles of the
             # prepared rasters are decompressed once
-            for a, b in batches(np.arange(n), SHARD * per_task, SHARD * per_task)
+            for a, b in batches(np.arange(n), CHUNK * per_task, CHUNK * per_task)
         ]
         found = run_tasks(extract, args, client)
         consolidate(tmp / "chips.zarr")

@@ -3,7 +3,7 @@
 
 Tasks take paths and small arrays and open the files themselves, so any worker can run them; results are
 gathered in task order, so the store is the same whichever scheduler ran them. The extraction tasks write
-their chips straight into the Zarr arrays (one chunk per chip, so no two tasks write the same chunk).
+their chips straight into the Zarr arrays (whole chunks of chips, so no two tasks write the same chunk).
 """
 
 from __future__ import annotations
@@ -138,13 +138,16 @@ def extract(
     width: int,
     offsets: np.ndarray,
     points: tuple[int, int] | None,
-    shard: int,
+    chunk: int,
+    overlap: bool = True,
 ) -> dict[str, np.ndarray] | None:
-    """Copy chips ``start, start+1, …`` into the Zarr arrays ``image`` and ``label`` of ``store``, one shard
-    of ``shard`` chips at a time (``start`` is a shard boundary): each shard is written by a helper thread
-    while the next one is read (GDAL and Blosc release the GIL), and the rasters stay open for the whole
-    task so a tile shared by two shards is decompressed once. Chip ``k`` is read from ``images[scenes[k]]``
-    and ``labels[scenes[k]]`` (one pair for one scene).
+    """Copy chips ``start, start+1, …`` into the Zarr arrays ``image`` and ``label`` of ``store``, one chunk
+    of ``chunk`` chips at a time (``start`` is a chunk boundary), each with one write call (one encode, one
+    file). With ``overlap``, each chunk is written by a helper thread while the next one is read (GDAL and
+    Blosc release the GIL: a second core); without, in the task's own thread (a Dask worker's thread is its
+    share of the machine). The rasters stay open for the whole task so a tile shared by two chunks is
+    decompressed once. Chip ``k`` is read from ``images[scenes[k]]`` and ``labels[scenes[k]]`` (one pair for
+    one scene).
 
     With ``points = (per_class, seed)``, also return this batch's candidates for the stratified point sample:
     per (split, class) the ``per_class`` labelled valid pixels of smallest :func:`pixel_keys`, at rows shifted
@@ -156,15 +159,13 @@ def extract(
         raise DataError(f"{store}: 'image' and 'label' must be Zarr arrays; re-run `eoforge chips`")
     found: list[dict[str, np.ndarray]] = []
     pending: Future[None] | None = None
-    # every chip has valid pixels (the filters), so zarr's check for chunks equal to the fill value is skipped;
-    # the shard's chunks are encoded as one batch (zarr's default pipeline hands them over one by one)
-    options = {"array.write_empty_chunks": True, "codec_pipeline.batch_size": shard}
+    # every chip has valid pixels (the filters), so zarr's check for chunks equal to the fill value is skipped
     with contextlib.ExitStack() as stack:
         opened: dict[int, tuple[Any, Any]] = {}  # each scene's rasters, opened when first needed
-        writer = stack.enter_context(ThreadPoolExecutor(1))
-        stack.enter_context(zarr.config.set(options))
-        for a in range(0, len(rows), shard):
-            r, c, sc = rows[a : a + shard], cols[a : a + shard], np.asarray(scenes[a : a + shard])
+        writer = stack.enter_context(ThreadPoolExecutor(1)) if overlap else None
+        stack.enter_context(zarr.config.set({"array.write_empty_chunks": True}))
+        for a in range(0, len(rows), chunk):
+            r, c, sc = rows[a : a + chunk], cols[a : a + chunk], np.asarray(scenes[a : a + chunk])
             imgs = np.empty((len(r), *img_arr.shape[1:]), dtype=np.float32)
             labs = np.empty((len(r), *lab_arr.shape[1:]), dtype=np.uint8)
             for s in np.unique(sc).tolist():
@@ -179,11 +180,14 @@ def extract(
                     labs[sel[k]] = lb
                 for k, img in read_chips(src, r[sel], c[sel], size):
                     imgs[sel[k]] = img
-            if pending is not None:
-                pending.result()  # at most one shard waits for its write: memory stays two shards
-            pending = writer.submit(_write, img_arr, lab_arr, start + a, imgs, labs)
+            if writer is None:
+                _write(img_arr, lab_arr, start + a, imgs, labs)
+            else:
+                if pending is not None:
+                    pending.result()  # at most one chunk waits for its write: memory stays two chunks
+                pending = writer.submit(_write, img_arr, lab_arr, start + a, imgs, labs)
             if points is not None:
-                found.extend(_labelled(imgs, labs, r + offsets[sc], c, splits[a : a + shard]))
+                found.extend(_labelled(imgs, labs, r + offsets[sc], c, splits[a : a + chunk]))
         if pending is not None:
             pending.result()
     if not found or points is None:
