@@ -53,7 +53,7 @@ def save_config(cfg: RunConfig, out: Path) -> None:
 def stage_prepare(cfg: RunConfig, out: Path) -> PreparedScene:
     # points/lines as labels are sparse labels: only with chips that keep any labelled pixel
     sparse = get_task(cfg.task).labelled_fraction(cfg.chips.labelled_fraction) == 0
-    return prepare(cfg.inputs, out, prep=cfg.prepare, sparse=sparse)
+    return prepare(cfg.inputs, out, prep=cfg.prepare, sparse=sparse, compute=cfg.compute)
 
 
 def stage_chips(cfg: RunConfig, out: Path) -> ChipStore:
