@@ -24,7 +24,7 @@ from eoforge.chips.splits import (
     split_regions,
 )
 from eoforge.chips.store import CHUNK, ChipStore, consolidate, create_arrays
-from eoforge.chips.tasks import batches, extract, run_tasks, window_stats
+from eoforge.chips.tasks import batches, extract, local_threads, run_tasks, window_stats
 from eoforge.compute import tasks_per_call
 from eoforge.config import IGNORE_INDEX, ChipsConfig, ComputeConfig, SplitConfig
 from eoforge.errors import InputError
@@ -43,8 +43,8 @@ STRIP = 256
 MAX_PER_TASK = 256
 """At most this many chips per statistics task (bounds a task's memory: ``MAX_PER_TASK`` chips are held at once)."""
 CHUNKS_PER_TASK = 4
-"""Zarr chunks per extraction task at most (``CHUNKS_PER_TASK * CHUNK`` chips; two chunks are held at once);
-fewer on a cluster so every worker gets tasks (:func:`eoforge.compute.tasks_per_call`)."""
+"""Zarr chunks per extraction task at most (``CHUNKS_PER_TASK * CHUNK`` chips; one chunk is held at once);
+fewer with several threads or workers so each gets about two tasks (:func:`eoforge.compute.tasks_per_call`)."""
 
 
 def _stats(
@@ -340,12 +340,16 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
         pts = (cfg.points.per_class, cfg.points.seed) if cfg.points is not None else None
         images = [str(part.image) for _, part in parts]
         labels = [str(part.labels) for _, part in parts]
-        per_task = tasks_per_call(-(-n // CHUNK), CHUNKS_PER_TASK, client)  # chunks per task
+        n_chunks = -(-n // CHUNK)
+        per_task = (  # chunks per task: every thread gets tasks to the end
+            tasks_per_call(n_chunks, CHUNKS_PER_TASK, client)
+            if client is not None
+            else max(1, min(CHUNKS_PER_TASK, n_chunks // (2 * local_threads())))
+        )
         args = [
             (
                 *(images, labels, str(tmp / "chips.zarr"), a),
                 *(rows[a:b], cols[a:b], codes[a:b], sid[a:b], size, width, offsets, pts, CHUNK),
-                client is None,  # a helper writer thread in-process; on a worker, its one thread
             )
             # whole chunks, so no file is written by two tasks; several per task, so most tiles of the
             # prepared rasters are decompressed once
