@@ -1,13 +1,14 @@
 """Chips stage throughput, from one run: against plain window reads, 2 Dask workers against 1, and the
 training loader against the demo U-Net's training step.
 
-    .venv/bin/python benchmarks/chips.py [--size 1536] [--bands 6] [--chip 64] [--skip-dask] [--skip-loader]
+    .venv/bin/python benchmarks/chips.py [--size 1536] [--bands 6] [--chip 64] [--repeat 3] [--skip-dask] [--skip-loader]
 
 1. chips/s of ``make_chips`` (grid sampler, filters, block split, extraction, Zarr + GeoParquet, leakage
    check; in-process scheduler) against chips/s of plain rasterio window reads of the same windows (image
    and labels, into numpy, nothing written). Target >= 0.7. Also printed: both runs' process CPU seconds and
    their ratio (plain / ours), which a busy machine distorts less than wall time.
-2. ``make_chips`` on a LocalCluster of 2 single-threaded workers against 1 (clusters started before timing).
+2. ``make_chips`` on a LocalCluster of 2 single-threaded workers against 1 (clusters started and warmed before
+   timing; runs alternate between them, best of ``--repeat`` each, as for measure 1).
    Target >= 1.6 on 2 free cores. Also printed: cores kept busy (CPU seconds of the workers and this process
    over wall seconds).
 3. samples/s of the training loader as training builds it (``ChipDataModule``: default ``train.num_workers``
@@ -20,7 +21,9 @@ training loader against the demo U-Net's training step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -147,6 +150,7 @@ def main() -> None:
     ap.add_argument("--chip", type=int, default=64)
     ap.add_argument("--skip-dask", action="store_true", help="skip measure 2")
     ap.add_argument("--skip-loader", action="store_true", help="skip measure 3")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of measures 1 and 2 (alternating; best kept)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     with tempfile.TemporaryDirectory() as d:
@@ -161,11 +165,18 @@ def main() -> None:
         )  # fmt: skip
         scene = prepare(cfg.inputs, folder / "run")
         timed_chips(scene, cfg.chips, folder / "warm")  # warm the OS cache and imports
-        ours, _, ours_cpu = timed_chips(scene, cfg.chips, folder / "run")
-        store = ChipStore.load(folder / "run" / "chips")
-        plain, plain_cpu = plain_reads(scene, store)
+        store = ChipStore.load(folder / "warm" / "chips")
+        plain_reads(scene, store)  # warm
+        # alternate the two, best of --repeat each: another process's busy second moves one run, not the best
+        ours, ours_cpu, plain, plain_cpu = 0.0, 0.0, 0.0, 0.0
+        for k in range(args.repeat):
+            rate, _, cpu = timed_chips(scene, cfg.chips, folder / f"run{k}")
+            shutil.rmtree(folder / f"run{k}")  # keep the disk use one store, not --repeat
+            ours, ours_cpu = max(ours, rate), min(ours_cpu or cpu, cpu)
+            rate, cpu = plain_reads(scene, store)
+            plain, plain_cpu = max(plain, rate), min(plain_cpu or cpu, cpu)
         n = sum(len(v) for v in store.splits.values())
-        print(f"scene {args.size}^2 x {args.bands} bands, {n} chips of {args.chip} px")
+        print(f"scene {args.size}^2 x {args.bands} bands, {n} chips of {args.chip} px, best of {args.repeat}")
         print(
             f"1. make_chips {ours:.0f} chips/s ({ours_cpu:.2f} CPU s), plain window reads {plain:.0f} chips/s "
             f"({plain_cpu:.2f} CPU s), ratio {ours / plain:.2f} (CPU-time ratio {plain_cpu / ours_cpu:.2f})"
@@ -173,13 +184,22 @@ def main() -> None:
         if not args.skip_dask:
             from distributed import Client, LocalCluster
 
-            rates, busy = {}, {}
-            for workers in (1, 2):
-                with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as cl, Client(cl) as client:  # fmt: skip
-                    timed_chips(scene, cfg.chips, folder / f"w{workers}", client)  # warm the workers
-                    rates[workers], wall, cpu = timed_chips(scene, cfg.chips, folder / f"w{workers}", client)
-                    busy[workers] = cpu / wall  # cores kept busy (workers + this process)
+            rates, busy = {1: 0.0, 2: 0.0}, {1: 0.0, 2: 0.0}
+            with contextlib.ExitStack() as stack:
+                clients = {}
+                for workers in (1, 2):
+                    cl = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1,
+                                                          processes=True, dashboard_address=":0"))  # fmt: skip
+                    clients[workers] = stack.enter_context(Client(cl))
+                    timed_chips(
+                        scene, cfg.chips, folder / f"w{workers}", clients[workers]
+                    )  # warm the workers
+                for k in range(args.repeat):  # alternate 1 and 2 workers, best of each
+                    for workers, client in clients.items():
+                        rate, wall, cpu = timed_chips(scene, cfg.chips, folder / f"w{workers}_{k}", client)
+                        shutil.rmtree(folder / f"w{workers}_{k}")
+                        if rate > rates[workers]:
+                            rates[workers], busy[workers] = rate, cpu / wall  # cores kept busy (workers + us)
             print(f"2. 2 Dask workers {rates[2]:.0f} chips/s ({busy[2]:.2f} cores busy), 1 worker "
                   f"{rates[1]:.0f} chips/s ({busy[1]:.2f} cores busy), ratio {rates[2] / rates[1]:.2f}")  # fmt: skip
         if not args.skip_loader:
