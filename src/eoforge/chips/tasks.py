@@ -169,11 +169,12 @@ def extract(
     img_arr, lab_arr = g["image"], g["label"]
     if not isinstance(img_arr, zarr.Array) or not isinstance(lab_arr, zarr.Array):
         raise DataError(f"{store}: 'image' and 'label' must be Zarr arrays; re-run `eoforge chips`")
-    found: list[dict[str, np.ndarray]] = []
     # every chip has valid pixels (the filters), so zarr's check for chunks equal to the fill value is skipped
+    # (per array: zarr.config is process-wide, shared by the threads running tasks)
+    img_arr, lab_arr = (a.with_config({"write_empty_chunks": True}) for a in (img_arr, lab_arr))
+    found: list[dict[str, np.ndarray]] = []
     with contextlib.ExitStack() as stack:
         opened: dict[int, tuple[Any, Any]] = {}  # each scene's rasters, opened when first needed
-        stack.enter_context(zarr.config.set({"array.write_empty_chunks": True}))
         for a in range(0, len(rows), chunk):
             r, c, sc = rows[a : a + chunk], cols[a : a + chunk], np.asarray(scenes[a : a + chunk])
             imgs = np.empty((len(r), *img_arr.shape[1:]), dtype=np.float32)
