@@ -19,7 +19,7 @@ from eoforge.chips.leakage import check_store, leaks
 from eoforge.chips.make import sample
 from eoforge.chips.samplers import grid_starts
 from eoforge.chips.splits import split_blocks, split_random
-from eoforge.chips.store import chunk_runs, info, iter_chips
+from eoforge.chips.store import CHUNK_BYTES, chips_per_chunk, chunk_runs, info, iter_chips
 from eoforge.chips.tasks import read_chips, read_groups
 from eoforge.cli import main
 from eoforge.config import ChipsConfig, ComputeConfig, parse_config
@@ -327,7 +327,6 @@ def test_regions_split_with_buffer(tmp_path: Path) -> None:
 def test_local_cluster_writes_the_same_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # chunks of 4 chips, 2 chunks per task: 27 chips make 4 tasks, most with a chunk written while the next is read
     monkeypatch.setattr("eoforge.chips.store.CHUNK", 4)
-    monkeypatch.setattr("eoforge.chips.make.CHUNK", 4)
     monkeypatch.setattr("eoforge.chips.make.CHUNKS_PER_TASK", 2)
     scene = _prepare(tmp_path, _two_class(64, 160))
     cfg = ChipsConfig(size=32, stride=16, points={"per_class": 30}, split={"block_size": 32})
@@ -499,3 +498,12 @@ def test_iter_chips_reads_each_chunk_once(tmp_path: Path, monkeypatch: pytest.Mo
         np.testing.assert_array_equal(i, data[j])
         assert (m == j).all()
     assert reads == [slice(3, 6), slice(3, 6), slice(9, 10), slice(9, 10), slice(17, 20), slice(17, 20)]
+
+
+def test_large_chips_get_fewer_per_chunk() -> None:
+    assert chips_per_chunk(6, 64) == 64  # 96 KiB chips: the default
+    assert chips_per_chunk(13, 256) == 2  # 3.25 MiB chips
+    assert chips_per_chunk(13, 1024) == 1  # one 52 MiB chip is still one chunk
+    for bands, size in ((4, 128), (13, 256), (6, 256)):
+        k = chips_per_chunk(bands, size)
+        assert k * bands * size * size * 4 <= CHUNK_BYTES < (k + 1) * bands * size * size * 4

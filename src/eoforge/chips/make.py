@@ -23,7 +23,7 @@ from eoforge.chips.splits import (
     split_random,
     split_regions,
 )
-from eoforge.chips.store import CHUNK, ChipStore, consolidate, create_arrays
+from eoforge.chips.store import ChipStore, chips_per_chunk, consolidate, create_arrays
 from eoforge.chips.tasks import batches, extract, local_threads, run_tasks, window_stats
 from eoforge.compute import tasks_per_call
 from eoforge.config import IGNORE_INDEX, ChipsConfig, ComputeConfig, SplitConfig
@@ -43,8 +43,8 @@ STRIP = 256
 MAX_PER_TASK = 256
 """At most this many chips per statistics task (bounds a task's memory: ``MAX_PER_TASK`` chips are held at once)."""
 CHUNKS_PER_TASK = 4
-"""Zarr chunks per extraction task at most (``CHUNKS_PER_TASK * CHUNK`` chips; one chunk is held at once);
-fewer with several threads or workers (:func:`eoforge.compute.tasks_per_call`)."""
+"""Zarr chunks per extraction task at most (``CHUNKS_PER_TASK`` x :func:`chips_per_chunk` chips; one chunk is
+held at once); fewer with several threads or workers (:func:`eoforge.compute.tasks_per_call`)."""
 TASKS_PER_THREAD = 2
 """Extraction tasks per thread (in-process) or worker thread at least, when there are chunks enough, so the last
 tasks finish close together. Not more: each task opens the rasters and decompresses the tiles it shares with
@@ -344,7 +344,8 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
         pts = (cfg.points.per_class, cfg.points.seed) if cfg.points is not None else None
         images = [str(part.image) for _, part in parts]
         labels = [str(part.labels) for _, part in parts]
-        n_chunks = -(-n // CHUNK)
+        chunk = chips_per_chunk(len(scene.bands), size)  # as create_arrays laid them out
+        n_chunks = -(-n // chunk)
         per_task = (  # chunks per task: ~2 tasks per thread, so no thread idles long at the end
             tasks_per_call(n_chunks, CHUNKS_PER_TASK, client, per_thread=TASKS_PER_THREAD)
             if client is not None
@@ -353,11 +354,11 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
         args = [
             (
                 *(images, labels, str(tmp / "chips.zarr"), a),
-                *(rows[a:b], cols[a:b], codes[a:b], sid[a:b], size, width, offsets, pts, CHUNK),
+                *(rows[a:b], cols[a:b], codes[a:b], sid[a:b], size, width, offsets, pts, chunk),
             )
             # whole chunks, so no file is written by two tasks; several per task, so most tiles of the
             # prepared rasters are decompressed once
-            for a, b in batches(np.arange(n), CHUNK * per_task, CHUNK * per_task)
+            for a, b in batches(np.arange(n), chunk * per_task, chunk * per_task)
         ]
         found = run_tasks(extract, args, client)
         consolidate(tmp / "chips.zarr")

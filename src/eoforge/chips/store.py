@@ -4,7 +4,7 @@
   indices (255 = unlabelled); per-chip ``row``, ``col``, ``split`` (0 train, 1 val, 2 test), ``transform``
   (chip, affine) and pixel-centre coordinates ``chip_x`` (chip, x), ``chip_y`` (chip, y); a ``spatial_ref``
   variable with the CRS (CF grid mapping). Dimension names are stored, so ``xarray.open_zarr`` opens it.
-  ``CHUNK`` chips per chunk (one file each).
+  ``CHUNK`` chips per chunk (one file each; fewer for large chips, :func:`chips_per_chunk`).
 - ``index.parquet``: GeoParquet, one row per chip: footprint, ``chip, split, row, col, block_row, block_col,
   scene`` and ``px_<class>`` labelled pixels per class.
 - ``chips.json``: sizes, sampler, split mode, counts, chip indices per split.
@@ -38,6 +38,16 @@ CHUNK = 64
 encode, one file), which costs ~2.4x less CPU than one-chip chunks in Zarr v3 shards of as many chips
 (zarr-python's per-chunk pipeline cost dominated those). Extraction tasks cover whole chunks, so no two tasks
 write one file. Readers take whole chunks (:func:`chunk_runs`) rather than one chip at a time."""
+CHUNK_BYTES = 8 * 2**20
+"""Float32 image bytes per chunk at most: large chips (many bands, 256 px and up) get fewer chips per chunk, so
+a reader of one chip decodes at most this much and Blosc's 2 GiB buffer limit is never near."""
+
+
+def chips_per_chunk(bands: int, size: int) -> int:
+    """Chips per ``image``/``label`` chunk: :data:`CHUNK`, fewer when that would exceed :data:`CHUNK_BYTES`."""
+    return max(1, min(CHUNK, CHUNK_BYTES // max(1, bands * size * size * 4)))
+
+
 COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 """Chip chunks: Blosc LZ4 with byte shuffle, several times faster to write than zarr's default zstd."""
 
@@ -123,7 +133,7 @@ def create_arrays(
     n, c = len(rows), len(bands)
     grid = grids[0]
     sid = np.zeros(n, dtype=np.int64) if scene is None else scene
-    chunk = min(CHUNK, max(n, 1))
+    chunk = min(chips_per_chunk(c, size), max(n, 1))
     g = zarr.open_group(str(path), mode="w", attributes=attrs)  # attributes given at creation: one write
     g.create_array(
         "spatial_ref",
