@@ -54,7 +54,7 @@ def stage_prepare(cfg: RunConfig, out: Path) -> PreparedScene:
     # points/lines as labels are sparse labels: only with chips that keep any labelled pixel (task pixel, or
     # chips.min_labelled: 0)
     sparse = get_task(cfg.task).labelled_fraction(cfg.chips.labelled_fraction) == 0
-    return prepare(cfg.inputs, out, prep=cfg.prepare, sparse=sparse)
+    return prepare(cfg.inputs, out, prep=cfg.prepare, sparse=sparse, compute=cfg.compute)
 
 
 def stage_chips(cfg: RunConfig, out: Path) -> ChipStore:

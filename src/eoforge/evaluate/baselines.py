@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import zarr
 from rasterio.windows import Window
 
+from eoforge.chips.store import iter_chips
 from eoforge.config import IGNORE_INDEX, IndexRule, class_index
 from eoforge.errors import InputError
 from eoforge.geo import Grid
@@ -181,14 +183,14 @@ class IndexRuleScorer:
 
 
 def training_pixels(
-    images: Any, labels: Any, chips: list[int], max_pixels: int, seed: int
+    images: zarr.Array, labels: zarr.Array, chips: list[int], max_pixels: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A random sample of labelled pixels (band values, class index) from the given training chips."""
+    """A random sample of labelled pixels (band values, class index) from the given training chips (a Zarr
+    chip store's ``image`` and ``label`` arrays)."""
     rng = np.random.default_rng(seed)
     per_chip = max(1, max_pixels // max(len(chips), 1))
     xs, ys = [], []
-    for j in chips:
-        img, lab = np.asarray(images[j]), np.asarray(labels[j])
+    for _, img, lab in iter_chips(images, labels, chips):  # chunk by chunk, ascending chip order
         ok = (lab != IGNORE_INDEX) & valid_mask(img)
         sel = np.flatnonzero(ok)
         if len(sel) > per_chip:

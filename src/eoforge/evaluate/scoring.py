@@ -22,6 +22,7 @@ import rasterio
 from rasterio.windows import Window
 
 from eoforge.chips import ChipStore
+from eoforge.chips.store import iter_chips
 from eoforge.config import IGNORE_INDEX, EvaluateConfig, IndexRule, MapBaseline
 from eoforge.errors import InputError
 from eoforge.evaluate.baselines import (
@@ -409,9 +410,9 @@ def _insights(
     chips = sorted(store.splits["test"])[: cfg.insight_chips]
     if not chips:
         return figures
-    images, labels = store.arrays()
-    x = np.stack([np.asarray(images[j]) for j in chips]).astype(np.float32)
-    y = np.stack([np.asarray(labels[j]) for j in chips])
+    read = list(iter_chips(*store.arrays(), chips))  # sorted chips, each chunk read once
+    x = np.stack([img for _, img, _ in read]).astype(np.float32)
+    y = np.stack([lab for _, _, lab in read])
     acc = curves_on_chips(predictor, x, y)
     metrics["curves"] = {"test_chips": len(chips), **acc.to_json(names)}
     colors = [c.color for c in predictor.meta.classes]
