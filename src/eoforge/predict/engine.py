@@ -156,12 +156,20 @@ def _row_batches(
     in the reader thread, once); a batch never spans two window rows (so a row's batches are the same wherever a
     run starts) and each row ends with ``(k, [], None, None)``."""
     ph, pw = -(-plan.th // 32) * 32, -(-plan.tw // 32) * 32
+    n_cols = len(plan.cols)
     for k in range(k0, k1):
         js: list[int] = []
         arrays: list[np.ndarray] = []
         masks: list[np.ndarray] = []
+        chunk, c_lo, j_hi = np.empty(0, np.float32), 0, 0
         for j, c in enumerate(plan.cols):
-            a = source.read(Window(c, plan.rows[k], plan.tw, plan.th))
+            if j >= j_hi:
+                # one read for the next `batch_size` windows of the row, sliced below: half the CPU of a read
+                # per window (GDAL's per-call cost and the overlaps read twice; docs/PERFORMANCE.md), memory
+                # of one batch
+                j_hi, c_lo = min(n_cols, j + batch_size), c
+                chunk = source.read(Window(c, plan.rows[k], plan.cols[j_hi - 1] + plan.tw - c, plan.th))
+            a = chunk[:, :, c - c_lo : c - c_lo + plan.tw]
             valid = valid_pixels(a)
             if not valid.any():
                 stats["skipped"] += 1  # entirely nodata: nothing to predict
