@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
+import rasterio
+from conftest import write_tif
+from helpers import identity_package
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.windows import Window
 
 from eoforge.geo import Grid
+from eoforge.predict import engine, predict
+from eoforge.predict.backends import load_predictor
 from eoforge.predict.blend import plan_bands
-from eoforge.predict.engine import _pad_to, _row_batches, valid_pixels
+from eoforge.predict.engine import _pad_to, _row_batches, predict_scene, valid_pixels
 
 
 class ArraySource:
@@ -87,3 +95,39 @@ def test_chunked_reads_equal_window_reads(
     # one read per batch_size windows of a row (not per window)
     per_row = -(-len(plan.cols) // batch)
     assert source.reads == per_row * (len(plan.rows) - k0)
+
+
+def test_cpu_seconds_by_part_add_up(tmp_path: Path) -> None:
+    img = write_tif(
+        tmp_path / "img.tif", np.random.default_rng(0).integers(0, 3, (2, 160, 200)).astype(np.float32)
+    )
+    res = predict(identity_package(tmp_path / "model"), [img], tmp_path / "map.tif", tile=64, overlap=16)
+    cpu = res.cpu_seconds
+    parts = ("setup", "reader", "blend", "writer", "model", "assemble")
+    assert set(cpu) == {*parts, "total"}
+    assert all(cpu[p] >= 0 for p in parts) and cpu["reader"] > 0 and cpu["model"] > 0
+    # the parts split the total: only closing the source falls between them
+    assert sum(cpu[p] for p in parts) == pytest.approx(cpu["total"], rel=0.05, abs=0.05)
+
+
+def test_the_resume_key_probes_each_predictor_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    img = write_tif(
+        tmp_path / "img.tif", np.random.default_rng(0).integers(0, 3, (2, 64, 64)).astype(np.float32)
+    )
+    pkg = identity_package(tmp_path / "model")
+    shapes: list[tuple[int, ...]] = []
+    real = engine._logits
+
+    def counting(predictor: object, x: np.ndarray) -> object:
+        shapes.append(x.shape)
+        return real(predictor, x)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "_logits", counting)
+    first = load_predictor(pkg, backend="torch-fp32")
+    a = predict_scene(first, [img], tmp_path / "a.tif", tile=32, overlap=0)
+    b = predict_scene(first, [img], tmp_path / "b.tif", tile=32, overlap=0)
+    assert shapes.count((1, 2, 32, 32)) == 1  # the probe, once for this predictor
+    predict_scene(load_predictor(pkg, backend="torch-fp32"), [img], tmp_path / "c.tif", tile=32, overlap=0)
+    assert shapes.count((1, 2, 32, 32)) == 2  # a new predictor is probed again
+    with rasterio.open(a.path) as ra, rasterio.open(b.path) as rb:
+        np.testing.assert_array_equal(ra.read(), rb.read())
