@@ -209,9 +209,9 @@ def _pipeline(predictor: Predictor, scene: Path, out: Path, args: argparse.Names
 
 def throughput(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> None:
     """The pipeline (``predict_scene``: reading to COG) against the model alone on in-memory batches of the
-    scene's windows, same predictor (auto: same choice), same process, same torch threads. The first pipeline
-    run is the process's first prediction (lazy imports, GDAL drivers, oneDNN kernels for each batch shape:
-    "cold"); then ``--rounds`` rounds alternate model alone and pipeline, so a change of machine load hits
+    scene's windows, same predictor (auto: same choice), same process, same torch threads. The model is first
+    warmed up on one window row's batches (oneDNN kernels of each batch shape); the first pipeline run then
+    still pays the process's lazy imports and GDAL set-up ("cold"); then ``--rounds`` rounds alternate model alone and pipeline, so a change of machine load hits
     both, and the ratios use their medians: of wall-clock rates and of process CPU seconds (user + system,
     all threads), which other processes on a shared machine disturb less (but OpenMP threads that spin while
     a teammate waits for a core still count). The pipeline's CPU by part comes from
