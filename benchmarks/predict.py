@@ -213,8 +213,9 @@ def throughput(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> N
     warmed up on one window row's batches (oneDNN kernels of each batch shape); the first pipeline run then
     still pays the process's lazy imports and GDAL set-up ("cold"); then ``--rounds`` rounds alternate model alone and pipeline, so a change of machine load hits
     both, and the ratios use their medians: of wall-clock rates and of process CPU seconds (user + system,
-    all threads), which other processes on a shared machine disturb less (but OpenMP threads that spin while
-    a teammate waits for a core still count). The pipeline's CPU by part comes from
+    all threads), which other processes on a shared machine disturb less, provided OpenMP threads sleep
+    instead of spinning while a teammate waits for a core: on a loaded machine set ``OMP_WAIT_POLICY=PASSIVE``
+    (under load 8 the default policy counted 195 s of CPU for an 8000² run that takes 56 s idle). The pipeline's CPU by part comes from
     ``PredictResult.cpu_seconds``; its ``model`` part against the model alone's CPU says how much more the same
     model calls cost inside the pipeline (the reader thread shares the cores)."""
     source = open_source([scene], read_meta(pkg))
@@ -337,7 +338,8 @@ def main() -> None:
     args = ap.parse_args()
     print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
     print(f"{args.what}: {args.size} px, {args.bands} bands uint16, unet/resnet18, tile {args.tile}, overlap "
-          f"{args.overlap}, batch {args.batch_size}, backend {args.backend}, torch threads {torch.get_num_threads()}")  # fmt: skip
+          f"{args.overlap}, batch {args.batch_size}, backend {args.backend}, torch threads {torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         if args.what == "memory":
