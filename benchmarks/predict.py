@@ -203,7 +203,11 @@ def _pipeline(predictor: Predictor, scene: Path, out: Path, args: argparse.Names
     r = predict_scene(predictor, [scene], out, options=_opts(args))
     c1 = os.times()
     return Run(
-        args.size**2, time.perf_counter() - t0, c1.user - c0.user, c1.system - c0.system, r.cpu_seconds
+        args.size**2,
+        time.perf_counter() - t0,
+        c1.user - c0.user,
+        c1.system - c0.system,
+        getattr(r, "cpu_seconds", {}),
     )
 
 
