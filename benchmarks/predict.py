@@ -1,6 +1,6 @@
 """`eoforge predict` benchmarks, each printing ratios taken in one run on one machine.
 
-    .venv/bin/python benchmarks/predict.py throughput [--size 1024] [--backend auto]  # end to end vs model alone
+    .venv/bin/python benchmarks/predict.py throughput [--size 1024] [--backend auto] [--rounds 3]  # vs model alone
     .venv/bin/python benchmarks/predict.py backends [--size 1024]  # torch-fp32 vs torch vs auto: speed, agreement
     .venv/bin/python benchmarks/predict.py memory [--size 1000]    # peak RSS: square, tall (4x), wide (4x)
     .venv/bin/python benchmarks/predict.py extras [--size 1024]    # cost of probabilities, blending, TTA d4
@@ -8,7 +8,8 @@
 The scene is a generated uint16 GeoTIFF (tiled 512, uncompressed) of smooth 16-px cells plus noise, whose
 class is a fixed function of the cell's band values; the model a U-Net/resnet18 trained on other scenes of the
 same generator for ``--train-steps`` steps (random init for ``memory``: weights do not change memory).
-"Model alone" runs the same number of windows already in memory with the same batch size. The memory runs
+"Model alone" runs the pipeline's own batches of a few window rows of the scene, read into memory, cycled to the
+scene's number of windows, alternating with pipeline runs (see ``throughput``). The memory runs
 use the CLI in a child process with ``--blend hann --probabilities`` and read the child's own peak RSS.
 """
 
@@ -17,10 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +36,7 @@ from eoforge.package import ClassInfo, PackageMeta, Predictor, read_meta, save_p
 from eoforge.predict import PredictOptions, predict
 from eoforge.predict.backends import fast_precision, load_predictor
 from eoforge.predict.blend import plan_bands
-from eoforge.predict.engine import _probe, open_source, predict_scene
+from eoforge.predict.engine import _probe, _row_batches, open_source, predict_scene
 
 
 def _cells(rng: np.random.Generator, bands: int, h: int, w: int) -> np.ndarray:
@@ -139,47 +142,116 @@ def _trained(tmp: Path, args: argparse.Namespace) -> Path:
     return train_package(cache if cache is not None else tmp / "model", args)
 
 
-def model_alone(predictor: Predictor, size: int, args: argparse.Namespace) -> tuple[float, float]:
-    """Pixels/s of the predictor alone on in-memory batches, as many windows as the scene has, and the
-    process CPU seconds it took."""
-    plan = plan_bands(size, size, args.tile, args.overlap, "center")
-    n_rows, n_cols = len(plan.rows), len(plan.cols)
-    batch = np.random.default_rng(1).uniform(1, 10000, (args.batch_size, args.bands, args.tile, args.tile))
-    batch = batch.astype(np.float32)
-    predictor.predict_index(batch)  # warm-up
-    predictor.predict_index(batch[: n_cols % args.batch_size or args.batch_size])
-    t0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(n_rows):  # the engine never puts two window rows in one batch
-        for i in range(0, n_cols, args.batch_size):
-            predictor.predict_index(batch[: min(args.batch_size, n_cols - i)])
-    return size * size / (time.perf_counter() - t0), time.process_time() - c0
+def _sample_batches(scene: Path, pkg: Path, args: argparse.Namespace) -> list[np.ndarray]:
+    """The pipeline's own batches (:func:`eoforge.predict.engine._row_batches`) of ``--alone-rows`` window rows
+    spread over the scene, read into memory: "model alone" runs on real windows (the content of a batch, like
+    a trained model's activations on it, is what the pipeline feeds), cycled to the scene's number of windows."""
+    plan = plan_bands(args.size, args.size, args.tile, args.overlap, "center")
+    n = len(plan.rows)
+    rows = sorted({round(i * (n - 1) / max(1, args.alone_rows - 1)) for i in range(args.alone_rows)})
+    source = open_source([scene], read_meta(pkg))
+    try:
+        return [
+            b
+            for k in rows
+            for _, _, b, _ in _row_batches(source, plan, k, k + 1, args.batch_size, {"skipped": 0})
+            if b is not None
+        ]
+    finally:
+        source.close()
+
+
+def model_alone(predictor: Predictor, sample: list[np.ndarray], args: argparse.Namespace) -> Run:
+    """The predictor alone on in-memory batches: as many window rows as the scene has, each the batches of a
+    sampled row (:func:`_sample_batches`), the same calls as the pipeline's class-map path (``predict_index``:
+    normalisation, channels-last copy, the model, argmax)."""
+    plan = plan_bands(args.size, args.size, args.tile, args.overlap, "center")
+    per_row = -(-len(plan.cols) // args.batch_size)
+    rows = [sample[i : i + per_row] for i in range(0, len(sample), per_row)]
+    t0, c0 = time.perf_counter(), os.times()
+    for k in range(len(plan.rows)):
+        for batch in rows[k % len(rows)]:
+            predictor.predict_index(batch)
+    c1 = os.times()
+    return Run(args.size**2, time.perf_counter() - t0, c1.user - c0.user, c1.system - c0.system, {})
+
+
+@dataclass
+class Run:
+    """One timed run: pixels, wall seconds, process user and system CPU seconds, CPU seconds by part."""
+
+    pixels: int
+    wall: float
+    user: float
+    sys: float
+    parts: dict[str, float]
+
+    @property
+    def rate(self) -> float:
+        return self.pixels / self.wall
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+    def line(self) -> str:
+        return f"{self.rate / 1e6:.3f} MP/s ({self.wall:.1f} s wall; CPU {self.cpu:.1f} s = user {self.user:.1f} + sys {self.sys:.1f})"
+
+
+def _pipeline(predictor: Predictor, scene: Path, out: Path, args: argparse.Namespace) -> Run:
+    t0, c0 = time.perf_counter(), os.times()
+    r = predict_scene(predictor, [scene], out, options=_opts(args))
+    c1 = os.times()
+    return Run(
+        args.size**2,
+        time.perf_counter() - t0,
+        c1.user - c0.user,
+        c1.system - c0.system,
+        getattr(r, "cpu_seconds", {}),
+    )
 
 
 def throughput(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> None:
-    """The pipeline twice, cold (the process's first prediction: lazy imports, GDAL drivers, oneDNN kernels for
-    each batch shape) and warm, against the model alone (warmed up too), on the same windows; the warm ratio is
-    what a scene much larger than the fixed costs (8000², the issue's target) sees. Also the ratio of process
-    CPU seconds (all threads: reader, writer, GDAL), which a shared machine disturbs less than wall time."""
+    """The pipeline (``predict_scene``: reading to COG) against the model alone on in-memory batches of the
+    scene's windows, same predictor (auto: same choice), same process, same torch threads. The model is first
+    warmed up on one window row's batches (oneDNN kernels of each batch shape); the first pipeline run then
+    still pays the process's lazy imports and GDAL set-up ("cold"); then ``--rounds`` rounds alternate model alone and pipeline, so a change of machine load hits
+    both, and the ratios use their medians: of wall-clock rates and of process CPU seconds (user + system,
+    all threads), which other processes on a shared machine disturb less, provided OpenMP threads sleep
+    instead of spinning while a teammate waits for a core: on a loaded machine set ``OMP_WAIT_POLICY=PASSIVE``
+    (under load 8 the default policy counted 195 s of CPU for an 8000² run that takes 56 s idle). The pipeline's CPU by part comes from
+    ``PredictResult.cpu_seconds``; its ``model`` part against the model alone's CPU says how much more the same
+    model calls cost inside the pipeline (the reader thread shares the cores)."""
     source = open_source([scene], read_meta(pkg))
     probe = _probe(source, args.tile)  # what `predict` gives `auto` to check its agreement on
     source.close()
     predictor = load_predictor(pkg, backend=args.backend, probe=probe)
-    runs = {}
-    for name in ("cold", "warm"):
-        c0 = time.process_time()
-        r = predict_scene(predictor, [scene], tmp / f"{name}.tif", options=_opts(args))
-        runs[name] = (r, time.process_time() - c0)
-    alone, alone_cpu = model_alone(predictor, args.size, args)  # the same predictor (auto: same choice)
-    for name, (r, cpu) in runs.items():
-        print(f"pipeline {name} (eoforge predict, {r.windows} windows, {r.backend}): "
-              f"{r.pixels_per_second / 1e6:.3f} MP/s ({r.seconds:.1f} s; model calls {r.model_seconds:.1f} s; "
-              f"CPU {cpu:.1f} s)")  # fmt: skip
-    print(
-        f"model alone ({args.backend}, same windows, in memory): {alone / 1e6:.3f} MP/s (CPU {alone_cpu:.1f} s)"
-    )
-    res, cpu = runs["warm"]
-    print(f"ratio pipeline / model alone: {res.pixels_per_second / alone:.2f} warm, "
-          f"{runs['cold'][0].pixels_per_second / alone:.2f} cold; CPU-time ratio (warm) {alone_cpu / cpu:.2f}")  # fmt: skip
+    sample = _sample_batches(scene, pkg, args)
+    plan = plan_bands(args.size, args.size, args.tile, args.overlap, "center")
+    for b in sample[: -(-len(plan.cols) // args.batch_size)]:
+        predictor.predict_index(b)  # warm-up: oneDNN kernels of the batch shapes
+    cold = _pipeline(predictor, scene, tmp / "cold.tif", args)
+    print(f"pipeline cold: {cold.line()}")
+    alone: list[Run] = []
+    pipe: list[Run] = []
+    for i in range(args.rounds):
+        alone.append(model_alone(predictor, sample, args))
+        pipe.append(_pipeline(predictor, scene, tmp / "warm.tif", args))
+        print(f"round {i + 1}: model alone {alone[-1].line()}; pipeline {pipe[-1].line()} "
+              f"(load {os.getloadavg()[0]:.1f})")  # fmt: skip
+    med = statistics.median
+    a_rate, p_rate = med(r.rate for r in alone), med(r.rate for r in pipe)
+    a_cpu, p_cpu = med(r.cpu for r in alone), med(r.cpu for r in pipe)
+    a_user, p_user = med(r.user for r in alone), med(r.user for r in pipe)
+    parts = {k: med(r.parts.get(k, 0.0) for r in pipe) for k in pipe[0].parts}
+    print(f"pipeline ({predictor.backend}, {args.rounds} rounds, medians): {p_rate / 1e6:.3f} MP/s; model alone "
+          f"{a_rate / 1e6:.3f} MP/s (model-alone rates {', '.join(f'{r.rate / 1e6:.3f}' for r in alone)})")  # fmt: skip
+    print("pipeline CPU by part (s): " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+    print(f"model calls inside the pipeline {parts.get('model', 0):.1f} s CPU vs model alone {a_cpu:.1f} s: "
+          f"{parts.get('model', 0) / a_cpu:.3f}x; outside the model: "
+          f"{parts.get('total', 0) - parts.get('model', 0):.1f} s ({100 * (1 - parts.get('model', 0) / max(parts.get('total', 1), 1e-9)):.1f} %)")  # fmt: skip
+    print(f"ratio pipeline / model alone: wall {p_rate / a_rate:.2f} (cold {cold.rate / a_rate:.2f}); "
+          f"CPU {a_cpu / p_cpu:.2f}; user time {a_user / p_user:.2f}")  # fmt: skip
 
 
 def backends(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> None:
@@ -260,11 +332,18 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--train-steps", type=int, default=300, help="training steps of the benchmark's model")
     ap.add_argument("--model-cache", type=Path, help="folder keeping the trained package between runs")
+    ap.add_argument(
+        "--rounds", type=int, default=3, help="throughput: alternating model-alone/pipeline rounds"
+    )
+    ap.add_argument(
+        "--alone-rows", type=int, default=4, help="throughput: window rows read for the model alone"
+    )
     ap.add_argument("--backend", choices=["auto", "torch", "torch-fp32", "onnx"], default="auto")
     args = ap.parse_args()
     print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
     print(f"{args.what}: {args.size} px, {args.bands} bands uint16, unet/resnet18, tile {args.tile}, overlap "
-          f"{args.overlap}, batch {args.batch_size}, backend {args.backend}, torch threads {torch.get_num_threads()}")  # fmt: skip
+          f"{args.overlap}, batch {args.batch_size}, backend {args.backend}, torch threads {torch.get_num_threads()}, "
+          f"OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         if args.what == "memory":

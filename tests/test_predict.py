@@ -40,7 +40,7 @@ def test_output_is_a_tiled_compressed_cog(tmp_path: Path) -> None:
     res = predict(identity_package(tmp_path / "model", tile=128), [img], tmp_path / "map.tif")
     with rasterio.open(res.path) as src:
         assert src.profile["tiled"] and src.block_shapes[0] == (256, 256)
-        assert src.compression.name.lower() == "deflate"
+        assert src.compression.name.lower() == "zstd"
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert src.overviews(1)  # COG overviews for quick display
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

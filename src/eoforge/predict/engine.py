@@ -13,12 +13,14 @@ the few window rows before its first band, so the result is identical to one pro
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import hashlib
 import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -125,6 +127,8 @@ class PredictResult:
     resumed_bands: int = 0
     model_seconds: float = 0.0
     backend: str = ""
+    #: process CPU seconds by part (see :func:`predict_scene`)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def pixels_per_second(self) -> float:
@@ -157,12 +161,20 @@ def _row_batches(
     in the reader thread, once); a batch never spans two window rows (so a row's batches are the same wherever a
     run starts) and each row ends with ``(k, [], None, None)``."""
     ph, pw = -(-plan.th // 32) * 32, -(-plan.tw // 32) * 32
+    n_cols = len(plan.cols)
     for k in range(k0, k1):
         js: list[int] = []
         arrays: list[np.ndarray] = []
         masks: list[np.ndarray] = []
+        chunk, c_lo, j_hi = np.empty(0, np.float32), 0, 0
         for j, c in enumerate(plan.cols):
-            a = source.read(Window(c, plan.rows[k], plan.tw, plan.th))
+            if j >= j_hi:
+                # one read for the next `batch_size` windows of the row, sliced below: half the CPU of a read
+                # per window (GDAL's per-call cost and the overlaps read twice; docs/PERFORMANCE.md), memory
+                # of one batch
+                j_hi, c_lo = min(n_cols, j + batch_size), c
+                chunk = source.read(Window(c, plan.rows[k], plan.cols[j_hi - 1] + plan.tw - c, plan.th))
+            a = chunk[:, :, c - c_lo : c - c_lo + plan.tw]
             valid = valid_pixels(a)
             if not valid.any():
                 stats["skipped"] += 1  # entirely nodata: nothing to predict
@@ -178,20 +190,26 @@ def _row_batches(
         yield k, [], None, None
 
 
-def _prefetch(gen: Iterator[_Item], depth: int = 2, cache_mb: int | None = None) -> Iterator[_Item]:
+def _prefetch(
+    gen: Iterator[_Item], depth: int = 2, cache_mb: int | None = None, cpu: dict[str, float] | None = None
+) -> Iterator[_Item]:
     """Run ``gen`` in a reader thread, ``depth`` batches ahead of the consumer, with GDAL's block cache capped at
     ``cache_mb`` MiB (rasterio's Env is per thread; GDAL's default cap, 5 % of the RAM, would keep every block
-    of a scene that fits in it)."""
+    of a scene that fits in it). The thread's CPU seconds are added to ``cpu["reader"]``."""
     q: queue.Queue[object] = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
 
     def work() -> None:
+        c0 = time.thread_time()
         try:
             with rasterio.Env(**({} if cache_mb is None else {"GDAL_CACHEMAX": cache_mb})):
                 _fill()
         except BaseException as exc:
             q.put(exc)
+        finally:
+            if cpu is not None:
+                cpu["reader"] = cpu.get("reader", 0.0) + time.thread_time() - c0
 
     def _fill() -> None:
         for item in gen:
@@ -344,6 +362,7 @@ def run_bands(
     stats = stats if stats is not None else {}
     stats.setdefault("skipped", 0)
     stats.setdefault("model_seconds", 0.0)
+    cpu: dict[str, float] = stats.setdefault("cpu", {})
     dtype, nodata = output_dtype(job.class_ids)
     lut = np.array(job.class_ids, dtype=dtype)
     direct = opts.blend == "center" and opts.tta == "none"
@@ -353,10 +372,13 @@ def run_bands(
     # the reader keeps the source's blocks of a window row and of the next (blocks up to 512 rows, float32)
     cache = gdal_cache_mb(plan.width, 4 * source.count, plan.th + 2 * 512)
     batches = _row_batches(source, plan, k0, j1, opts.batch_size, stats)
-    for k, js, batch, valid in _prefetch(batches, cache_mb=cache):
+    for k, js, batch, valid in _prefetch(batches, cache_mb=cache, cpu=cpu):
         if batch is None or valid is None:
             if k >= j0:
-                yield buf.flush(k, lut, nodata, opts.probabilities, opts.uncertainty)
+                c0 = time.thread_time()
+                band = buf.flush(k, lut, nodata, opts.probabilities, opts.uncertainty)
+                cpu["blend"] = cpu.get("blend", 0.0) + time.thread_time() - c0
+                yield band
             continue
         t0 = time.perf_counter()
         idx = probs = None
@@ -370,6 +392,7 @@ def run_bands(
             if not direct or keep_probs:
                 probs = torch.softmax(logits, dim=1).numpy()
         stats["model_seconds"] += time.perf_counter() - t0
+        c0 = time.thread_time()
         for n, j in enumerate(js):
             buf.add(
                 k,
@@ -378,6 +401,7 @@ def run_bands(
                 None if probs is None else probs[n],
                 valid[n],
             )
+        cpu["blend"] = cpu.get("blend", 0.0) + time.thread_time() - c0
 
 
 # -- the run: source, resume state, single process or Dask ---------------------------------------------------
@@ -434,12 +458,6 @@ def _run_key(predictor: Predictor, images: Sequence[str | Path], job: _Job) -> d
     """What makes a finished band reusable: the model (its metadata and its output on a fixed probe), the input
     files (path, size, modification time) and every option."""
     meta = predictor.meta
-    probe = np.random.default_rng(0).standard_normal((1, len(meta.bands), 32, 32)).astype(np.float32)
-    probe = (
-        probe * np.asarray(meta.std, np.float32)[:, None, None]
-        + np.asarray(meta.mean, np.float32)[:, None, None]
-    )
-    out = np.round(_logits(predictor, probe).numpy().astype(np.float64), 3)
     files = []
     for p in _input_files(images):
         st = p.stat()
@@ -448,11 +466,35 @@ def _run_key(predictor: Predictor, images: Sequence[str | Path], job: _Job) -> d
         "eoforge": __version__,
         "meta": meta.to_json() | {"eoforge_version": None},
         "backend": getattr(predictor, "backend", type(predictor).__name__),
-        "probe": hashlib.sha256(out.tobytes()).hexdigest(),
+        "probe": _probe_hash(predictor),
         "images": files,
         "job": asdict(job.opts)
         | {"tile": job.tile, "overlap": job.overlap, "height": job.height, "width": job.width},
     }
+
+
+_PROBE_HASHES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _probe_hash(predictor: Predictor) -> str:
+    """Hash of the predictor's logits on a fixed 32 x 32 probe, once per predictor object: a model call on a
+    new shape costs 0.05-0.6 s of CPU (oneDNN kernels for the shape; more on a loaded machine), which every
+    prediction of a server or a benchmark would pay again."""
+    try:
+        return _PROBE_HASHES[predictor]
+    except (KeyError, TypeError):
+        pass
+    meta = predictor.meta
+    probe = np.random.default_rng(0).standard_normal((1, len(meta.bands), 32, 32)).astype(np.float32)
+    probe = (
+        probe * np.asarray(meta.std, np.float32)[:, None, None]
+        + np.asarray(meta.mean, np.float32)[:, None, None]
+    )
+    out = np.round(_logits(predictor, probe).numpy().astype(np.float64), 3)
+    digest = hashlib.sha256(out.tobytes()).hexdigest()
+    with contextlib.suppress(TypeError):  # an object that takes no weak reference is probed each time
+        _PROBE_HASHES[predictor] = digest
+    return digest
 
 
 @dataclass(frozen=True)
@@ -497,7 +539,13 @@ def predict_scene(
     ignore_band_names: bool = False,
 ) -> PredictResult:
     """Classify every pixel of the stacked ``images`` and write a class-id COG to ``out`` (plus the optional
-    outputs of ``options`` beside it). ``tile``/``overlap``/``batch_size`` override ``options``."""
+    outputs of ``options`` beside it). ``tile``/``overlap``/``batch_size`` override ``options``.
+
+    The result's ``cpu_seconds`` splits the process CPU time: ``setup`` (opening the source, the resume key),
+    ``reader`` (the reader thread: reading, nodata, valid masks, batching), ``blend`` (the model thread's
+    buffer work: placing windows, finishing bands), ``writer`` (saving finished bands), ``model`` (the rest of
+    the run phase: the model calls with their OpenMP threads, normalisation, argmax/softmax; single process
+    only), ``assemble`` (the COGs) and ``total``."""
     meta = predictor.meta
     task = get_task(meta.task)  # the package's task says what predict writes
     if not task.writes_class_map:
@@ -529,7 +577,7 @@ def predict_scene(
     for img in _input_files(images):
         if out.exists() and out.resolve() == img.resolve():
             raise InputError(f"{out}: the output is one of the input images; write the map to another file")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     source = open_source(images, meta)
     try:
         check_bands(source, images, meta, opts.ignore_band_names)
@@ -544,7 +592,7 @@ def predict_scene(
             log.info("resuming %s: %d of %d row bands already done", out, len(done), plan.n_bands)
         if opts.tta == "d4":
             log.info("tta d4: 8 model passes per window (about 8x the model time)")
-        stats: dict[str, Any] = {"skipped": 0, "model_seconds": 0.0}
+        stats: dict[str, Any] = {"skipped": 0, "model_seconds": 0.0, "cpu": {}}
         per_band = len(plan.cols)
         total = plan.n_bands * per_band
         progress = [len(done) * per_band]
@@ -555,12 +603,17 @@ def predict_scene(
                 on_progress(progress[0], total)
 
         runs = _contiguous(todo)
+        c_run = time.process_time()
         if compute is not None and (compute.scheduler is not None or compute.workers is not None) and runs:
             _run_distributed(predictor, images, job, runs, parts, report, stats, compute)
         else:
             _run_local(predictor, source, job, runs, parts, report, stats)
+            outside = sum(stats["cpu"].get(p, 0.0) for p in ("reader", "blend", "writer"))
+            stats["cpu"]["model"] = time.process_time() - c_run - outside
+        stats["cpu"]["setup"] = c_run - c0
     finally:
         source.close()
+    c_asm = time.process_time()
     assemble(
         parts,
         plan.n_bands,
@@ -575,6 +628,9 @@ def predict_scene(
         _vectorizer(opts, predictor, grid) if opts.vectorize else None,
         band_rows=plan.th,
     )
+    cpu = {k: float(v) for k, v in stats["cpu"].items()}
+    cpu["assemble"] = time.process_time() - c_asm
+    cpu["total"] = time.process_time() - c0
     secs = time.perf_counter() - t0
     log.info(
         "predicted %dx%d px in %.1f s (%.0f px/s; model %.1f s; %d empty windows skipped)",
@@ -585,6 +641,7 @@ def predict_scene(
         stats["model_seconds"],
         stats["skipped"],
     )
+    log.info("CPU seconds by part: %s", ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
     return PredictResult(
         path=out,
         grid=grid,
@@ -595,6 +652,7 @@ def predict_scene(
         resumed_bands=len(done),
         model_seconds=float(stats["model_seconds"]),
         backend=str(getattr(predictor, "backend", type(predictor).__name__)),
+        cpu_seconds=cpu,
     )
 
 
@@ -619,12 +677,19 @@ def _run_local(
     stats: dict[str, Any],
 ) -> None:
     """Single process: the writer thread saves each finished band while the model works on the next."""
+    cpu = stats.setdefault("cpu", {})
+
+    def save(band: BandResult) -> None:
+        c0 = time.thread_time()
+        parts.save(band)
+        cpu["writer"] = cpu.get("writer", 0.0) + time.thread_time() - c0  # only this thread writes the key
+
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="eoforge-writer") as writer:
         pending: list[concurrent.futures.Future[None]] = []
         try:
             for j0, j1 in runs:
                 for band in run_bands(predictor, source, job, j0, j1, stats):
-                    pending.append(writer.submit(parts.save, band))
+                    pending.append(writer.submit(save, band))
                     while pending and (pending[0].done() or len(pending) > 2):
                         pending.pop(0).result()
                         report(None)
@@ -669,6 +734,8 @@ def _run_distributed(
             bands, task_stats = fut.result()
             stats["skipped"] += task_stats.get("skipped", 0)
             stats["model_seconds"] += task_stats.get("model_seconds", 0.0)
+            for part, secs in task_stats.get("cpu", {}).items():  # the workers' reader and blend
+                stats["cpu"][part] = stats["cpu"].get(part, 0.0) + secs
             for band in bands:
                 parts.save(band)
                 report(None)

@@ -149,7 +149,10 @@ def _to_cog(raw: Path, final: Path, resampling: str, predictor: str = "NO") -> N
             raw,
             final,
             driver="COG",
-            compress="DEFLATE",
+            # ZSTD level 1: at 8000² the class map's copy took 1.2 s of CPU instead of DEFLATE's 2.1 s, for
+            # a file 17 % larger (LZW: 1.8 s, 85 % larger); GDAL reads ZSTD since 2.3 (docs/PERFORMANCE.md)
+            compress="ZSTD",
+            level=1,
             predictor=predictor,
             blocksize=256,
             overview_resampling=resampling,
