@@ -45,9 +45,9 @@ def test_present_class_miou_leaves_out_classes_absent_from_the_reference() -> No
     assert float(present_class_miou(torch.zeros(3, 3))) == 0.0
 
 
-@pytest.mark.parametrize("loss", ["ce", "dice", "focal", "ce+dice", "lovasz"])
+@pytest.mark.parametrize("loss", ["ce", "dice", "focal", "ce+dice", "lovasz", "ce+lovasz"])
 def test_losses_ignore_unlabelled_pixels(loss: str) -> None:
-    weights = [1.0, 2.0, 0.5] if loss in ("ce", "ce+dice") else None
+    weights = [1.0, 2.0, 0.5] if loss in ("ce", "ce+dice", "ce+lovasz") else None
     fn = make_loss(TrainConfig(loss=loss, class_weights=weights), weights)  # type: ignore[arg-type]
     torch.manual_seed(0)
     logits = torch.randn(2, 3, 8, 8, requires_grad=True)
@@ -62,9 +62,32 @@ def test_losses_ignore_unlabelled_pixels(loss: str) -> None:
     assert logits.grad is not None and float(logits.grad[:, :, :4].abs().max()) == 0.0
 
 
-def test_class_weights_need_a_cross_entropy_loss() -> None:
-    with pytest.raises(ValueError, match="class_weights need loss ce or ce\\+dice"):
+def test_class_weights_and_smoothing_need_a_cross_entropy_loss() -> None:
+    with pytest.raises(ValueError, match="class_weights need loss ce, ce\\+dice, ce\\+lovasz, not dice"):
         TrainConfig(loss="dice", class_weights="auto")
+    with pytest.raises(ValueError, match="label_smoothing needs loss ce, ce\\+dice, ce\\+lovasz, not lovasz"):
+        TrainConfig(loss="lovasz", label_smoothing=0.1)
+
+
+def test_label_smoothing_and_ce_plus_lovasz_values() -> None:
+    from segmentation_models_pytorch.losses import LovaszLoss
+
+    k, eps = 4, 0.2
+    target = torch.tensor([[[0, 1], [2, IGNORE_INDEX]]])
+    logits = torch.full((1, k, 2, 2), -20.0)
+    for i, c in enumerate([0, 1, 2, 3]):  # confident and right on the labelled pixels
+        logits[0, c, i // 2, i % 2] = 20.0
+    plain = make_loss(TrainConfig(loss="ce"))
+    smooth = make_loss(TrainConfig(loss="ce", label_smoothing=eps))
+    assert float(plain(logits, target)) == pytest.approx(0.0, abs=1e-6)
+    # smoothing: the target puts eps / K on every class, so 40 nats of margin cost eps * (K - 1) / K * 40
+    assert float(smooth(logits, target)) == pytest.approx(eps * (k - 1) / k * 40.0, rel=1e-4)
+    torch.manual_seed(1)
+    noisy = torch.randn(2, k, 8, 8)
+    labels = torch.randint(0, k, (2, 8, 8))
+    both = make_loss(TrainConfig(loss="ce+lovasz"))(noisy, labels)
+    parts = torch.nn.functional.cross_entropy(noisy, labels) + LovaszLoss("multiclass")(noisy, labels)
+    assert float(both) == pytest.approx(float(parts), rel=1e-5)
 
 
 def test_augmentation_keeps_image_and_mask_aligned_and_is_off_for_validation() -> None:

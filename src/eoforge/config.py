@@ -588,6 +588,9 @@ class AugmentConfig(_Strict):
     )
 
 
+CE_LOSSES = ("ce", "ce+dice", "ce+lovasz")  # the losses with a cross-entropy term (class weights, smoothing)
+
+
 class TrainConfig(_Strict):
     epochs: int = Field(default=20, ge=1, description="Maximum number of epochs.")
     batch_size: int = Field(default=16, ge=1, description="Chips per batch.")
@@ -596,13 +599,22 @@ class TrainConfig(_Strict):
     patience: int = Field(
         default=10, ge=1, description="Early stopping: epochs without val mIoU improvement."
     )
-    loss: Literal["ce", "dice", "focal", "ce+dice", "lovasz"] = Field(
-        default="ce", description="Loss: cross-entropy, Dice, focal, cross-entropy + Dice or Lovasz-softmax."
+    loss: Literal["ce", "dice", "focal", "ce+dice", "lovasz", "ce+lovasz"] = Field(
+        default="ce",
+        description="Loss: cross-entropy, Dice, focal, cross-entropy + Dice, Lovasz-softmax or cross-entropy + "
+        "Lovasz-softmax.",
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Cross-entropy label smoothing: this share of each target's probability is spread over all "
+        "classes (0 = off); needs loss ce, ce+dice or ce+lovasz.",
     )
     class_weights: Literal["auto"] | list[float] | None = Field(
         default=None,
         description="Cross-entropy class weights: 'auto' (inverse class frequency of the prepared labels, "
-        "clipped to class_weight_clip) or one weight per class; needs loss ce or ce+dice.",
+        "clipped to class_weight_clip) or one weight per class; needs loss ce, ce+dice or ce+lovasz.",
     )
     class_weight_clip: float = Field(
         default=10.0, ge=1, description="'auto' class weights are clipped to [1/clip, clip] x the mean."
@@ -642,8 +654,10 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _weights_need_ce(self) -> TrainConfig:
-        if self.class_weights is not None and self.loss not in ("ce", "ce+dice"):
-            raise ValueError(f"class_weights need loss ce or ce+dice, not {self.loss}")
+        if self.class_weights is not None and self.loss not in CE_LOSSES:
+            raise ValueError(f"class_weights need loss {', '.join(CE_LOSSES)}, not {self.loss}")
+        if self.label_smoothing > 0 and self.loss not in CE_LOSSES:
+            raise ValueError(f"label_smoothing needs loss {', '.join(CE_LOSSES)}, not {self.loss}")
         if isinstance(self.class_weights, list) and not all(w >= 0 for w in self.class_weights):
             raise ValueError("class_weights must be >= 0")
         return self

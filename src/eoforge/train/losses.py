@@ -17,7 +17,7 @@ from eoforge.errors import InputError
 
 log = logging.getLogger(__name__)
 
-LOSSES = ("ce", "dice", "focal", "ce+dice", "lovasz")
+LOSSES = ("ce", "dice", "focal", "ce+dice", "lovasz", "ce+lovasz")
 
 
 def class_weights_from_counts(counts: Sequence[int], clip: float = 10.0) -> list[float]:
@@ -67,13 +67,15 @@ def make_loss(cfg: TrainConfig, weights: Sequence[float] | None = None) -> nn.Mo
     from segmentation_models_pytorch import losses
 
     w = torch.tensor(list(weights), dtype=torch.float32) if weights is not None else None
-    ce = nn.CrossEntropyLoss(weight=w, ignore_index=IGNORE_INDEX)
+    ce = nn.CrossEntropyLoss(weight=w, ignore_index=IGNORE_INDEX, label_smoothing=cfg.label_smoothing)
     dice = losses.DiceLoss("multiclass", ignore_index=IGNORE_INDEX)
+    lovasz = losses.LovaszLoss("multiclass", ignore_index=IGNORE_INDEX)
     parts: dict[str, nn.Module] = {
         "ce": ce,
         "dice": dice,
         "focal": losses.FocalLoss("multiclass", ignore_index=IGNORE_INDEX),
         "ce+dice": _Sum(ce, dice),
-        "lovasz": losses.LovaszLoss("multiclass", ignore_index=IGNORE_INDEX),
+        "lovasz": lovasz,
+        "ce+lovasz": _Sum(ce, lovasz),
     }
     return _Float32(parts[cfg.loss])
