@@ -30,6 +30,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--weight-decay", type=float, default=1e-2)
     ap.add_argument("--noise", type=float, default=0.0, help="Gaussian jitter of training inputs (std units)")
+    ap.add_argument("--label-smoothing", type=float, default=0.0, help="Softened targets, e.g. 0.1")
+    ap.add_argument("--mixup", type=float, default=0.0, help="Mixup Beta parameter, e.g. 0.2 (0 = off)")
     ap.add_argument("--ensemble", type=int, default=1, help="Seed ensemble: members averaged (probabilities)")
     ap.add_argument(
         "--validation",
@@ -74,6 +76,8 @@ def main() -> int:
                 seed=seed,
                 noise=args.noise,
                 ensemble=args.ensemble,
+                label_smoothing=args.label_smoothing,
+                mixup=args.mixup,
             )
             s = evaluate_series(fitted, series, te)
             acc.setdefault(arch, []).append(s.accuracy)

@@ -136,3 +136,68 @@ def test_seed_ensemble_averages_member_probabilities_and_round_trips(tmp_path: P
     )
     with pytest.raises(InputError, match="at least 1 member"):
         train_series(series, idx, arch="pixel-mlp", epochs=1, ensemble=0)
+
+
+def test_mixup_blends_batches_and_losses() -> None:
+    import torch
+    from torch import nn
+
+    from eoforge.temporal.fit import SeriesTask
+
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 2, 1)
+    x, y = torch.randn(8, 3, 1, 1), torch.tensor([0, 1] * 4)
+    task = SeriesTask(model, 1e-3, 0.0, 1, mixup=0.4, label_smoothing=0.1)
+    torch.manual_seed(5)
+    loss = task.training_step([x, y], 0)
+    torch.manual_seed(5)  # the same draws: lam from Beta(0.4, 0.4), then the pairing permutation
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    perm = torch.randperm(8)
+    ce = nn.CrossEntropyLoss(label_smoothing=0.1)
+    logits = model(lam * x + (1 - lam) * x[perm])[:, :, 0, 0]
+    expected = lam * ce(logits, y) + (1 - lam) * ce(logits, y[perm])
+    assert 0 < lam < 1 and not torch.equal(perm, torch.arange(8))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    plain = SeriesTask(model, 1e-3, 0.0, 1).training_step([x, y], 0)
+    assert float(plain) == pytest.approx(float(nn.CrossEntropyLoss()(model(x)[:, :, 0, 0], y)), rel=1e-6)
+    assert abs(float(plain) - float(loss)) > 1e-3
+
+
+def test_regularised_tempcnn_separates_phenologies_and_cli_options(tmp_path: Path) -> None:
+    from eoforge.cli import main
+    from eoforge.temporal.fit import load_series_model
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for i in range(48):  # same mean NDVI, peak early or late
+        peak = 1 if i % 2 else 4
+        for t in range(6):
+            v = 0.5 + 0.3 * np.exp(-((t - peak) ** 2)) + rng.normal(0, 0.03)
+            rows.append(f"{i},0,0,{'early' if i % 2 else 'late'},2021-0{t + 1}-01,{v:.4f},{1 - v:.4f}")
+    csv = write_csv(tmp_path / "s.csv", rows)
+    series = read_series_csv(csv)
+    tr, te = stratified_split(series.labels, 0.25, 0)
+    fitted = train_series(
+        series,
+        tr,
+        arch="tempcnn",
+        encoder="w8",
+        epochs=12,
+        batch_size=12,
+        lr=3e-3,
+        label_smoothing=0.1,
+        mixup=0.2,
+    )
+    assert fitted.encoder == "t6-w8"
+    assert evaluate_series(fitted, series, te).accuracy == 1.0
+    with pytest.raises(InputError, match="label smoothing 1.0"):
+        train_series(series, tr, arch="pixel-mlp", epochs=1, label_smoothing=1.0)
+    with pytest.raises(InputError, match="mixup -1"):
+        train_series(series, tr, arch="pixel-mlp", epochs=1, mixup=-1)
+    with pytest.raises(InputError, match="says 5 dates"):
+        train_series(series, tr, arch="tempcnn", encoder="t5-w8", epochs=1)
+    out = tmp_path / "m"
+    args = ["-q", "series", "train", str(csv), "-o", str(out), "--encoder", "w4", "--epochs", "1"]
+    main([*args, "--label-smoothing", "0.1", "--mixup", "0.2", "--no-baseline"])
+    again = load_series_model(out)
+    assert again.encoder == "t6-w4" and again.model.temporal[0].out_channels == 4

@@ -26,6 +26,11 @@ def series_cmd() -> None:
     type=click.Choice(["tempcnn", "ltae", "pixel-mlp"]),
     help="Registry model.",
 )
+@click.option(
+    "--encoder",
+    default=None,
+    help="Layout / width of the registry model, e.g. w32 or t12-w32 (default: t<dates>, width 64 for tempcnn).",
+)
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
@@ -50,6 +55,20 @@ def series_cmd() -> None:
     type=click.IntRange(min=1),
     help="Members trained with seeds seed, seed+1, ...; their class probabilities are averaged.",
 )
+@click.option(
+    "--label-smoothing",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Softened targets (e.g. 0.1): a regulariser for small training sets.",
+)
+@click.option(
+    "--mixup",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Mixup Beta parameter (e.g. 0.2; 0 = off): training series blended in pairs, labels likewise.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--date-column", default="date", show_default=True)
@@ -60,6 +79,7 @@ def series_train_cmd(
     csv: Path,
     out: Path,
     arch: str,
+    encoder: str | None,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -67,6 +87,8 @@ def series_train_cmd(
     weight_decay: float,
     noise: float,
     ensemble: int,
+    label_smoothing: float,
+    mixup: float,
     seed: int,
     label_column: str,
     date_column: str,
@@ -91,6 +113,7 @@ def series_train_cmd(
         series,
         tr,
         arch=arch,
+        encoder=encoder,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -98,6 +121,8 @@ def series_train_cmd(
         seed=seed,
         noise=noise,
         ensemble=ensemble,
+        label_smoothing=label_smoothing,
+        mixup=mixup,
     )
     scores = {arch: evaluate_series(fitted, series, te).to_json()}
     if baseline:

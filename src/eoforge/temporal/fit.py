@@ -28,15 +28,25 @@ log = logging.getLogger(__name__)
 
 
 class SeriesTask(L.LightningModule):
-    """Cross-entropy on per-pixel logits ``(N, K, 1, 1)``; AdamW with cosine decay."""
+    """Cross-entropy on per-pixel logits ``(N, K, 1, 1)``; AdamW with cosine decay. Optional regularisers of
+    small training sets: Gaussian jitter (``noise``), label smoothing and mixup (Zhang et al. 2018: each batch
+    is blended with a shuffled copy of itself, weight ``lam ~ Beta(mixup, mixup)``, and so are the losses)."""
 
     def __init__(
-        self, model: nn.Module, lr: float, weight_decay: float, epochs: int, noise: float = 0.0
+        self,
+        model: nn.Module,
+        lr: float,
+        weight_decay: float,
+        epochs: int,
+        noise: float = 0.0,
+        label_smoothing: float = 0.0,
+        mixup: float = 0.0,
     ) -> None:
         super().__init__()
         self.model = model
         self.lr, self.weight_decay, self.epochs, self.noise = lr, weight_decay, epochs, noise
-        self.loss = nn.CrossEntropyLoss()
+        self.mixup = mixup
+        self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.model(x)
@@ -46,7 +56,13 @@ class SeriesTask(L.LightningModule):
         x, y = batch
         if self.noise > 0:  # jitter of the standardised values: the usual time-series augmentation
             x = x + self.noise * torch.randn_like(x)
-        loss: torch.Tensor = self.loss(self(x)[:, :, 0, 0], y)
+        if self.mixup > 0:
+            lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
+            perm = torch.randperm(len(y), device=y.device)
+            logits = self(lam * x + (1 - lam) * x[perm])[:, :, 0, 0]
+            loss: torch.Tensor = lam * self.loss(logits, y) + (1 - lam) * self.loss(logits, y[perm])
+        else:
+            loss = self.loss(self(x)[:, :, 0, 0], y)
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
@@ -151,17 +167,25 @@ def train_series(
     seed: int = 0,
     noise: float = 0.0,
     ensemble: int = 1,
+    label_smoothing: float = 0.0,
+    mixup: float = 0.0,
 ) -> SeriesModel:
     """Fit a registry model (``tempcnn``, ``ltae``, ``pixel-mlp``...) on the ``train_idx`` series;
     ``noise`` > 0 adds Gaussian jitter (in standard deviations) to the training inputs; ``ensemble`` > 1
     trains that many members (seeds ``seed``, ``seed + 1``, ...) and averages their probabilities
-    (:class:`SoftmaxMean`)."""
-    import eoforge.temporal.models  # noqa: F401  (registers the temporal models)
+    (:class:`SoftmaxMean`); ``label_smoothing`` (0 to 1) softens the targets and ``mixup`` > 0 (the Beta
+    parameter, e.g. 0.2) blends pairs of training series (:class:`SeriesTask`)."""
+    from eoforge.temporal.models import encoder_for_dates  # (also registers the temporal models)
 
     if ensemble < 1:
         raise InputError(f"ensemble {ensemble}: give at least 1 member")
+    if not 0 <= label_smoothing < 1:
+        raise InputError(f"label smoothing {label_smoothing}: give a value in [0, 1), e.g. 0.1")
+    if mixup < 0:
+        raise InputError(f"mixup {mixup}: give the Beta parameter >= 0 (0 = off, e.g. 0.2)")
     n_times, n_bands = series.n_times, len(series.bands)
-    encoder = encoder or f"t{n_times}"
+    # "w32" -> "t12-w32" for the temporal models; a date count that disagrees with the series is an error
+    encoder = encoder_for_dates(arch, encoder, n_times) if encoder else f"t{n_times}"
     mean, std = band_stats(series, train_idx)
     members: list[nn.Module] = []
     for k in range(ensemble):
@@ -174,7 +198,8 @@ def train_series(
             TensorDataset(x, y), batch_size=batch_size, shuffle=True, drop_last=len(y) > batch_size
         )
         trainer = quiet_cpu_trainer(epochs)
-        trainer.fit(SeriesTask(model, lr, weight_decay, epochs, noise), train_dataloaders=loader)
+        task = SeriesTask(model, lr, weight_decay, epochs, noise, label_smoothing, mixup)
+        trainer.fit(task, train_dataloaders=loader)
         model.cpu().eval()
         members.append(model)
     log.info("trained %s x%d on %d series for %d epochs", arch, ensemble, len(train_idx), epochs)
