@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from eoforge.temporal.fit import evaluate_series, random_forest, train_series
 from eoforge.temporal.series import read_series_csv, stratified_split
 
@@ -86,8 +88,14 @@ def main() -> int:
                 f"{arch:<14}{s.accuracy:>10.4f}{s.kappa:>8.4f}{s.macro_f1:>9.4f}{dt:>8.1f}  (vs RF {s.accuracy / rf.accuracy:.3f}x)"
             )
     if len(seeds) > 1:
+        part = "validation" if args.validation else "test"
+        rf_acc = np.asarray(acc["random forest"])
         for name, values in acc.items():
-            print(f"mean accuracy over seeds {seeds}: {name:<14}{sum(values) / len(values):.4f}")
+            v = np.asarray(values)
+            print(
+                f"{part} accuracy over seeds {seeds}: {name:<14} mean {v.mean():.4f} +- {v.std(ddof=1):.4f} (sd), "
+                f"range {v.min():.4f}-{v.max():.4f}, minus RF per seed {np.round(v - rf_acc, 4).tolist()}"
+            )
     return 0
 
 
