@@ -1,6 +1,8 @@
 """Temporal models vs a random forest on 1,218 labelled MODIS NDVI series (sits, Sinop), same held-out 30 %.
 
 Usage: EOFORGE_SAMPLES=/path/to/data python benchmarks/sits_modis.py [--epochs 100] [--seed 0]
+The setting chosen on validation (docs/PERFORMANCE.md, MODIS 2026-11-23): ``OMP_NUM_THREADS=1 python
+benchmarks/sits_modis.py --archs tempcnn --encoder w32 --epochs 60 --lr 3e-3 --ensemble 5 --seeds 0,1,2,3,4``.
 Prints accuracy, Cohen's kappa and macro F1 of each model on the same seeded, stratified 30 % test split
 (``--validation``: on a quarter of the 70 % instead, to choose settings without looking at the test part).
 """
