@@ -16,26 +16,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from eoforge.temporal.fit import evaluate_series, random_forest, train_series
-from eoforge.temporal.series import read_series_csv, stratified_split
+from eoforge.temporal.series import location_split, read_series_csv, stratified_split
 
 CSV = "sits-modis-ndvi-sinop-timeseries/derived/samples_modis_ndvi_long.csv"
-
-
-def location_groups(csv: Path, ids: np.ndarray) -> np.ndarray:
-    """One group number per series (in ``ids`` order): the series at one longitude/latitude share it."""
-    first = pd.read_csv(csv).groupby("sample_id").first().loc[ids]
-    return first.groupby(["longitude", "latitude"]).ngroup().to_numpy()
-
-
-def group_split(labels: np.ndarray, groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train / test indices with every location whole on one side, classes balanced as far as groups allow."""
-    folds = StratifiedGroupKFold(n_splits=3, shuffle=True, random_state=seed)
-    tr, te = next(folds.split(np.zeros(len(labels)), labels, groups))
-    return np.sort(tr), np.sort(te)
 
 
 def main() -> int:
@@ -73,19 +58,18 @@ def main() -> int:
     series = read_series_csv(Path(root) / CSV)
     print(f"{len(series.ids)} series x {series.n_times} dates, classes {series.counts()}")
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
-    places = location_groups(Path(root) / CSV, series.ids) if args.by_location else None
     acc: dict[str, list[float]] = {}
     for seed in seeds:
         tr, te = (
-            stratified_split(series.labels, 0.3, seed)
-            if places is None
-            else group_split(series.labels, places, seed)
+            location_split(series.labels, series.locations, 0.3, seed)
+            if args.by_location
+            else stratified_split(series.labels, 0.3, seed)
         )
         if args.validation:  # the test part stays unseen: fit on 75 % of the training part, score the rest
             fit, val = stratified_split(series.labels[tr], 0.25, 100 + seed)
             tr, te = tr[fit], tr[val]
         part = "validation" if args.validation else "test"
-        how = "stratified" if places is None else "whole locations, stratified"
+        how = "whole locations, stratified" if args.by_location else "stratified"
         print(f"seed {seed}: train {len(tr)}, {part} {len(te)} ({how})")
         print(f"{'model':<14}{'accuracy':>10}{'kappa':>8}{'macroF1':>9}{'fit s':>8}")
         t0 = time.perf_counter()

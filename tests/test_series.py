@@ -201,3 +201,37 @@ def test_regularised_tempcnn_separates_phenologies_and_cli_options(tmp_path: Pat
     main([*args, "--label-smoothing", "0.1", "--mixup", "0.2", "--no-baseline"])
     again = load_series_model(out)
     assert again.encoder == "t6-w4" and again.model.temporal[0].out_channels == 4
+
+
+def test_location_split_keeps_every_place_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from eoforge.cli import main
+    from eoforge.temporal.series import location_split
+
+    rows = []
+    for i in range(36):  # 12 places, 3 years each; a place keeps its class
+        place, label = i % 12, ("a", "b", "c")[i % 12 % 3]
+        for t in range(3):
+            rows.append(
+                f"{i},{10 + place * 0.01:.2f},-5.00,{label},{2000 + i // 12}-0{t + 1}-01,{t * (i % 3)}.5,1"
+            )
+    csv = write_csv(tmp_path / "p.csv", rows)
+    series = read_series_csv(csv)
+    assert series.locations is not None and len(np.unique(series.locations)) == 12
+    assert series.locations[series.ids.tolist().index(13)] == series.locations[series.ids.tolist().index(1)]
+    for seed in (0, 1):
+        tr, te = location_split(series.labels, series.locations, 0.3, seed)
+        assert len(te) == 12 and not set(series.locations[tr]) & set(series.locations[te])
+        assert set(series.labels[te].tolist()) == {0, 1, 2}  # every class on both sides
+    assert not np.array_equal(location_split(series.labels, series.locations, 0.3, 0)[1], te)
+    main(["-q", "series", "train", str(csv), "-o", str(tmp_path / "m"), "--arch", "pixel-mlp", "--epochs", "1",
+          "--split-by", "location"])  # fmt: skip
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["split_by"] == "location" and metrics["n_test"] == 12
+    bare = tmp_path / "n.csv"
+    bare.write_text("sample_id,label,date,red\n1,a,2020-01-01,1\n")
+    with pytest.raises(InputError, match="needs coordinate columns"):
+        location_split(read_series_csv(bare).labels, read_series_csv(bare).locations, 0.3, 0)
+    with pytest.raises(InputError, match="only 12 locations for 20 folds"):
+        location_split(series.labels, series.locations, 0.05, 0)

@@ -40,6 +40,14 @@ def series_cmd() -> None:
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
 )
+@click.option(
+    "--split-by",
+    default="sample",
+    show_default=True,
+    type=click.Choice(["sample", "location"]),
+    help="location: every place (longitude/latitude, lon/lat or x/y columns) whole in train or test, as new "
+    "places are met in a map (the test part is then 1 / round(1 / test-fraction), e.g. a third).",
+)
 @click.option("--weight-decay", default=1e-2, show_default=True, type=click.FloatRange(min=0))
 @click.option(
     "--noise",
@@ -84,6 +92,7 @@ def series_train_cmd(
     batch_size: int,
     lr: float,
     test_fraction: float,
+    split_by: str,
     weight_decay: float,
     noise: float,
     ensemble: int,
@@ -104,11 +113,14 @@ def series_train_cmd(
         save_series_model,
         train_series,
     )
-    from eoforge.temporal.series import read_series_csv, stratified_split
+    from eoforge.temporal.series import location_split, read_series_csv, stratified_split
 
     check_output_folder(out)
     series = read_series_csv(csv, label_column, date_column, id_column, bands.split(",") if bands else None)
-    tr, te = stratified_split(series.labels, test_fraction, seed)
+    if split_by == "location":
+        tr, te = location_split(series.labels, series.locations, test_fraction, seed)
+    else:
+        tr, te = stratified_split(series.labels, test_fraction, seed)
     fitted = train_series(
         series,
         tr,
@@ -134,10 +146,12 @@ def series_train_cmd(
         "classes": list(series.classes),
         "seed": seed,
         "test_fraction": test_fraction,
+        "split_by": split_by,
         "scores": scores,
     }
     save_series_model(fitted, out, metrics)
-    table = Table(title=f"held-out {len(te)} series ({test_fraction:.0%}, stratified, seed {seed})")
+    how = "whole locations" if split_by == "location" else f"{test_fraction:.0%}"
+    table = Table(title=f"held-out {len(te)} series ({how}, stratified, seed {seed})")
     for col in ("model", "accuracy", "kappa", "macro F1"):
         table.add_column(col)
     for name, s in scores.items():
