@@ -1,13 +1,16 @@
 """Chips stage throughput, from one run: against plain window reads, 2 Dask workers against 1, and the
 training loader against the demo U-Net's training step.
 
-    .venv/bin/python benchmarks/chips.py [--size 1536] [--bands 6] [--chip 64] [--skip-dask] [--skip-loader]
+    .venv/bin/python benchmarks/chips.py [--size 1536] [--bands 6] [--chip 64] [--repeat 3] [--skip-dask] [--skip-loader]
 
 1. chips/s of ``make_chips`` (grid sampler, filters, block split, extraction, Zarr + GeoParquet, leakage
    check; in-process scheduler) against chips/s of plain rasterio window reads of the same windows (image
-   and labels, into numpy, nothing written). Target >= 0.7.
-2. ``make_chips`` on a LocalCluster of 2 single-threaded workers against 1 (clusters started before timing).
-   Target >= 1.6 on 2 free cores.
+   and labels, into numpy, nothing written). Target >= 0.7. Also printed: both runs' process CPU seconds and
+   their ratio (plain / ours), which a busy machine distorts less than wall time.
+2. ``make_chips`` on a LocalCluster of 2 single-threaded workers against 1 (clusters started and warmed before
+   timing; runs alternate between them, best of ``--repeat`` each, as for measure 1).
+   Target >= 1.6 on 2 free cores. Also printed: cores kept busy (CPU seconds of the workers and this process
+   over wall seconds).
 3. samples/s of the training loader as training builds it (``ChipDataModule``: default ``train.num_workers``
    and ``train.cache_mb``, batch 16, the default batch augmentation's D4), epochs 2-3 (epoch 1, with the
    worker start and the cache fill, is printed too), against samples/s of the demo U-Net (resnet18, 6 bands,
@@ -18,10 +21,13 @@ training loader against the demo U-Net's training step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -33,6 +39,9 @@ from eoforge.chips import ChipStore, make_chips
 from eoforge.chips.make import make_chips_on
 from eoforge.config import ChipsConfig, TrainConfig, parse_config
 from eoforge.prepare import PreparedScene, prepare
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 def make_inputs(folder: Path, size: int, bands: int, classes: int) -> tuple[Path, Path]:
@@ -56,21 +65,34 @@ def make_inputs(folder: Path, size: int, bands: int, classes: int) -> tuple[Path
     return img, lab
 
 
-def plain_reads(scene: PreparedScene, store: ChipStore) -> float:
+def plain_reads(scene: PreparedScene, store: ChipStore) -> tuple[float, float]:
+    """chips/s and process CPU seconds of one window read per chip (image and labels), nothing written."""
     idx = store.index()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with rasterio.open(scene.image) as src, rasterio.open(scene.labels) as lab:
         for r, c in zip(idx["row"], idx["col"], strict=True):
             w = Window(int(c), int(r), store.size, store.size)
             src.read(window=w)
             lab.read(1, window=w)
-    return len(idx) / (time.perf_counter() - t0)
+    return len(idx) / (time.perf_counter() - t0), time.process_time() - c0
 
 
-def timed_chips(scene: PreparedScene, cfg: ChipsConfig, out: Path, client: object | None = None) -> float:
-    t0 = time.perf_counter()
+def _worker_cpu(client: Client | None) -> float:
+    """CPU seconds the cluster's worker processes have used so far (0 without a client)."""
+    if client is None:
+        return 0.0
+    return float(sum(client.run(time.process_time).values()))
+
+
+def timed_chips(
+    scene: PreparedScene, cfg: ChipsConfig, out: Path, client: Client | None = None
+) -> tuple[float, float, float]:
+    """chips/s, wall seconds and CPU seconds (this process plus the cluster's workers) of one ``make_chips``."""
+    t0, c0, w0 = time.perf_counter(), time.process_time(), _worker_cpu(client)
     store = make_chips_on(scene, cfg, out, client) if client is not None else make_chips(scene, cfg, out)
-    return sum(len(v) for v in store.splits.values()) / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0 + _worker_cpu(client) - w0
+    return sum(len(v) for v in store.splits.values()) / wall, wall, cpu
 
 
 def loader_rate(store: ChipStore, scene: PreparedScene, cache_mb: float) -> tuple[float, float, int]:
@@ -128,6 +150,7 @@ def main() -> None:
     ap.add_argument("--chip", type=int, default=64)
     ap.add_argument("--skip-dask", action="store_true", help="skip measure 2")
     ap.add_argument("--skip-loader", action="store_true", help="skip measure 3")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of measures 1 and 2 (alternating; best kept)")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     with tempfile.TemporaryDirectory() as d:
@@ -142,25 +165,43 @@ def main() -> None:
         )  # fmt: skip
         scene = prepare(cfg.inputs, folder / "run")
         timed_chips(scene, cfg.chips, folder / "warm")  # warm the OS cache and imports
-        ours = timed_chips(scene, cfg.chips, folder / "run")
-        store = ChipStore.load(folder / "run" / "chips")
-        plain = plain_reads(scene, store)
+        store = ChipStore.load(folder / "warm" / "chips")
+        plain_reads(scene, store)  # warm
+        # alternate the two, best of --repeat each: another process's busy second moves one run, not the best
+        ours, ours_cpu, plain, plain_cpu = 0.0, 0.0, 0.0, 0.0
+        for k in range(args.repeat):
+            rate, _, cpu = timed_chips(scene, cfg.chips, folder / f"run{k}")
+            shutil.rmtree(folder / f"run{k}")  # keep the disk use one store, not --repeat
+            ours, ours_cpu = max(ours, rate), min(ours_cpu or cpu, cpu)
+            rate, cpu = plain_reads(scene, store)
+            plain, plain_cpu = max(plain, rate), min(plain_cpu or cpu, cpu)
         n = sum(len(v) for v in store.splits.values())
-        print(f"scene {args.size}^2 x {args.bands} bands, {n} chips of {args.chip} px")
+        print(f"scene {args.size}^2 x {args.bands} bands, {n} chips of {args.chip} px, best of {args.repeat}")
         print(
-            f"1. make_chips {ours:.0f} chips/s, plain window reads {plain:.0f} chips/s, ratio {ours / plain:.2f}"
+            f"1. make_chips {ours:.0f} chips/s ({ours_cpu:.2f} CPU s), plain window reads {plain:.0f} chips/s "
+            f"({plain_cpu:.2f} CPU s), ratio {ours / plain:.2f} (CPU-time ratio {plain_cpu / ours_cpu:.2f})"
         )
         if not args.skip_dask:
             from distributed import Client, LocalCluster
 
-            rates = {}
-            for workers in (1, 2):
-                with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=":0") as cl, Client(cl) as client:  # fmt: skip
-                    timed_chips(scene, cfg.chips, folder / f"w{workers}", client)  # warm the workers
-                    rates[workers] = timed_chips(scene, cfg.chips, folder / f"w{workers}", client)
-            print(f"2. 2 Dask workers {rates[2]:.0f} chips/s, 1 worker {rates[1]:.0f} chips/s, "
-                  f"ratio {rates[2] / rates[1]:.2f}")  # fmt: skip
+            rates, busy = {1: 0.0, 2: 0.0}, {1: 0.0, 2: 0.0}
+            with contextlib.ExitStack() as stack:
+                clients = {}
+                for workers in (1, 2):
+                    cl = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1,
+                                                          processes=True, dashboard_address=":0"))  # fmt: skip
+                    clients[workers] = stack.enter_context(Client(cl))
+                    timed_chips(
+                        scene, cfg.chips, folder / f"w{workers}", clients[workers]
+                    )  # warm the workers
+                for k in range(args.repeat):  # alternate 1 and 2 workers, best of each
+                    for workers, client in clients.items():
+                        rate, wall, cpu = timed_chips(scene, cfg.chips, folder / f"w{workers}_{k}", client)
+                        shutil.rmtree(folder / f"w{workers}_{k}")
+                        if rate > rates[workers]:
+                            rates[workers], busy[workers] = rate, cpu / wall  # cores kept busy (workers + us)
+            print(f"2. 2 Dask workers {rates[2]:.0f} chips/s ({busy[2]:.2f} cores busy), 1 worker "
+                  f"{rates[1]:.0f} chips/s ({busy[1]:.2f} cores busy), ratio {rates[2] / rates[1]:.2f}")  # fmt: skip
         if not args.skip_loader:
             model = model_rate(store, scene)
             cold, warm, workers = loader_rate(store, scene, TrainConfig().cache_mb)

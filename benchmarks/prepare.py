@@ -1,7 +1,7 @@
 """`eoforge prepare` on a generated Sentinel-2-like tile (13 single-band uint16 files at 10/20/60 m) vs. a plain
 rasterio read-and-write of the same windows, from one run.
 
-    .venv/bin/python benchmarks/prepare.py [--size 10980] [--block 512] [--tmp DIR]
+    .venv/bin/python benchmarks/prepare.py [--size 10980] [--block 512] [--tmp DIR] [--workers N]
 
 The scene is a full S2 tile at --size 10980 (4 bands at 10 m, 6 at 20 m, 3 at 60 m, named like a SAFE granule's
 IMG_DATA files, `inputs.sensor: sentinel2-l1c`). Both runs happen in child processes that report their own peak
@@ -12,7 +12,9 @@ Prints both wall and CPU times (imports excluded; CPU of all threads), peak RSS 
 prepare / plain (the prepare child runs the Python API; the CLI adds the torch import, about 600 MiB, see
 PERFORMANCE.md), and the disk used. Everything is written under a temporary folder (``--tmp``, default the
 system's) removed at exit; plain.tif is deleted before prepare runs, so the peak is inputs + one output (about
-6.5 GiB at --size 10980, measured at 4392: 1.0 GiB; the script checks for 9 GiB free first).
+6.5 GiB at --size 10980, measured at 4392: 1.0 GiB; the script checks for 9 GiB free first). With --workers N,
+prepare runs a third time with its windows read on a LocalCluster of N single-threaded workers
+(``compute.workers``; :mod:`eoforge.prepare.parallel`), timed after the cluster started.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -38,6 +41,27 @@ BANDS = {
     60: ["B01", "B09", "B10"],
 }
 X0, Y0 = 600000.0, 5100000.0
+
+
+def tile_inputs(folder: Path, size: int) -> dict[str, Any]:
+    """Write the generated tile and two label polygons (left/right halves) under ``folder``; return the run
+    config's ``inputs`` section for them."""
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    paths = make_tile(folder, size)
+    ext = size * 10
+    gpd.GeoDataFrame(
+        {"c": ["a", "b"]},
+        geometry=[box(X0, Y0 - ext, X0 + ext / 2, Y0), box(X0 + ext / 2, Y0 - ext, X0 + ext, Y0)],
+        crs="EPSG:32633",
+    ).to_file(folder / "labels.gpkg")
+    return {
+        "images": [str(p) for p in paths],
+        "sensor": "sentinel2-l1c",
+        "labels": {"path": str(folder / "labels.gpkg"), "column": "c"},
+        "classes": {1: "a", 2: "b"},
+    }
 
 
 def make_tile(root: Path, size: int) -> list[Path]:
@@ -112,6 +136,29 @@ def child(setup: str, body: str) -> dict[str, float]:
     return result
 
 
+DASK_CHILD = """
+import json, resource, time
+from pathlib import Path
+from eoforge.config import load_config
+from eoforge.prepare.stack import prepare_on
+import eoforge.prepare.indices, eoforge.prepare.parallel, eoforge.prepare.recipe
+if __name__ == "__main__":
+    from distributed import Client, LocalCluster
+    with LocalCluster(n_workers={workers}, threads_per_worker=1, processes=True, dashboard_address=":0") as cl, \\
+            Client(cl) as client:
+        client.run(lambda: __import__("eoforge.prepare.parallel"))  # imports on the workers, not timed
+        cfg = load_config({cfg!r})
+        w0, c0, t0 = sum(client.run(time.process_time).values()), time.process_time(), time.perf_counter()
+        prepare_on(cfg.inputs, Path({out!r}), {block}, cfg.prepare, client=client)
+        secs = time.perf_counter() - t0
+        cpu = time.process_time() - c0 + sum(client.run(time.process_time).values()) - w0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({{"secs": secs, "cpu": cpu, "peak_mib": peak}}))
+"""
+"""``prepare`` with its windows read by a LocalCluster of single-threaded workers started before timing; CPU of
+this process and the workers; peak RSS of this process (the writer; each worker holds a few windows)."""
+
+
 def du(path: Path) -> int:
     """Bytes of the files under ``path``."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -124,6 +171,7 @@ def main() -> None:
     )
     ap.add_argument("--block", type=int, default=512)
     ap.add_argument("--tmp", default=None, help="folder for the temporary files (default: the system's)")
+    ap.add_argument("--workers", type=int, default=0, help="also run prepare's reads on N local Dask workers")
     args = ap.parse_args()
     if args.size % 6:
         ap.error("--size must be a multiple of 6 (whole 60 m pixels)")
@@ -139,25 +187,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="eoforge-bench-prepare-", dir=args.tmp) as tmp_s:
         tmp = Path(tmp_s)
         t0 = time.perf_counter()
-        paths = make_tile(tmp, args.size)
+        inputs = tile_inputs(tmp, args.size)
         gen = time.perf_counter() - t0
-        import geopandas as gpd
-        from shapely.geometry import box
-
-        ext = args.size * 10
-        gpd.GeoDataFrame(
-            {"c": ["a", "b"]},
-            geometry=[box(X0, Y0 - ext, X0 + ext / 2, Y0), box(X0 + ext / 2, Y0 - ext, X0 + ext, Y0)],
-            crs="EPSG:32633",
-        ).to_file(tmp / "labels.gpkg")
-        cfg = {
-            "inputs": {
-                "images": [str(p) for p in paths],
-                "sensor": "sentinel2-l1c",
-                "labels": {"path": str(tmp / "labels.gpkg"), "column": "c"},
-                "classes": {1: "a", 2: "b"},
-            }
-        }
+        paths = [Path(p) for p in inputs["images"]]
+        cfg = {"inputs": inputs}
         (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
         disk_in = du(tmp)
         # the same 13 files, ordered as the sensor orders them (plain reads them in this order too)
@@ -177,6 +210,15 @@ def main() -> None:
             f"prepare(cfg.inputs, {str(tmp / 'run')!r}, block={args.block}, prep=cfg.prepare)",
         )
         disk_prep = du(tmp / "run")
+        dask = None
+        if args.workers:
+            shutil.rmtree(tmp / "run")  # keep the peak disk use at inputs + one output
+            out = subprocess.run(
+                [sys.executable, "-c", DASK_CHILD.format(workers=args.workers, cfg=str(tmp / "cfg.yaml"),
+                                                         out=str(tmp / "run"), block=args.block)],
+                check=True, capture_output=True, text=True,
+            )  # fmt: skip
+            dask = json.loads(out.stdout.strip().splitlines()[-1])
         mp = args.size * args.size / 1e6
         out_gib = args.size * args.size * 13 * 4 / 2**30
         print(f"scene {args.size} x {args.size} (10 m grid, {mp:.1f} MP), 13 bands (4 x 10 m, 6 x 20 m, 3 x 60 m) "
@@ -186,6 +228,10 @@ def main() -> None:
                   f"peak RSS {r['peak_mib']:.0f} MiB")  # fmt: skip
         print(f"throughput ratio prepare / plain: {base['secs'] / prep['secs']:.2f} (wall), "
               f"{base['cpu'] / prep['cpu']:.2f} (CPU time)")  # fmt: skip
+        if dask is not None:
+            print(f"prepare on {args.workers} Dask workers: {dask['secs']:.1f} s wall, {dask['cpu']:.1f} s CPU "
+                  f"(this process + workers), writer's peak RSS {dask['peak_mib']:.0f} MiB; wall ratio to "
+                  f"in-process prepare {prep['secs'] / dask['secs']:.2f}")  # fmt: skip
         print(f"disk: inputs {disk_in / 2**30:.2f} GiB, plain.tif {disk_plain / 2**30:.2f} GiB, prepared "
               f"{disk_prep / 2**30:.2f} GiB; peak {(disk_in + max(disk_plain, disk_prep)) / 2**30:.2f} GiB "
               "(all removed at exit)")  # fmt: skip

@@ -87,26 +87,9 @@ def main() -> None:
             measure("slovenia S2 sample", raw, tmp / "slovenia")
         else:
             print(f"slovenia S2 sample: not found under {root}; skipped")
-        import geopandas as gpd
-        from prepare import X0, Y0, make_tile
-        from shapely.geometry import box
+        from prepare import tile_inputs
 
-        paths = make_tile(tmp / "tile", args.size)
-        ext = args.size * 10
-        gpd.GeoDataFrame(
-            {"c": ["a", "b"]},
-            geometry=[box(X0, Y0 - ext, X0 + ext / 2, Y0), box(X0 + ext / 2, Y0 - ext, X0 + ext, Y0)],
-            crs="EPSG:32633",
-        ).to_file(tmp / "labels.gpkg")
-        raw = {
-            "inputs": {
-                "images": [str(p) for p in paths],
-                "sensor": "sentinel2-l1c",
-                "labels": {"path": str(tmp / "labels.gpkg"), "column": "c"},
-                "classes": {1: "a", 2: "b"},
-            },
-            "chips": chips,
-        }
+        raw = {"inputs": tile_inputs(tmp / "tile", args.size), "chips": chips}
         (tmp / "cfg.yaml").write_text(yaml.safe_dump(raw))
         measure(f"generated tile {args.size} px, 13 bands (random)", raw, tmp / "tile-run")
 

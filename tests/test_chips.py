@@ -19,7 +19,7 @@ from eoforge.chips.leakage import check_store, leaks
 from eoforge.chips.make import sample
 from eoforge.chips.samplers import grid_starts
 from eoforge.chips.splits import split_blocks, split_random
-from eoforge.chips.store import info
+from eoforge.chips.store import CHUNK_BYTES, chips_per_chunk, chunk_runs, info, iter_chips
 from eoforge.chips.tasks import read_chips, read_groups
 from eoforge.cli import main
 from eoforge.config import ChipsConfig, ComputeConfig, parse_config
@@ -325,10 +325,9 @@ def test_regions_split_with_buffer(tmp_path: Path) -> None:
 
 
 def test_local_cluster_writes_the_same_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # shards of 4 chips, 2 shards per task: 27 chips make 4 tasks, most with a shard written while the next is read
-    monkeypatch.setattr("eoforge.chips.store.SHARD", 4)
-    monkeypatch.setattr("eoforge.chips.make.SHARD", 4)
-    monkeypatch.setattr("eoforge.chips.make.SHARDS_PER_TASK", 2)
+    # chunks of 4 chips, 2 chunks per task: 27 chips make 4 tasks, most with a chunk written while the next is read
+    monkeypatch.setattr("eoforge.chips.store.CHUNK", 4)
+    monkeypatch.setattr("eoforge.chips.make.CHUNKS_PER_TASK", 2)
     scene = _prepare(tmp_path, _two_class(64, 160))
     cfg = ChipsConfig(size=32, stride=16, points={"per_class": 30}, split={"block_size": 32})
     one = make_chips(scene, cfg, tmp_path / "one")
@@ -336,7 +335,8 @@ def test_local_cluster_writes_the_same_store(tmp_path: Path, monkeypatch: pytest
     files = sorted(p.relative_to(one.root) for p in one.root.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(two.root) for p in two.root.rglob("*") if p.is_file())
     assert len(files) > len(one.index()) + 5
-    assert zarr.open_array(str(one.zarr_path / "image"), mode="r").shards == (4, 2, 32, 32)
+    image = zarr.open_array(str(one.zarr_path / "image"), mode="r")
+    assert image.chunks == (4, 2, 32, 32) and image.shards is None
     for f in files:
         assert (one.root / f).read_bytes() == (two.root / f).read_bytes(), f
 
@@ -463,3 +463,47 @@ def test_tasks_per_call_gives_every_thread_work_and_stays_within_most(
     n_tasks = -(-items // per)
     # as many tasks as the items allow, up to two per thread (or `most` caps the task size)
     assert n_tasks >= min(items, 2 * sum(threads)) or per == 1 or per == most
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 300), max_size=60, unique=True).map(sorted),
+    st.integers(1, 70),
+)
+def test_chunk_runs_cover_the_chips_one_chunk_each(chips: list[int], chunk: int) -> None:
+    got = chunk_runs(np.asarray(chips, dtype=np.int64), chunk)
+    assert [k for a, b in got for k in range(a, b)] == list(range(len(chips)))
+    assert all(len({c // chunk for c in chips[a:b]}) == 1 for a, b in got)
+    assert all(chips[b - 1] // chunk != chips[b] // chunk for _, b in got[:-1])
+
+
+def test_iter_chips_reads_each_chunk_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    g = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    data = np.arange(20 * 2 * 3 * 3, dtype=np.float32).reshape(20, 2, 3, 3)
+    img = g.create_array("image", shape=data.shape, chunks=(8, 2, 3, 3), dtype="float32")
+    lab = g.create_array("label", shape=(20, 3, 3), chunks=(8, 3, 3), dtype="uint8")
+    img[...] = data
+    lab[...] = (np.arange(20)[:, None, None] * np.ones((1, 3, 3))).astype(np.uint8)
+    reads: list[object] = []
+    real = zarr.Array.__getitem__
+
+    def counted(self: zarr.Array, sel: object) -> object:
+        reads.append(sel)
+        return real(self, sel)
+
+    monkeypatch.setattr(zarr.Array, "__getitem__", counted)
+    got = list(iter_chips(img, lab, [17, 3, 5, 9, 3, 19]))
+    assert [j for j, _, _ in got] == [3, 5, 9, 17, 19]
+    for j, i, m in got:
+        np.testing.assert_array_equal(i, data[j])
+        assert (m == j).all()
+    assert reads == [slice(3, 6), slice(3, 6), slice(9, 10), slice(9, 10), slice(17, 20), slice(17, 20)]
+
+
+def test_large_chips_get_fewer_per_chunk() -> None:
+    assert chips_per_chunk(6, 64) == 64  # 96 KiB chips: the default
+    assert chips_per_chunk(13, 256) == 2  # 3.25 MiB chips
+    assert chips_per_chunk(13, 1024) == 1  # one 52 MiB chip is still one chunk
+    for bands, size in ((4, 128), (13, 256), (6, 256)):
+        k = chips_per_chunk(bands, size)
+        assert k * bands * size * size * 4 <= CHUNK_BYTES < (k + 1) * bands * size * size * 4

@@ -138,10 +138,10 @@ def test_run_takes_workers_and_scheduler(
     raw = yaml.safe_load(path.read_text())
     path.write_text(yaml.safe_dump({**raw, "compute": {"connect_timeout": 1}}))
     out = tmp_path / "out"
-    # --scheduler reaches the chips stage (after prepare ran), keeping the config's other compute keys
+    # --scheduler reaches the prepare stage (the first on Dask), keeping the config's other compute keys
     err = _fails(["-q", "run", str(path), "-o", str(out), "--scheduler", "tcp://127.0.0.1:9"], capsys)
     assert "tcp://127.0.0.1:9: cannot reach the Dask scheduler" in err
-    assert (out / "prepared" / "scene.json").is_file() and not (out / "chips").exists()
+    assert not (out / "prepared").exists() and not (out / "chips").exists()
     err = _fails(
         ["run", str(path), "-o", str(out), "--scheduler", "tcp://127.0.0.1:9", "--workers", "2"], capsys
     )

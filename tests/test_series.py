@@ -142,25 +142,27 @@ def test_mixup_blends_batches_and_losses() -> None:
     import torch
     from torch import nn
 
-    from eoforge.temporal.fit import SeriesTask
+    from eoforge.temporal.fit import MixupModule
 
     torch.manual_seed(0)
     model = nn.Conv2d(3, 2, 1)
-    x, y = torch.randn(8, 3, 1, 1), torch.tensor([0, 1] * 4)
-    task = SeriesTask(model, 1e-3, 0.0, 1, mixup=0.4, label_smoothing=0.1)
+    x, y = torch.randn(8, 3, 1, 1), torch.tensor([0, 1] * 4)[:, None, None]
+    batch = {"image": x, "mask": y}
+    ce = nn.CrossEntropyLoss(label_smoothing=0.1)
+    task = MixupModule(model, 2, 1e-3, 0.0, 1, 0.4, loss=ce, augment=None)
     torch.manual_seed(5)
-    loss = task.training_step([x, y], 0)
+    loss = task.training_step(batch, 0)
     torch.manual_seed(5)  # the same draws: lam from Beta(0.4, 0.4), then the pairing permutation
     lam = float(torch.distributions.Beta(0.4, 0.4).sample())
     perm = torch.randperm(8)
-    ce = nn.CrossEntropyLoss(label_smoothing=0.1)
-    logits = model(lam * x + (1 - lam) * x[perm])[:, :, 0, 0]
+    logits = model(lam * x + (1 - lam) * x[perm])
     expected = lam * ce(logits, y) + (1 - lam) * ce(logits, y[perm])
     assert 0 < lam < 1 and not torch.equal(perm, torch.arange(8))
     assert float(loss) == pytest.approx(float(expected), rel=1e-6)
-    plain = SeriesTask(model, 1e-3, 0.0, 1).training_step([x, y], 0)
-    assert float(plain) == pytest.approx(float(nn.CrossEntropyLoss()(model(x)[:, :, 0, 0], y)), rel=1e-6)
-    assert abs(float(plain) - float(loss)) > 1e-3
+    plain = MixupModule(model, 2, 1e-3, 0.0, 1, 0.0, loss=nn.CrossEntropyLoss(), augment=None)
+    plain_loss = plain.training_step(batch, 0)
+    assert float(plain_loss) == pytest.approx(float(nn.CrossEntropyLoss()(model(x), y)), rel=1e-6)
+    assert abs(float(plain_loss) - float(loss)) > 1e-3
 
 
 def test_regularised_tempcnn_separates_phenologies_and_cli_options(tmp_path: Path) -> None:

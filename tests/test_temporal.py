@@ -84,3 +84,26 @@ def test_temporal_models_separate_phenologies_single_date_cannot(arch: str) -> N
         best_single = max(best_single, random_forest(one, train, test, n_estimators=100).accuracy)
     assert temporal.accuracy > 0.9, temporal
     assert best_single < 0.7, best_single
+
+
+def test_narrow_ltae_embeddings_are_not_degenerate() -> None:
+    """With one channel per head the output GroupNorm mapped every embedding to 0 (``w16``, 16 heads): narrow
+    L-TAEs now get fewer heads of >= 4 channels, and different series get different embeddings."""
+    from eoforge.temporal.models import LTAE, ltae_heads
+
+    assert [ltae_heads(d) for d in (8, 16, 18, 32, 64, 128, 256)] == [2, 4, 3, 8, 16, 16, 16]
+    torch.manual_seed(0)
+    model = create_model("ltae", 4, 2, "t4-w16")
+    assert isinstance(model, LTAE) and model.n_head == 4
+    z, attn = model.eval().encode(torch.randn(64, 4, 1))
+    assert float(z.std(0).min()) > 0.01  # every embedding channel varies over the pixels (was 0)
+    assert torch.allclose(attn.sum(-1), torch.ones(64, 4))
+
+
+def test_narrow_ltae_learns_phenologies_in_a_tiny_run() -> None:
+    """The tiny-run setting that failed (a narrow L-TAE, few epochs): it now separates the phenologies."""
+    data = phenologies(240, seed=1)
+    train, test = np.arange(160), np.arange(160, 240)
+    fitted = train_series(data, train, arch="ltae", encoder="t12-w32", epochs=8, batch_size=32, lr=1e-2)
+    assert fitted.model.n_head == 8  # type: ignore[union-attr]
+    assert evaluate_series(fitted, data, test).accuracy > 0.9

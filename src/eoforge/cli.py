@@ -189,7 +189,7 @@ def run_cmd(
     """Run the whole cycle (prepare, chips, train, evaluate, predict) from a YAML CONFIG.
 
     Stages whose outputs in OUT were made from the same config are skipped, so an interrupted run continues.
-    --scheduler/--workers replace the config's `compute` section for the stages that run on Dask (chips,
+    --scheduler/--workers replace the config's `compute` section for the stages that run on Dask (prepare, chips,
     predict); the outputs are the same on any scheduler, so changing them re-runs nothing.
     """
     from eoforge.config import load_config, with_compute

@@ -2,7 +2,8 @@
 
 ``compute.scheduler`` (a ``tcp://host:8786`` address) connects to a running ``dask.distributed`` cluster;
 ``compute.workers`` starts a ``LocalCluster`` of that many single-threaded worker processes; neither runs the
-tasks in this process (Dask's synchronous scheduler), which is also what the tests compare against.
+tasks in this process (Dask's local scheduler: threads for the chips tasks, a reader thread for prepare), which
+is also what the tests compare against.
 """
 
 from __future__ import annotations

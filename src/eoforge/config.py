@@ -114,11 +114,26 @@ class MaskConfig(_Strict):
         description="Bit numbers of a QA band that make a pixel nodata when set (or the sensor's bit names, "
         "e.g. cloud, cloud_shadow).",
     )
+    date: str | None = Field(
+        default=None,
+        description="Time stacks: the date (YYYY-MM-DD, a key of `inputs.images`) whose files this mask `path` "
+        "masks, e.g. that date's cloud mask; without it the mask applies to every date.",
+    )
+
+    @field_validator("date", mode="before")
+    @classmethod
+    def _iso_date(cls, v: Any) -> Any:
+        return v.isoformat() if hasattr(v, "isoformat") else v  # YAML reads an unquoted 2021-05-01 as a date
 
     @model_validator(mode="after")
     def _one_source(self) -> MaskConfig:
         if (self.path is None) == (self.band is None):
             raise ValueError("give a mask either `path` or `band`")
+        if self.date is not None and (self.band is not None or not _ISO_DATE.match(self.date)):
+            raise ValueError(
+                f"mask date '{self.date}': give it as YYYY-MM-DD with a mask `path` (a quality `band` is "
+                "already read from each date's own files)"
+            )
         if self.classes is not None and self.bits is not None:
             raise ValueError("give a mask either `classes` or `bits`, not both")
         if self.band is not None and self.classes is None and self.bits is None:

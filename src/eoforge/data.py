@@ -1,8 +1,8 @@
 """Chip datasets for training: samples are ``dict[str, Tensor]``, fetched a batch at a time.
 
-A split that fits in ``cache_mb`` is read once per process (whole shards, in chip order) and kept normalised
+A split that fits in ``cache_mb`` is read once per process (whole chunks, in chip order) and kept normalised
 in memory, so an epoch costs no I/O; a larger split is read batch by batch, one Zarr call per batch for the
-chips it needs (sorted, so chips of one shard share its index read).
+chips it needs (sorted, so chips of one chunk share its decode).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ import zarr
 from torch.utils.data import Dataset
 
 from eoforge.chips import ChipStore
+from eoforge.chips.store import chunk_runs
 from eoforge.normalise import normalize_array
 
 log = logging.getLogger(__name__)
 
 READ_CHIPS = 256
-"""Chips per read while filling the cache (bounds the temporary raw copy)."""
+"""Chips per read while filling the cache, rounded to whole Zarr chunks (bounds the temporary raw copy)."""
 
 
 def normalize(image: np.ndarray, mean: np.ndarray, std: np.ndarray, clamp: bool = False) -> np.ndarray:
@@ -35,17 +36,6 @@ def d4(image: torch.Tensor, mask: torch.Tensor, k: int, flip: bool) -> tuple[tor
     if flip:
         image, mask = image.flip(-1), mask.flip(-1)
     return image, mask
-
-
-def runs(indices: np.ndarray, most: int) -> list[tuple[int, int]]:
-    """``[a, b)`` positions of runs of consecutive values in sorted ``indices``, at most ``most`` long."""
-    out: list[tuple[int, int]] = []
-    a = 0
-    for i in range(1, len(indices) + 1):
-        if i == len(indices) or indices[i] != indices[i - 1] + 1 or i - a >= most:
-            out.append((a, i))
-            a = i
-    return out
 
 
 class ChipDataset(Dataset[dict[str, torch.Tensor]]):
@@ -109,7 +99,8 @@ class ChipDataset(Dataset[dict[str, torch.Tensor]]):
             images, labels = self._open()
             img = np.empty((len(self.indices), *images.shape[1:]), dtype=np.float32)
             lab = np.empty((len(self.indices), *labels.shape[1:]), dtype=np.uint8)
-            for a, b in runs(self.indices, READ_CHIPS):
+            chunk = int(images.chunks[0])  # reads of whole chunks: none is decoded twice
+            for a, b in chunk_runs(self.indices, chunk * max(1, READ_CHIPS // chunk)):
                 img[a:b], lab[a:b] = self._read(self.indices[a:b])
             self._cache = img, lab
             log.debug("cached %d chips (%.0f MiB)", len(self.indices), (img.nbytes + lab.nbytes) / 2**20)

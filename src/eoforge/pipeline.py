@@ -51,9 +51,10 @@ def save_config(cfg: RunConfig, out: Path) -> None:
 
 
 def stage_prepare(cfg: RunConfig, out: Path) -> PreparedScene:
-    # points/lines as labels are sparse labels: only with chips that keep any labelled pixel
+    # points/lines as labels are sparse labels: only with chips that keep any labelled pixel (task pixel, or
+    # chips.min_labelled: 0)
     sparse = get_task(cfg.task).labelled_fraction(cfg.chips.labelled_fraction) == 0
-    return prepare(cfg.inputs, out, prep=cfg.prepare, sparse=sparse)
+    return prepare(cfg.inputs, out, prep=cfg.prepare, sparse=sparse, compute=cfg.compute)
 
 
 def stage_chips(cfg: RunConfig, out: Path) -> ChipStore:
@@ -71,8 +72,10 @@ def stage_train(cfg: RunConfig, out: Path, progress: bool = False, resume: bool 
         encoder = encoder_for_dates(model_cfg.arch, model_cfg.encoder, len(scene.temporal["dates"]))
         model_cfg = model_cfg.model_copy(update={"encoder": encoder})
     # resume: continue an interrupted training of the same config from OUT/train/checkpoints/last.ckpt
-    result = train(store, scene, model_cfg, cfg.train, out, progress=progress, resume=resume)
+    task = get_task(cfg.task)
+    result = train(store, scene, model_cfg, cfg.train, out, progress=progress, resume=resume, task=task)
     meta = PackageMeta(
+        task=task.name,
         arch=model_cfg.arch,
         encoder=model_cfg.encoder,
         bands=scene.bands,
@@ -269,18 +272,22 @@ def space_needs(cfg: RunConfig, out: Path, stages: list[str]) -> dict[str, int]:
     """Estimated bytes the large outputs of ``stages`` need in ``out`` (see :mod:`eoforge.io.space`)."""
     if not set(stages) & set(SPACE_WHAT):
         return {}
-    shapes: list[tuple[int, int, int]] = []  # (height, width, channels) of each scene's prepared stack
+    # (height, width, channels, time stack) of each scene's prepared stack (a time stack also in stack.zarr)
+    shapes: list[tuple[int, int, int, bool]] = []
     if "prepare" in stages:  # the grids and channels the prepared stacks will have
         for _, sub in cfg.inputs.scene_inputs():
-            _, source = open_prepare_source(sub, cfg.prepare)
+            recipe, source = open_prepare_source(sub, cfg.prepare)
             with source:
-                shapes.append((source.grid.height, source.grid.width, source.count))
+                shapes.append((source.grid.height, source.grid.width, source.count, bool(recipe.dates)))
     else:
         for _, scene in PreparedScene.load(out / "prepared").parts():
-            shapes.append((scene.grid.height, scene.grid.width, len(scene.bands)))
+            shapes.append((scene.grid.height, scene.grid.width, len(scene.bands), bool(scene.temporal)))
     total: dict[str, int] = {}
-    for h, w, c in shapes:
-        for what, n in stage_bytes(stages, h, w, c, list(cfg.inputs.classes), cfg.chips, cfg.predict).items():
+    for h, w, c, dated in shapes:
+        sizes = stage_bytes(
+            stages, h, w, c, list(cfg.inputs.classes), cfg.chips, cfg.predict, time_stack=dated
+        )
+        for what, n in sizes.items():
             total[what] = total.get(what, 0) + n
     return total
 

@@ -4,6 +4,7 @@ histograms per split. Memory is bounded by the figure: the scene is read decimat
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import matplotlib
@@ -46,17 +47,9 @@ def _backdrop(scene: PreparedScene, max_px: int) -> np.ndarray:
     return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
 
 
-def footprint_map_png(
-    store: ChipStore, scene: PreparedScene, max_px: int = 800, only: str | None = None
-) -> bytes:
-    """Chip footprints coloured by split (outlines; overlapping chips darken) over the scene; ``only``: the
-    name of that scene in a many-scene store (its chips only)."""
-    idx = store.index()
-    if only is not None:
-        idx = idx[idx["scene"] == only]
+def _draw_chips(ax: Any, idx: Any, scene: PreparedScene, max_px: int) -> None:
+    """The scene's backdrop and the footprints of ``idx``'s chips coloured by split, on ``ax``."""
     left, bottom, right, top = scene.grid.bounds
-    aspect = (top - bottom) / max(right - left, 1e-9)
-    fig, ax = plt.subplots(figsize=(7, max(2.5, 7 * aspect)))
     ax.imshow(_backdrop(scene, max_px), extent=(left, right, bottom, top), interpolation="nearest")
     for s in SPLITS:
         for geom in idx.geometry[idx["split"] == s]:
@@ -73,21 +66,64 @@ def footprint_map_png(
                     fc=SPLIT_COLORS[s],
                 )
             )
-    counts = {s: int((idx["split"] == s).sum()) for s in SPLITS}
-    ax.legend(
-        handles=[
-            Patch(fc=SPLIT_COLORS[s], ec=SPLIT_COLORS[s], alpha=0.6, label=f"{s} ({counts[s]})")
-            for s in SPLITS
-        ],
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-        frameon=False,
-    )
     ax.set_xlim(left, right)
     ax.set_ylim(bottom, top)
-    ax.set_title(f"{len(idx)} chips of {store.size} px by split{f' in scene {only}' if only else ''}")
     ax.ticklabel_format(useOffset=False, style="plain")
     ax.tick_params(labelsize=7)
+
+
+def _legend(idx: Any) -> list[Patch]:
+    counts = {s: int((idx["split"] == s).sum()) for s in SPLITS}
+    return [
+        Patch(fc=SPLIT_COLORS[s], ec=SPLIT_COLORS[s], alpha=0.6, label=f"{s} ({counts[s]})") for s in SPLITS
+    ]
+
+
+def footprint_map_png(
+    store: ChipStore, scene: PreparedScene, max_px: int = 800, only: str | None = None
+) -> bytes:
+    """Chip footprints coloured by split (outlines; overlapping chips darken) over the scene; ``only``: the
+    name of that scene in a many-scene store (its chips only)."""
+    idx = store.index()
+    if only is not None:
+        idx = idx[idx["scene"] == only]
+    left, bottom, right, top = scene.grid.bounds
+    aspect = (top - bottom) / max(right - left, 1e-9)
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 7 * aspect)))
+    _draw_chips(ax, idx, scene, max_px)
+    ax.legend(handles=_legend(idx), loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(f"{len(idx)} chips of {store.size} px by split{f' in scene {only}' if only else ''}")
+    return _png(fig)
+
+
+MAX_PANELS = 24
+"""Scenes drawn at most by :func:`scenes_footprint_png` (the figure stays readable and its memory bounded)."""
+
+
+def scenes_footprint_png(
+    store: ChipStore, scenes: Sequence[tuple[str | None, PreparedScene]], max_px: int = 800
+) -> bytes:
+    """Chip footprints by split over every scene: one scene as :func:`footprint_map_png`, several as small
+    multiples (a panel per scene with its own chips, three per row, the first :data:`MAX_PANELS`), each
+    backdrop decimated to ``max_px`` divided by the columns."""
+    if len(scenes) == 1:
+        name, scene = scenes[0]
+        return footprint_map_png(store, scene, max_px, only=name or None)
+    idx = store.index()
+    shown = list(scenes)[:MAX_PANELS]
+    cols = min(3, len(shown))
+    rows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+    for ax, (name, scene) in zip(axes.flat, shown, strict=False):
+        part = idx[idx["scene"] == name]
+        _draw_chips(ax, part, scene, max(100, max_px // cols))
+        ax.set_title(f"{name}: {len(part)} chips", fontsize=9)
+    for ax in list(axes.flat)[len(shown) :]:
+        ax.axis("off")
+    fig.legend(handles=_legend(idx), loc="upper center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 1.0))
+    more = f" (first {len(shown)} of {len(scenes)} scenes)" if len(scenes) > len(shown) else ""
+    fig.suptitle(f"{len(idx)} chips of {store.size} px by split{more}", y=1.04)
+    fig.tight_layout()
     return _png(fig)
 
 

@@ -3,15 +3,15 @@
 
 Tasks take paths and small arrays and open the files themselves, so any worker can run them; results are
 gathered in task order, so the store is the same whichever scheduler ran them. The extraction tasks write
-their chips straight into the Zarr arrays (one chunk per chip, so no two tasks write the same chunk).
+their chips straight into the Zarr arrays (whole chunks of chips, so no two tasks write the same chunk).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import dask
@@ -30,11 +30,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+LOCAL_THREADS = 4
+"""Threads of Dask's local scheduler for the chips tasks at most (fewer on fewer cores): the tasks spend their
+time in GDAL and Blosc, which release the GIL; each thread holds one task's chips (one chunk at a time)."""
+
+
+def local_threads() -> int:
+    """Threads that run the chips tasks in this process: the usable cores, at most :data:`LOCAL_THREADS`."""
+    return max(1, min(LOCAL_THREADS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+
+
 def run_tasks(fn: Callable[..., Any], args: Sequence[tuple[Any, ...]], client: Client | None) -> list[Any]:
-    """Run ``fn(*a)`` for each ``a`` as Dask tasks; results in the order of ``args``."""
+    """Run ``fn(*a)`` for each ``a`` as Dask tasks; results in the order of ``args``. Without a client, on
+    Dask's local threaded scheduler (:func:`local_threads`; synchronous with one)."""
     tasks = [dask.delayed(fn, pure=True)(*a) for a in args]
     if client is None:
-        return list(dask.compute(*tasks, scheduler="synchronous"))
+        threads = local_threads()
+        if threads == 1:
+            return list(dask.compute(*tasks, scheduler="synchronous"))
+        return list(dask.compute(*tasks, scheduler="threads", num_workers=threads))
     return list(client.gather(client.compute(tasks)))
 
 
@@ -138,13 +152,14 @@ def extract(
     width: int,
     offsets: np.ndarray,
     points: tuple[int, int] | None,
-    shard: int,
+    chunk: int,
 ) -> dict[str, np.ndarray] | None:
-    """Copy chips ``start, start+1, …`` into the Zarr arrays ``image`` and ``label`` of ``store``, one shard
-    of ``shard`` chips at a time (``start`` is a shard boundary): each shard is written by a helper thread
-    while the next one is read (GDAL and Blosc release the GIL), and the rasters stay open for the whole
-    task so a tile shared by two shards is decompressed once. Chip ``k`` is read from ``images[scenes[k]]``
-    and ``labels[scenes[k]]`` (one pair for one scene).
+    """Copy chips ``start, start+1, …`` into the Zarr arrays ``image`` and ``label`` of ``store``, one chunk
+    of ``chunk`` chips at a time (``start`` is a chunk boundary), each with one write call (one encode, one
+    file), all in the task's thread (parallelism comes from running tasks at once: a Dask worker's thread is
+    its share of the machine). The rasters stay open for the whole task so a tile shared by two chunks is
+    decompressed once. Chip ``k`` is read from ``images[scenes[k]]`` and ``labels[scenes[k]]`` (one pair for
+    one scene).
 
     With ``points = (per_class, seed)``, also return this batch's candidates for the stratified point sample:
     per (split, class) the ``per_class`` labelled valid pixels of smallest :func:`pixel_keys`, at rows shifted
@@ -154,17 +169,14 @@ def extract(
     img_arr, lab_arr = g["image"], g["label"]
     if not isinstance(img_arr, zarr.Array) or not isinstance(lab_arr, zarr.Array):
         raise DataError(f"{store}: 'image' and 'label' must be Zarr arrays; re-run `eoforge chips`")
+    # every chip has valid pixels (the filters), so zarr's check for chunks equal to the fill value is skipped
+    # (per array: zarr.config is process-wide, shared by the threads running tasks)
+    img_arr, lab_arr = (a.with_config({"write_empty_chunks": True}) for a in (img_arr, lab_arr))
     found: list[dict[str, np.ndarray]] = []
-    pending: Future[None] | None = None
-    # every chip has valid pixels (the filters), so zarr's check for chunks equal to the fill value is skipped;
-    # the shard's chunks are encoded as one batch (zarr's default pipeline hands them over one by one)
-    options = {"array.write_empty_chunks": True, "codec_pipeline.batch_size": shard}
     with contextlib.ExitStack() as stack:
         opened: dict[int, tuple[Any, Any]] = {}  # each scene's rasters, opened when first needed
-        writer = stack.enter_context(ThreadPoolExecutor(1))
-        stack.enter_context(zarr.config.set(options))
-        for a in range(0, len(rows), shard):
-            r, c, sc = rows[a : a + shard], cols[a : a + shard], np.asarray(scenes[a : a + shard])
+        for a in range(0, len(rows), chunk):
+            r, c, sc = rows[a : a + chunk], cols[a : a + chunk], np.asarray(scenes[a : a + chunk])
             imgs = np.empty((len(r), *img_arr.shape[1:]), dtype=np.float32)
             labs = np.empty((len(r), *lab_arr.shape[1:]), dtype=np.uint8)
             for s in np.unique(sc).tolist():
@@ -179,21 +191,13 @@ def extract(
                     labs[sel[k]] = lb
                 for k, img in read_chips(src, r[sel], c[sel], size):
                     imgs[sel[k]] = img
-            if pending is not None:
-                pending.result()  # at most one shard waits for its write: memory stays two shards
-            pending = writer.submit(_write, img_arr, lab_arr, start + a, imgs, labs)
+            img_arr[start + a : start + a + len(r)] = imgs
+            lab_arr[start + a : start + a + len(r)] = labs
             if points is not None:
-                found.extend(_labelled(imgs, labs, r + offsets[sc], c, splits[a : a + shard]))
-        if pending is not None:
-            pending.result()
+                found.extend(_labelled(imgs, labs, r + offsets[sc], c, splits[a : a + chunk]))
     if not found or points is None:
         return None
     return top_points({k: np.concatenate([f[k] for f in found]) for k in found[0]}, width, *points)
-
-
-def _write(img_arr: zarr.Array, lab_arr: zarr.Array, at: int, imgs: np.ndarray, labs: np.ndarray) -> None:
-    img_arr[at : at + len(imgs)] = imgs
-    lab_arr[at : at + len(labs)] = labs
 
 
 def _labelled(

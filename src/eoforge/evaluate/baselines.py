@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
+import zarr
 from rasterio.windows import Window
 
+from eoforge.chips.store import iter_chips
 from eoforge.config import IGNORE_INDEX, IndexRule, class_index
 from eoforge.errors import InputError
 from eoforge.geo import Grid
-from eoforge.io.rasters import open_raster, valid_mask
+from eoforge.io.rasters import nearest_on_grid, open_raster, valid_mask
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,6 @@ class MapScorer:
         if self._src.crs is None:
             self._src.close()
             raise InputError(f"{self.path}: the map has no CRS; assign one (e.g. gdal_edit.py -a_srs)")
-        same = self._src.crs.to_string() == grid.crs and Grid(
-            grid.crs, self._src.transform, self._src.height, self._src.width
-        ).same_as(grid)
         kind = self._src.dtypes[0]
         if np.dtype(kind).kind not in "ui" or np.dtype(kind).itemsize > 2:
             self._src.close()
@@ -74,17 +71,7 @@ class MapScorer:
                 f"{self.path}: a class map must hold integer class ids (uint8/uint16/int16), not {kind}; "
                 "give a class-map raster"
             )
-        self._reader: Any = self._src
-        if not same:
-            log.info("%s: warping the map onto the scene grid (nearest) for scoring", self.path)
-            self._reader = WarpedVRT(
-                self._src,
-                crs=grid.crs,
-                transform=grid.transform,
-                width=grid.width,
-                height=grid.height,
-                resampling=Resampling.nearest,
-            )
+        self._reader: Any = nearest_on_grid(self._src, grid, "map")
         self._lut = id_lut(class_ids)
         self._k = len(class_ids)
         self._nodata = self._src.nodata
@@ -196,14 +183,14 @@ class IndexRuleScorer:
 
 
 def training_pixels(
-    images: Any, labels: Any, chips: list[int], max_pixels: int, seed: int
+    images: zarr.Array, labels: zarr.Array, chips: list[int], max_pixels: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A random sample of labelled pixels (band values, class index) from the given training chips."""
+    """A random sample of labelled pixels (band values, class index) from the given training chips (a Zarr
+    chip store's ``image`` and ``label`` arrays)."""
     rng = np.random.default_rng(seed)
     per_chip = max(1, max_pixels // max(len(chips), 1))
     xs, ys = [], []
-    for j in chips:
-        img, lab = np.asarray(images[j]), np.asarray(labels[j])
+    for _, img, lab in iter_chips(images, labels, chips):  # chunk by chunk, ascending chip order
         ok = (lab != IGNORE_INDEX) & valid_mask(img)
         sel = np.flatnonzero(ok)
         if len(sel) > per_chip:

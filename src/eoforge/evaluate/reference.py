@@ -18,16 +18,13 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import rasterio
 from rasterio import features
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from shapely.geometry import box
 
 from eoforge.errors import DataError, InputError
 from eoforge.geo import Grid
-from eoforge.io.rasters import grid_of, open_raster
+from eoforge.io.rasters import nearest_on_grid, open_raster
 
 log = logging.getLogger(__name__)
 
@@ -143,21 +140,10 @@ class RasterReference(Reference):
         if self.src.crs is None:
             self.src.close()
             raise DataError(f"{path}: the reference raster has no CRS; assign one (e.g. gdal_edit.py -a_srs)")
-        same = self.src.crs == rasterio.crs.CRS.from_user_input(grid.crs) and grid_of(self.src).same_as(grid)
-        self.reader: Any = self.src
-        if not same:
-            log.info("%s: warping the reference onto the map grid (nearest neighbour)", path)
-            self.reader = WarpedVRT(
-                self.src,
-                crs=grid.crs,
-                transform=grid.transform,
-                width=grid.width,
-                height=grid.height,
-                resampling=Resampling.nearest,
-                # with a nodata value, GDAL's alpha band misses source nodata pixels: keep the value instead
-                nodata=self.src.nodata,
-                add_alpha=self.src.nodata is None,
-            )
+        # with a nodata value, GDAL's alpha band misses source nodata pixels: keep the value instead
+        self.reader: Any = nearest_on_grid(
+            self.src, grid, "reference", nodata=self.src.nodata, add_alpha=self.src.nodata is None
+        )
         self._lut: dict[float, int] = {}
 
     def read(self, window: Window) -> np.ndarray:

@@ -22,6 +22,7 @@ import rasterio
 from rasterio.windows import Window
 
 from eoforge.chips import ChipStore
+from eoforge.chips.store import iter_chips
 from eoforge.config import IGNORE_INDEX, EvaluateConfig, IndexRule, MapBaseline
 from eoforge.errors import InputError
 from eoforge.evaluate.baselines import (
@@ -368,7 +369,7 @@ def evaluate(
         )
     ]
     panels = [p for n, part, pm in parts for p in _panels(store, part, pm, ids, 1 if n else 2, n)]
-    figures = _insights(predictor, store, parts[0][1], names, cfg, metrics, parts[0][0])
+    figures = _insights(predictor, store, parts[0][1], names, cfg, metrics, [(n, p) for n, p, _ in parts])
     metrics_text = json.dumps(metrics, indent=2)
     write_text(out_dir / "metrics.json", metrics_text)
     write_text(
@@ -387,14 +388,14 @@ def _insights(
     names: list[str],
     cfg: EvaluateConfig,
     metrics: dict[str, Any],
-    name: str | None = None,
+    scenes: list[tuple[str | None, PreparedScene]] | None = None,
 ) -> dict[str, str]:
     """What the report shows beyond the scores: chip footprints and class histograms per split, and, from the
     model's probabilities on the first ``cfg.insight_chips`` test chips, ROC/PR curves, calibration and the
     permutation band importance (also stored in ``metrics``: ``curves``, ``band_importance``)."""
     import base64
 
-    from eoforge.chips.plots import class_histogram_png, footprint_map_png
+    from eoforge.chips.plots import class_histogram_png, scenes_footprint_png
     from eoforge.evaluate.curves import curves_on_chips, plot_pr, plot_reliability, plot_roc
     from eoforge.evaluate.explain import band_importance
     from eoforge.evaluate.report import importance_png
@@ -403,15 +404,15 @@ def _insights(
         return base64.b64encode(png).decode()
 
     figures = {
-        "footprints": b64(footprint_map_png(store, scene, only=name)),
+        "footprints": b64(scenes_footprint_png(store, scenes or [("", scene)])),
         "histograms": b64(class_histogram_png(store, names)),
     }
     chips = sorted(store.splits["test"])[: cfg.insight_chips]
     if not chips:
         return figures
-    images, labels = store.arrays()
-    x = np.stack([np.asarray(images[j]) for j in chips]).astype(np.float32)
-    y = np.stack([np.asarray(labels[j]) for j in chips])
+    read = list(iter_chips(*store.arrays(), chips))  # sorted chips, each chunk read once
+    x = np.stack([img for _, img, _ in read]).astype(np.float32)
+    y = np.stack([lab for _, _, lab in read])
     acc = curves_on_chips(predictor, x, y)
     metrics["curves"] = {"test_chips": len(chips), **acc.to_json(names)}
     colors = [c.color for c in predictor.meta.classes]

@@ -9,8 +9,9 @@ from types import TracebackType
 
 import numpy as np
 import rasterio
-from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import RasterioIOError
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from eoforge.errors import DataError, InputError
@@ -43,6 +44,29 @@ def open_raster(path: str | Path) -> rasterio.DatasetReader:
 def grid_of(src: rasterio.DatasetReader) -> Grid:
     crs = src.crs.to_string() if src.crs else ""
     return Grid(crs=crs, transform=src.transform, height=src.height, width=src.width)
+
+
+def nearest_on_grid(
+    src: rasterio.DatasetReader, grid: Grid, what: str, nodata: float | None = None, add_alpha: bool = False
+) -> rasterio.DatasetReader | WarpedVRT:
+    """``src`` itself when it already lies on ``grid``, else a nearest-neighbour ``WarpedVRT`` onto it (class
+    ids must never be blended). ``nodata``: the VRT's fill outside the source (default: the source's nodata);
+    ``add_alpha``: mask what lies outside the source through an alpha band instead."""
+    same = src.crs is not None and src.crs == rasterio.crs.CRS.from_user_input(grid.crs)
+    if same and grid_of(src).same_as(grid):
+        return src
+    log.info("%s: warping the %s onto the grid (nearest neighbour)", src.name, what)
+    extra = {} if nodata is None else {"nodata": nodata}
+    return WarpedVRT(
+        src,
+        crs=grid.crs,
+        transform=grid.transform,
+        width=grid.width,
+        height=grid.height,
+        resampling=Resampling.nearest,
+        add_alpha=add_alpha,
+        **extra,
+    )
 
 
 Nodata = float | Sequence[float | None] | None

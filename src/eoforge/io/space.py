@@ -2,7 +2,7 @@
 the dtypes, against the free space of the run folder, before a stage writes anything.
 
 The estimates are uncompressed upper bounds (the stores are compressed, so real use is lower): the prepared
-stack (float32 channels + uint8 labels), the chip store (every chip place the sampler may keep), the class map
+stack (float32 channels + uint8 labels; a time stack twice: ``image.tif`` and ``stack.zarr``), the chip store (every chip place the sampler may keep), the class map
 with its optional outputs (resume parts, raw tiled copy and COG: three copies) and the evaluation rasters.
 Training writes checkpoints whose size depends on the model, not the grid: not counted.
 """
@@ -45,8 +45,10 @@ def stage_bytes(
     class_ids: Sequence[int],
     chips: Any,
     predict: Any,
+    time_stack: bool = False,
 ) -> dict[str, int]:
-    """Estimated bytes written by each of ``stages`` on a ``height`` x ``width`` grid of ``channels``."""
+    """Estimated bytes written by each of ``stages`` on a ``height`` x ``width`` grid of ``channels``; a
+    ``time_stack`` is prepared twice (``image.tif`` and the ``(time, band, y, x)`` ``stack.zarr``)."""
     pixels = height * width
     class_bytes = 1 if max(class_ids, default=0) < 255 else 2
     per_map_pixel = class_bytes
@@ -55,7 +57,7 @@ def stage_bytes(
     if predict.uncertainty is not None:
         per_map_pixel += FLOAT32
     formulas = {
-        "prepare": pixels * (FLOAT32 * channels + 1),
+        "prepare": pixels * (FLOAT32 * channels * (2 if time_stack else 1) + 1),
         "chips": chip_places(height, width, chips) * chips.size**2 * (FLOAT32 * channels + 1),
         "predict": MAP_COPIES * pixels * per_map_pixel,
         "evaluate": pixels * (class_bytes + 1),  # test pixels (class ids) + split codes

@@ -65,6 +65,7 @@ class PackageMeta:
     nodata_rule: str = "all"
     band_descriptions: list[str] | None = None
     recipe: dict[str, Any] | None = None  # eoforge.prepare.recipe.Recipe.to_json(); None in older packages
+    task: str = "segmentation"  # eoforge.tasks name; older packages were all segmentation
 
     @property
     def source_band_names(self) -> list[str]:
@@ -82,6 +83,7 @@ class PackageMeta:
     def to_json(self) -> dict[str, Any]:
         return {
             "eoforge_version": __version__,
+            "task": self.task,
             "arch": self.arch,
             "encoder": self.encoder,
             "in_channels": len(self.bands),
@@ -116,6 +118,7 @@ class PackageMeta:
             nodata_rule=m.get("nodata_rule", "any"),  # packages written before the rule existed used 'any'
             band_descriptions=m.get("band_descriptions"),
             recipe=m.get("recipe"),
+            task=m.get("task", "segmentation"),
         )
 
 

@@ -44,6 +44,10 @@ class OnnxInfo:
 
 def meta_problem(meta: PackageMeta) -> str | None:
     """What is inconsistent in package metadata (one phrase), or None."""
+    from eoforge.tasks import TASKS
+
+    if meta.task not in TASKS:
+        return f"task '{meta.task}' is not one of {', '.join(TASKS)}"
     n = len(meta.bands)
     if n == 0:
         return "no bands listed"

@@ -17,10 +17,10 @@ from typing import Any
 from eoforge import __version__
 from eoforge.io.atomic import write_text
 from eoforge.package import ITEM, META, ONNX, WEIGHTS, PackageMeta
+from eoforge.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-TASK = "semantic-segmentation"
 _ASSETS = {
     # file name: (asset key, title, media type, roles, mlm:artifact_type or None)
     WEIGHTS: (
@@ -73,7 +73,7 @@ def build_item(
     )
     model_output = ModelOutput(
         name="classes",
-        tasks={TASK},
+        tasks={get_task(meta.task).mlm_task},
         result=ModelResult(
             shape=[-1, n_classes, -1, -1],
             dim_order=["batch", "class", "height", "width"],
@@ -91,7 +91,7 @@ def build_item(
     props = MLModelProperties(
         name=f"eoforge {meta.arch}/{meta.encoder}",
         architecture=f"{meta.arch} ({meta.encoder} encoder)",
-        tasks={TASK},
+        tasks={get_task(meta.task).mlm_task},
         framework="pytorch",
         framework_version=torch.__version__.split("+")[0],
         accelerator=None,

@@ -44,6 +44,7 @@ from eoforge.predict.outputs import (
     gdal_cache_mb,
 )
 from eoforge.prepare.dates import strip_date
+from eoforge.tasks import get_task
 
 if TYPE_CHECKING:
     from eoforge.config import ComputeConfig
@@ -498,6 +499,12 @@ def predict_scene(
     """Classify every pixel of the stacked ``images`` and write a class-id COG to ``out`` (plus the optional
     outputs of ``options`` beside it). ``tile``/``overlap``/``batch_size`` override ``options``."""
     meta = predictor.meta
+    task = get_task(meta.task)  # the package's task says what predict writes
+    if not task.writes_class_map:
+        raise PackageError(
+            f"the model is a '{task.name}' model ({', '.join(task.predict_writes)}), not a per-pixel one; "
+            "predict it with eoforge.scene.predict.predict_windows"
+        )
     opts = options or PredictOptions()
     opts = PredictOptions(
         **(

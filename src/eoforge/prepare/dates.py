@@ -139,7 +139,9 @@ def _days(dates: Sequence[str]) -> np.ndarray:
 
 class DatedSource:
     """A time-stack :class:`Recipe` (``recipe.dates`` set) applied to dated files or to a cube; see the module
-    doc. ``grid``, ``masks``, ``aoi`` and ``aoi_crs`` are those of :class:`RecipeSource` (prepare only)."""
+    doc. ``grid``, ``masks``, ``aoi`` and ``aoi_crs`` are those of :class:`RecipeSource` (prepare only);
+    ``date_masks`` adds masks to one date only (date -> (path, classes, bits)), so a pixel masked on that date
+    is a gap of that date alone."""
 
     def __init__(
         self,
@@ -149,6 +151,7 @@ class DatedSource:
         masks: Sequence[tuple[str, Sequence[int], Sequence[int]]] = (),
         aoi: str | Path | Sequence[float] | None = None,
         aoi_crs: str | None = None,
+        date_masks: Mapping[str, Sequence[tuple[str, Sequence[int], Sequence[int]]]] | None = None,
     ) -> None:
         if not recipe.dates:
             raise InputError("a time-stack source needs a recipe with dates")
@@ -159,7 +162,7 @@ class DatedSource:
         self._cube_index: list[int] = []
         per_date = replace(recipe, dates=(), interpolate=None, cube=None)
         if recipe.cube is not None:
-            self._open_cube(recipe, images, grid, masks, aoi)
+            self._open_cube(recipe, images, grid, [*masks, *(date_masks or {}).values()], aoi)
         else:
             by_date = split_dates(images)
             if by_date is None:
@@ -175,7 +178,7 @@ class DatedSource:
                             per_date,
                             by_date[d],
                             grid=grid if grid is not None or not self._sources else self._sources[0].grid,
-                            masks=masks,
+                            masks=[*masks, *(date_masks or {}).get(d, ())],
                             aoi=aoi,
                             aoi_crs=aoi_crs,
                         )

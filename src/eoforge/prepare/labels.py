@@ -12,8 +12,6 @@ import numpy as np
 import pyogrio
 import shapely
 from rasterio import features
-from rasterio.enums import Resampling
-from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from shapely.geometry import box
@@ -21,7 +19,7 @@ from shapely.geometry import box
 from eoforge.config import IGNORE_INDEX, InputsConfig
 from eoforge.errors import DataError, EoforgeError, InputError
 from eoforge.geo import Grid
-from eoforge.io.rasters import open_raster
+from eoforge.io.rasters import nearest_on_grid, open_raster
 from eoforge.points import read_csv_geometries
 
 log = logging.getLogger(__name__)
@@ -271,22 +269,7 @@ def label_reader(cfg: InputsConfig, grid: Grid) -> tuple[Any, Any]:
         raise InputError(
             f"{path}: the label raster does not overlap the image; check that labels and image cover the same area"
         )
-    same = src.crs.to_string() == grid.crs and Grid(grid.crs, src.transform, src.height, src.width).same_as(
-        grid
-    )
-    if same:
-        return src, src
-    log.info("%s: reprojecting labels onto the image grid (nearest neighbour)", path)
-    vrt = WarpedVRT(
-        src,
-        crs=grid.crs,
-        transform=grid.transform,
-        width=grid.width,
-        height=grid.height,
-        resampling=Resampling.nearest,
-        nodata=src.nodata if src.nodata is not None else -1,
-    )
-    return src, vrt
+    return src, nearest_on_grid(src, grid, "labels", nodata=src.nodata if src.nodata is not None else -1)
 
 
 def burn(gdf: gpd.GeoDataFrame, grid: Grid, win: Window, fill: int, all_touched: bool) -> np.ndarray:

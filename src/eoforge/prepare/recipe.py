@@ -492,19 +492,39 @@ def open_source(meta: Any, images: Images) -> Any:
 
 
 def mask_specs(inputs: InputsConfig) -> list[tuple[str, list[int], list[int]]]:
-    """Scene-specific masks of a run (given by path): (path, classes, bits)."""
+    """Scene-specific masks of a run (given by path) for every date: (path, classes, bits)."""
     sensor = get_sensor(inputs.sensor) if inputs.sensor else None
     return [
         (str(m.path), quality_values(sensor, m.classes), quality_bits(sensor, m.bits))
         for m in inputs.masks
-        if m.path is not None
+        if m.path is not None and m.date is None
     ]
+
+
+def date_mask_specs(inputs: InputsConfig) -> dict[str, list[tuple[str, list[int], list[int]]]]:
+    """Masks given by path for one date of a time stack (``date:``): date -> [(path, classes, bits)]."""
+    sensor = get_sensor(inputs.sensor) if inputs.sensor else None
+    out: dict[str, list[tuple[str, list[int], list[int]]]] = {}
+    for m in inputs.masks:
+        if m.path is None or m.date is None:
+            continue
+        if inputs.dates is None or m.date not in inputs.dates:
+            where = f"the dates of inputs.images ({', '.join(inputs.dates)})" if inputs.dates else "no date"
+            raise InputError(
+                f"{m.path}: mask date {m.date} is not among {where}; give one of those dates, or drop `date` "
+                "to mask every date"
+            )
+        out.setdefault(m.date, []).append(
+            (str(m.path), quality_values(sensor, m.classes), quality_bits(sensor, m.bits))
+        )
+    return out
 
 
 __all__ = [
     "Nodata",
     "Recipe",
     "RecipeSource",
+    "date_mask_specs",
     "discover_bands",
     "mask_specs",
     "open_source",

@@ -105,6 +105,14 @@ _LANDSAT_QA_BITS = {
 _L2_SCALE, _L2_OFFSET = 2.75e-05, -0.2  # USGS C2 L2 surface reflectance
 _ST_SCALE, _ST_OFFSET = 0.00341802, 149.0  # USGS C2 L2 surface temperature (kelvin)
 
+
+def _landsat_bands(reflective: str, thermal: tuple[str, str]) -> tuple[SensorBand, ...]:
+    """Collection 2 Level-2 bands at 30 m: ``"TOKEN=name ..."`` reflective bands, the thermal band last."""
+    pairs = (item.split("=") for item in reflective.split())
+    sr = tuple(SensorBand(t, n, 30, _L2_SCALE, _L2_OFFSET) for t, n in pairs)
+    return (*sr, SensorBand(thermal[0], thermal[1], 30, _ST_SCALE, _ST_OFFSET))
+
+
 SENSORS: dict[str, Sensor] = {
     s.name: s
     for s in (
@@ -126,15 +134,9 @@ SENSORS: dict[str, Sensor] = {
         Sensor(
             "landsat8-c2l2",
             "Landsat 8/9 OLI/TIRS Collection 2 Level-2 (SR_B1..SR_B7, ST_B10), QA_PIXEL bit flags",
-            (
-                SensorBand("SR_B1", "coastal", 30, _L2_SCALE, _L2_OFFSET),
-                SensorBand("SR_B2", "blue", 30, _L2_SCALE, _L2_OFFSET),
-                SensorBand("SR_B3", "green", 30, _L2_SCALE, _L2_OFFSET),
-                SensorBand("SR_B4", "red", 30, _L2_SCALE, _L2_OFFSET),
-                SensorBand("SR_B5", "nir08", 30, _L2_SCALE, _L2_OFFSET),
-                SensorBand("SR_B6", "swir16", 30, _L2_SCALE, _L2_OFFSET),
-                SensorBand("SR_B7", "swir22", 30, _L2_SCALE, _L2_OFFSET),
-                SensorBand("ST_B10", "lwir11", 30, _ST_SCALE, _ST_OFFSET),
+            _landsat_bands(
+                "SR_B1=coastal SR_B2=blue SR_B3=green SR_B4=red SR_B5=nir08 SR_B6=swir16 SR_B7=swir22",
+                ("ST_B10", "lwir11"),
             ),
             quality="QA_PIXEL",
             quality_bits=_LANDSAT_QA_BITS,
@@ -152,14 +154,9 @@ SENSORS: dict[str, Sensor] = {
         Sensor(
             "landsat7-c2l2",
             "Landsat 7 ETM+ Collection 2 Level-2 (SR_B1..SR_B5, SR_B7, ST_B6), QA_PIXEL bit flags",
-            (
-                SensorBand("SR_B1", "blue", 30, _L2_SCALE, _L2_OFFSET),
-                SensorBand("SR_B2", "green", 30, _L2_SCALE, _L2_OFFSET),
-                SensorBand("SR_B3", "red", 30, _L2_SCALE, _L2_OFFSET),
-                SensorBand("SR_B4", "nir08", 30, _L2_SCALE, _L2_OFFSET),
-                SensorBand("SR_B5", "swir16", 30, _L2_SCALE, _L2_OFFSET),
-                SensorBand("SR_B7", "swir22", 30, _L2_SCALE, _L2_OFFSET),
-                SensorBand("ST_B6", "lwir", 30, _ST_SCALE, _ST_OFFSET),
+            _landsat_bands(
+                "SR_B1=blue SR_B2=green SR_B3=red SR_B4=nir08 SR_B5=swir16 SR_B7=swir22",
+                ("ST_B6", "lwir"),
             ),
             quality="QA_PIXEL",
             quality_bits={k: v for k, v in _LANDSAT_QA_BITS.items() if k != "cirrus"},

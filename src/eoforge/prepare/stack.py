@@ -9,27 +9,39 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from eoforge.config import IGNORE_INDEX, InputsConfig, PrepareConfig
+from eoforge.config import IGNORE_INDEX, ComputeConfig, InputsConfig, PrepareConfig
 from eoforge.errors import InputError
 from eoforge.io.atomic import atomic_dir
 from eoforge.io.rasters import block_windows, valid_mask
 from eoforge.prepare.align import grid_like
 from eoforge.prepare.dates import DatedSource, dated_strings, valid_fractions
 from eoforge.prepare.labels import ClassMapper, burn, is_vector, label_reader, load_vector
-from eoforge.prepare.recipe import Recipe, RecipeSource, discover_bands, mask_specs, recipe_from_config
+from eoforge.prepare.parallel import SourceSpec, WindowReads
+from eoforge.prepare.recipe import (
+    Recipe,
+    RecipeSource,
+    date_mask_specs,
+    discover_bands,
+    mask_specs,
+    recipe_from_config,
+)
 from eoforge.prepare.scene import PreparedScene
 from eoforge.prepare.stats import BandStats, normalisation
 from eoforge.prepare.timezarr import TimeZarr
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +59,8 @@ def open_prepare_source(cfg: InputsConfig, prep: PrepareConfig) -> tuple[Recipe,
     """The recipe of a run and the source applying it to the run's files (grid, masks, AOI); a time stack
     with all its dates (``min_valid_date`` is applied by :func:`prepare`)."""
     grid_override = grid_like(prep.grid.like) if prep.grid.like else None
-    source, _ = _open(cfg, prep, grid_override, 512, probe_dates=False)
+    spec, _ = _open(cfg, prep, grid_override, 512, probe_dates=False)
+    source = spec.open()
     return source.recipe, source
 
 
@@ -58,21 +71,40 @@ def prepare(
     prep: PrepareConfig | None = None,
     sparse: bool = False,
     folder: str = "prepared",
+    compute: ComputeConfig | None = None,
 ) -> PreparedScene:
     """Apply the preparation recipe, rasterize labels and compute statistics; write ``out_dir/prepared``
     (``out_dir/folder``). With ``inputs.scenes``, each scene goes to ``prepared/<name>/`` (:func:`prepare_scenes`).
 
     ``sparse``: point/line vector labels are accepted as sparse labels (the run keeps chips holding any
     labelled pixel, ``chips.min_labelled: 0``); otherwise they are refused (see :func:`load_vector`).
+    ``compute``: with ``compute.workers`` or ``compute.scheduler``, the windows are read (aligned, warped,
+    masked) as Dask tasks (:mod:`eoforge.prepare.parallel`); the outputs are the same bytes.
     """
-    out_dir = Path(out_dir)
+    from eoforge.compute import dask_client
+
+    with dask_client(compute) as client:
+        return prepare_on(cfg, Path(out_dir), block, prep, sparse, folder, client)
+
+
+def prepare_on(
+    cfg: InputsConfig,
+    out_dir: Path,
+    block: int = 512,
+    prep: PrepareConfig | None = None,
+    sparse: bool = False,
+    folder: str = "prepared",
+    client: Client | None = None,
+) -> PreparedScene:
+    """:func:`prepare` on a given Dask client (``None``: in this process, a reader thread ahead of the writer)."""
     prep = prep or PrepareConfig()
     if cfg.scenes is not None:
-        return prepare_scenes(cfg, out_dir, block, prep, sparse)
+        return prepare_scenes(cfg, out_dir, block, prep, sparse, client)
     labels = cfg.label_source()
     mapper = ClassMapper(cfg.classes, labels.ignore_unknown)
     grid_override = grid_like(prep.grid.like) if prep.grid.like else None
-    source, temporal = _open(cfg, prep, grid_override, block)
+    spec, temporal = _open(cfg, prep, grid_override, block)
+    source = spec.open()
     recipe = source.recipe
     with source:
         grid = source.grid
@@ -124,17 +156,12 @@ def prepare(
                     if isinstance(source, DatedSource):  # the xarray view of the time stack
                         tz = TimeZarr(tmp / "stack.zarr", grid, source.dates, source.per_date, block)
                     windows = block_windows(grid, block)
-                    # one reader thread prefetches the next block while this one is burnt, counted and written
-                    # (GDAL releases the GIL, so the warp overlaps the rest on a second core); 2 blocks in
-                    # memory at most; the pool is shut down (waiting for its read) before the source closes
-                    pool = stack.enter_context(
-                        ThreadPoolExecutor(1, thread_name_prefix="eoforge-prepare-read")
-                    )
-                    pending = pool.submit(_read, source, windows[0])
-                    for i, win in enumerate(windows):
-                        img = pending.result()
-                        if i + 1 < len(windows):
-                            pending = pool.submit(_read, source, windows[i + 1])
+                    if client is not None:  # reads on the cluster, in window order (at most a few ahead)
+                        reads = stack.enter_context(WindowReads(client, replace(spec, grid=grid), windows))
+                        images = iter(reads)
+                    else:
+                        images = _prefetched(stack, source, windows)
+                    for win, img in zip(windows, images, strict=True):
                         if tz is not None:
                             tz.write(img, win)
                         valid = valid_mask(img)
@@ -229,12 +256,17 @@ def _sources(cfg: InputsConfig) -> list[Any]:
 
 def _open(
     cfg: InputsConfig, prep: PrepareConfig, grid: Any, block: int, probe_dates: bool = True
-) -> tuple[RecipeSource | DatedSource, dict[str, Any] | None]:
-    """The source prepare reads (a time stack: its dates after ``min_valid_date``) and the facts about dates."""
-    aoi = dict(masks=mask_specs(cfg), aoi=prep.aoi, aoi_crs=prep.aoi_crs)
+) -> tuple[SourceSpec, dict[str, Any] | None]:
+    """What opens the source prepare reads (a time stack: its dates after ``min_valid_date``) and the facts
+    about dates."""
+    aoi: dict[str, Any] = dict(masks=mask_specs(cfg), aoi=prep.aoi, aoi_crs=prep.aoi_crs)
+    extras: dict[str, Any] = dict(grid=grid, masks=tuple(mask_specs(cfg)), aoi=prep.aoi, aoi_crs=prep.aoi_crs)
+    date_masks = date_mask_specs(cfg)  # refuses a mask date that is not a date of the stack
     if cfg.dates is None and cfg.cube is None:
         recipe = recipe_from_config(cfg, prep, discover_bands(cfg))
-        return RecipeSource(recipe, cfg.images or [], grid=grid, **aoi), None  # type: ignore[arg-type]
+        return SourceSpec(recipe, cfg.images or [], False, **extras), None
+    extras["date_masks"] = tuple((d, tuple(m)) for d, m in date_masks.items())
+    aoi["date_masks"] = date_masks
     images: Any = [cfg.cube.path] if cfg.cube is not None else cfg.images
     if cfg.cube is not None:
         from eoforge.temporal.cube import open_cube
@@ -245,7 +277,7 @@ def _open(
     recipe = recipe_from_config(cfg, prep, discover_bands(cfg), dates)
     facts: dict[str, Any] = {"dates": dates, "dropped_dates": {}, "interpolate": prep.interpolate}
     if prep.min_valid_date is not None and probe_dates:
-        with DatedSource(replace(recipe, interpolate=None), images, grid=grid, **aoi) as probe:  # type: ignore[arg-type]
+        with DatedSource(replace(recipe, interpolate=None), images, grid=grid, **aoi) as probe:
             fractions = valid_fractions(probe, block)
         facts["valid_fraction"] = {d: round(f, 4) for d, f in fractions.items()}
         dropped = {d: round(f, 4) for d, f in fractions.items() if f < prep.min_valid_date}
@@ -264,11 +296,16 @@ def _open(
         recipe = replace(recipe, dates=tuple(kept))
     if prep.interpolate:
         log.info("gaps are filled by %s interpolation along time (prepare.interpolate)", prep.interpolate)
-    return DatedSource(recipe, images, grid=grid, **aoi), facts  # type: ignore[arg-type]
+    return SourceSpec(recipe, images, True, **extras), facts
 
 
 def prepare_scenes(
-    cfg: InputsConfig, out_dir: Path, block: int, prep: PrepareConfig, sparse: bool = False
+    cfg: InputsConfig,
+    out_dir: Path,
+    block: int,
+    prep: PrepareConfig,
+    sparse: bool = False,
+    client: Client | None = None,
 ) -> PreparedScene:
     """Prepare every scene of ``inputs.scenes`` into ``out_dir/prepared/<name>/`` with the same recipe and grid
     rule, then normalise them all alike: statistics pooled over the valid pixels of all scenes (exact for
@@ -277,7 +314,8 @@ def prepare_scenes(
     scenes, the first scene's grid, and the scene names."""
     with atomic_dir(out_dir / "prepared") as tmp:
         parts = [
-            (name, prepare(sub, tmp, block, prep, sparse, folder=name)) for name, sub in cfg.scene_inputs()
+            (name, prepare_on(sub, tmp, block, prep, sparse, folder=name, client=client))
+            for name, sub in cfg.scene_inputs()
         ]
         first_name, first = parts[0]
         for name, p in parts[1:]:
@@ -322,6 +360,21 @@ def prepare_scenes(
         (tmp / "scene.json").write_text(json.dumps(run.to_json(), indent=2))
     log.info("prepared %d scenes: %s", len(parts), ", ".join(name for name, _ in parts))
     return run
+
+
+def _prefetched(
+    stack: ExitStack, source: RecipeSource | DatedSource, windows: list[Window]
+) -> Iterator[np.ndarray]:
+    """The windows of ``source`` in order, each read by one reader thread while the one before is burnt, counted
+    and written (GDAL releases the GIL, so the warp overlaps the rest on a second core); 2 blocks in memory at
+    most; the pool is shut down (waiting for its read) with ``stack``, before the source closes."""
+    pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="eoforge-prepare-read"))
+    pending = pool.submit(_read, source, windows[0])
+    for i in range(len(windows)):
+        img = pending.result()
+        if i + 1 < len(windows):
+            pending = pool.submit(_read, source, windows[i + 1])
+        yield img
 
 
 def _read(source: RecipeSource | DatedSource, win: Window) -> np.ndarray:

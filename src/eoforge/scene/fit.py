@@ -1,4 +1,4 @@
-"""Train and score scene classifiers (timm models by name) with PyTorch Lightning, driven by a ``Task``."""
+"""Train and score scene classifiers (timm models by name) with the ``Task``-driven LightningModule."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from eoforge.errors import InputError
 from eoforge.scene.samples import SceneSamples, read_chip
 from eoforge.tasks import Task, get_task
 from eoforge.train.fit import quiet_cpu_trainer
+from eoforge.train.task import TaskModule
 
 log = logging.getLogger(__name__)
 
@@ -82,40 +83,6 @@ def band_stats(samples: SceneSamples, idx: np.ndarray, size: int) -> tuple[np.nd
     return mean.astype(np.float32), np.where(std > 0, std, 1).astype(np.float32)
 
 
-class SceneTask(L.LightningModule):
-    """Loss and metrics come from the ``Task`` (softmax or sigmoid)."""
-
-    def __init__(self, model: nn.Module, task: Task, num_classes: int, lr: float, epochs: int) -> None:
-        super().__init__()
-        self.model, self.task, self.lr, self.epochs = model, task, lr, epochs
-        self.loss = task.loss()
-        self.val_metrics = task.metrics(num_classes).clone(prefix="val_")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.model(x)
-        return out
-
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss: torch.Tensor = self.loss(self(batch["image"]), self.task.target(batch["target"]))
-        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch["image"]))
-        return loss
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["image"])
-        self.log("val_loss", self.loss(logits, self.task.target(batch["target"])), batch_size=len(logits))
-        self.val_metrics.update(self.task.scores(logits), batch["target"].long())
-
-    def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
-        self.log_dict({k: v for k, v in values.items() if v.ndim == 0})
-        self.val_metrics.reset()
-
-    def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.epochs, 1))
-        return {"optimizer": opt, "lr_scheduler": sched}
-
-
 @dataclass(frozen=True)
 class SceneModel:
     model: nn.Module
@@ -160,8 +127,9 @@ def train_scene(
         if val_idx is not None and len(val_idx)
         else None
     )
-    trainer = quiet_cpu_trainer(epochs)
-    trainer.fit(SceneTask(model, task, len(samples.classes), lr, epochs), train_dl, val_dl)
+    # the task's loss (softmax or sigmoid), targets ("target") and validation metrics; D4 in the dataset
+    module = TaskModule(model, len(samples.classes), lr, 1e-4, epochs, task=task)
+    quiet_cpu_trainer(epochs).fit(module, train_dl, val_dl)
     model.eval()
     log.info("trained %s (%s) on %d chips for %d epochs", arch, task.name, len(train_idx), epochs)
     return fitted

@@ -85,7 +85,7 @@ def predict_windows(
             z = (x - fitted.mean[None, :, None, None]) / fitted.std[None, :, None, None]
             t = torch.from_numpy(np.nan_to_num(z, nan=0.0).astype(np.float32))
             scores[i : i + len(batch)] = fitted.task.scores(fitted.model(t)).numpy()
-        labels = (scores >= fitted.task.multilabel_threshold) if multi else scores.argmax(1)
+        labels = fitted.task.decide(scores)
         for j, (r, c) in enumerate(cells):
             if multi:
                 coarse[:, r, c] = labels[j]

@@ -17,59 +17,80 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from eoforge.errors import InputError, PackageError
 from eoforge.models import create_model
+from eoforge.tasks import get_task
 from eoforge.temporal.series import PixelSeries
 from eoforge.train.fit import quiet_cpu_trainer
+from eoforge.train.task import TaskModule
 
 log = logging.getLogger(__name__)
 
 
-class SeriesTask(L.LightningModule):
-    """Cross-entropy on per-pixel logits ``(N, K, 1, 1)``; AdamW with cosine decay. Optional regularisers of
-    small training sets: Gaussian jitter (``noise``), label smoothing and mixup (Zhang et al. 2018: each batch
-    is blended with a shuffled copy of itself, weight ``lam ~ Beta(mixup, mixup)``, and so are the losses)."""
+class Jitter(nn.Module):
+    """Gaussian jitter of the standardised values, the usual time-series augmentation (training batches)."""
+
+    def __init__(self, sigma: float) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return image + self.sigma * torch.randn_like(image), target
+
+
+class MixupModule(TaskModule):
+    """The ``pixel`` task's :class:`~eoforge.train.task.TaskModule` with mixup (Zhang et al. 2018), a regulariser
+    of small training sets: each training batch is blended with a shuffled copy of itself, weight
+    ``lam ~ Beta(mixup, mixup)``, and so are the losses of the two targets. Hand-written (a few lines): the
+    blend of the two losses needs the training step, which the generic ``augment(image, target)`` hook lacks."""
 
     def __init__(
         self,
         model: nn.Module,
+        num_classes: int,
         lr: float,
         weight_decay: float,
         epochs: int,
-        noise: float = 0.0,
-        label_smoothing: float = 0.0,
-        mixup: float = 0.0,
+        mixup: float,
+        loss: nn.Module,
+        augment: nn.Module | None,
     ) -> None:
-        super().__init__()
-        self.model = model
-        self.lr, self.weight_decay, self.epochs, self.noise = lr, weight_decay, epochs, noise
+        super().__init__(
+            model, num_classes, lr, weight_decay, epochs, loss=loss, augment=augment, task=get_task("pixel")
+        )
         self.mixup = mixup
-        self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.model(x)
-        return out
-
-    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        if self.noise > 0:  # jitter of the standardised values: the usual time-series augmentation
-            x = x + self.noise * torch.randn_like(x)
-        if self.mixup > 0:
-            lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
-            perm = torch.randperm(len(y), device=y.device)
-            logits = self(lam * x + (1 - lam) * x[perm])[:, :, 0, 0]
-            loss: torch.Tensor = lam * self.loss(logits, y) + (1 - lam) * self.loss(logits, y[perm])
-        else:
-            loss = self.loss(self(x)[:, :, 0, 0], y)
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.mixup <= 0:
+            return super().training_step(batch, batch_idx)
+        x, y = batch["image"], self.task.target(batch[self.task.target_key])
+        lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
+        perm = torch.randperm(len(y), device=y.device)
+        logits = self(lam * x + (1 - lam) * x[perm])
+        loss: torch.Tensor = lam * self.loss(logits, y) + (1 - lam) * self.loss(logits, y[perm])
+        if not torch.isfinite(loss):
+            raise InputError(
+                f"training diverged: the loss is {loss.item()} at epoch {self.current_epoch}; lower the "
+                f"learning rate (now {self.lr}) or check the inputs for extreme values"
+            )
         self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
-    def configure_optimizers(self) -> Any:
-        opt = torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.epochs, 1))
-        return {"optimizer": opt, "lr_scheduler": sched}
+
+class SeriesChips(Dataset[dict[str, torch.Tensor]]):
+    """Series as one-pixel chips: ``{"image": (T*B, 1, 1), "mask": (1, 1) int64}``, the batches of the
+    ``pixel`` task's :class:`~eoforge.train.task.TaskModule`."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y.long()[:, None, None]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.x[i], "mask": self.y[i]}
 
 
 class SoftmaxMean(nn.Module):
@@ -174,7 +195,8 @@ def train_series(
     ``noise`` > 0 adds Gaussian jitter (in standard deviations) to the training inputs; ``ensemble`` > 1
     trains that many members (seeds ``seed``, ``seed + 1``, ...) and averages their probabilities
     (:class:`SoftmaxMean`); ``label_smoothing`` (0 to 1) softens the targets and ``mixup`` > 0 (the Beta
-    parameter, e.g. 0.2) blends pairs of training series (:class:`SeriesTask`)."""
+    parameter, e.g. 0.2) blends pairs of training series (:class:`MixupModule`)."""
+    from eoforge.config import IGNORE_INDEX
     from eoforge.temporal.models import encoder_for_dates  # (also registers the temporal models)
 
     if ensemble < 1:
@@ -195,11 +217,19 @@ def train_series(
         x = fitted.normalize(series.channels(train_idx))
         y = torch.from_numpy(series.labels[train_idx])
         loader = DataLoader(
-            TensorDataset(x, y), batch_size=batch_size, shuffle=True, drop_last=len(y) > batch_size
+            SeriesChips(x, y), batch_size=batch_size, shuffle=True, drop_last=len(y) > batch_size
         )
-        trainer = quiet_cpu_trainer(epochs)
-        task = SeriesTask(model, lr, weight_decay, epochs, noise, label_smoothing, mixup)
-        trainer.fit(task, train_dataloaders=loader)
+        module = MixupModule(  # the "pixel" task: one labelled pixel per "chip"
+            model,
+            len(series.classes),
+            lr,
+            weight_decay,
+            epochs,
+            mixup,
+            loss=nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing),
+            augment=Jitter(noise) if noise > 0 else None,
+        )
+        quiet_cpu_trainer(epochs).fit(module, train_dataloaders=loader)
         model.cpu().eval()
         members.append(model)
     log.info("trained %s x%d on %d series for %d epochs", arch, ensemble, len(train_idx), epochs)

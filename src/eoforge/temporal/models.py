@@ -10,6 +10,8 @@ date-major: channel ``t * n_bands + b`` is band ``b`` of date ``t`` (``C = n_tim
 - ``ltae``: Lightweight Temporal Attention Encoder (Garnot & Landrieu 2020, ECCV workshops): a per-date
   embedding, one learnt master query per head attending over dates, channel groups as values, then an MLP.
   Dates are positions 0..T-1 in the sinusoidal encoding (day-of-year positions are not known to the registry).
+  Narrow widths get fewer heads (:func:`ltae_heads`); the MLP's batch norms need a dozen optimiser steps before
+  their running statistics (used in evaluation) catch up: a run of 2-4 steps scores far below its training fit.
 - ``pixel-mlp``: 1x1 convolutions (the ACES "DNN"): a multilayer perceptron applied to each pixel.
 - ``pixel-cnn``: 3x3 convolutions with no downsampling (NEODAAS mangrove style): a small neighbourhood.
 
@@ -236,9 +238,21 @@ def tempcnn(in_channels: int, num_classes: int, encoder: str) -> nn.Module:
     return TempCNN(layout, num_classes, filters=layout.width or 64)
 
 
+def ltae_heads(d_model: int) -> int:
+    """Attention heads for an L-TAE of width ``d_model``: 16 (the paper's) down to at least 4 channels per head.
+
+    Each head's values are a group of ``d_model / heads`` channels normalised together (``GroupNorm``); with
+    one channel per head (``w16`` and 16 heads) that normalisation maps every embedding to zero and the model
+    cannot learn. The largest divisor of ``d_model`` that is <= min(16, d_model / 4) keeps widths >= 64 as
+    they were (16 heads) and gives narrow models fewer, wider heads."""
+    most = max(1, min(16, d_model // 4))
+    return max(h for h in range(1, most + 1) if d_model % h == 0)
+
+
 def ltae(in_channels: int, num_classes: int, encoder: str) -> nn.Module:
     layout = parse_spec(encoder, in_channels)
-    return LTAE(layout, num_classes, d_model=layout.width or 128)
+    d_model = layout.width or 128
+    return LTAE(layout, num_classes, d_model=d_model, n_head=ltae_heads(d_model))
 
 
 def pixel_mlp(in_channels: int, num_classes: int, encoder: str) -> nn.Module:

@@ -2,6 +2,6 @@
 
 from eoforge.train.datamodule import ChipDataModule
 from eoforge.train.fit import TrainResult, train
-from eoforge.train.task import SegmentationTask, present_class_miou
+from eoforge.train.task import SegmentationTask, TaskModule, present_class_miou
 
-__all__ = ["ChipDataModule", "SegmentationTask", "TrainResult", "present_class_miou", "train"]
+__all__ = ["ChipDataModule", "SegmentationTask", "TaskModule", "TrainResult", "present_class_miou", "train"]

@@ -31,11 +31,12 @@ from eoforge.io.atomic import write_text
 from eoforge.models import create_model
 from eoforge.normalise import clamps
 from eoforge.prepare import PreparedScene
+from eoforge.tasks import Task, get_task
 from eoforge.train.augment import BatchAugment
 from eoforge.train.datamodule import ChipDataModule
-from eoforge.train.losses import class_weights_from_counts, make_loss
+from eoforge.train.losses import class_weights_from_counts
 from eoforge.train.speed import resolve_precision, uses_cuda
-from eoforge.train.task import SegmentationTask
+from eoforge.train.task import TaskModule
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,12 @@ def _progress(trainer: L.Trainer, ckpt: ModelCheckpoint, last: Path) -> tuple[in
     return int(state["epoch"]) + 1, float(saved) if saved is not None else None
 
 
-def _resume_key(model_cfg: ModelConfig, cfg: TrainConfig, store: ChipStore, scene: PreparedScene) -> str:
+def _resume_key(
+    model_cfg: ModelConfig, cfg: TrainConfig, store: ChipStore, scene: PreparedScene, task: Task
+) -> str:
     payload = {
         "eoforge": __version__,
+        "task": task.name,
         "model": model_cfg.model_dump(mode="json"),
         "train": cfg.model_dump(mode="json"),
         "splits": {k: len(v) for k, v in store.splits.items()},
@@ -170,15 +174,24 @@ def train(
     progress: bool = False,
     callbacks: list[Callback] | None = None,
     resume: bool = True,
+    task: Task | None = None,
 ) -> TrainResult:
-    """Fit the configured model on the store's train split, selecting the best epoch on val mIoU.
+    """Fit the configured model on the store's train split for the ``task`` (default: segmentation), selecting
+    the best epoch on the task's monitored metric (val mIoU for per-pixel tasks).
 
-    With ``resume`` a ``last.ckpt`` left by a run with the same config is continued; otherwise earlier
+    The task gives the loss (the configured ``train.loss`` with class weights for per-pixel tasks), the
+    validation metrics and the monitored metric. With ``resume`` a ``last.ckpt`` left by a run with the same config is continued; otherwise earlier
     checkpoints and logs in ``OUT/train`` are removed first. ``callbacks`` are extra Lightning callbacks.
     """
+    task = task if task is not None else get_task("segmentation")
+    if not task.per_pixel:
+        raise InputError(
+            f"task {task.name}: chip stores hold per-pixel labels; train scene classifiers with "
+            "eoforge.scene.fit.train_scene on a folder or CSV of chips"
+        )
     out = Path(out_dir) / "train"
     ckpt_dir = out / "checkpoints"
-    key = _resume_key(model_cfg, cfg, store, scene)
+    key = _resume_key(model_cfg, cfg, store, scene, task)
     last = ckpt_dir / "last.ckpt"
     try:
         same = json.loads((out / RESUME).read_text()).get("key") == key
@@ -210,13 +223,14 @@ def train(
     )
     plan = resolve_precision(cfg.precision, cfg.accelerator)
     class_weights = resolve_class_weights(cfg, scene)
-    task = SegmentationTask(
+    module = TaskModule(
         model,
         n_cls,
         cfg.lr,
         cfg.weight_decay,
         cfg.epochs,
-        loss=make_loss(cfg, class_weights),
+        task=task,
+        loss=task.loss(class_weights, cfg),
         augment=BatchAugment(cfg.augment, store.size) if cfg.augment is not None else None,
         channels_last=plan.channels_last,
         freeze_encoder_epochs=model_cfg.freeze_encoder_epochs,
@@ -234,7 +248,7 @@ def train(
         clamp=clamps(scene.recipe),
     )
     has_val = data.has("val")
-    monitor, mode = ("val_miou", "max") if has_val else ("train_loss", "min")
+    monitor, mode = (task.monitor, "max") if has_val else ("train_loss", "min")
     ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode)
     # last.ckpt every epoch, whether or not the score improved (Lightning 2.6's save_last writes it only with
     # a new best, so a resumed run would go back to the best epoch): a second, unmonitored checkpoint
@@ -267,11 +281,11 @@ def train(
         num_sanity_val_steps=0,
         limit_val_batches=1.0 if has_val else 0,
     )
-    trainer.fit(task, datamodule=data, ckpt_path=str(last) if resumed else None)
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if resumed else None)
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
     if best is not None and best.is_file():
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        task.load_state_dict(state)
+        module.load_state_dict(state)
     epochs_run, score = _progress(trainer, ckpt, last)
     log.info(
         "trained %d epochs; best %s = %.4f",
@@ -280,7 +294,7 @@ def train(
         float(score) if score is not None else float("nan"),
     )
     result = TrainResult(
-        model=task.model.cpu().eval().to(memory_format=torch.contiguous_format),
+        model=module.model.cpu().eval().to(memory_format=torch.contiguous_format),
         best_checkpoint=best,
         log_csv=out / "metrics.csv",
         epochs_run=epochs_run,
@@ -301,6 +315,7 @@ def train(
         "monitor": monitor,
         "best_score": result.best_score,
         "resumed": resumed,
+        "task": task.name,
         "loss": cfg.loss,
         "class_weights": class_weights,
     }

@@ -1,4 +1,10 @@
-"""The LightningModule: any registry model trained for semantic segmentation."""
+"""The LightningModule: any model trained for any :class:`~eoforge.tasks.Task`.
+
+The task gives the loss (unless one is passed), the targets' batch key and type, the validation metrics and
+the monitored metric; this module adds the optimiser, schedule, batch augmentation, encoder freezing,
+channels-last and ``torch.compile``. It trains segmentation and pixel chips, temporal models on pixel series
+(1x1 chips) and scene classifiers alike.
+"""
 
 from __future__ import annotations
 
@@ -11,29 +17,14 @@ import lightning as L
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from torch import nn
-from torchmetrics.classification import MulticlassConfusionMatrix
 
-from eoforge.config import IGNORE_INDEX
 from eoforge.errors import InputError
 from eoforge.models.registry import channels_last_ok
+from eoforge.tasks import Task, get_task, present_class_miou
+
+__all__ = ["SegmentationTask", "TaskModule", "make_optimizer", "present_class_miou"]
 
 log = logging.getLogger(__name__)
-
-
-def present_class_miou(cm: torch.Tensor) -> torch.Tensor:
-    """Mean IoU over the classes present in the reference (rows of ``cm`` with pixels).
-
-    A class absent from the reference has no defined IoU on this split: it is left out, not counted as 0
-    (which would punish predicting it) or 1 (which would reward never predicting it).
-    """
-    cm = cm.to(torch.float64)
-    tp = cm.diag()
-    true = cm.sum(1)
-    union = true + cm.sum(0) - tp
-    present = true > 0
-    if not bool(present.any()):
-        return torch.zeros((), dtype=torch.float32, device=cm.device)
-    return (tp[present] / union[present]).mean().to(torch.float32)
 
 
 def make_optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -44,10 +35,12 @@ def make_optimizer(params: Iterable[nn.Parameter], lr: float, weight_decay: floa
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
-class SegmentationTask(L.LightningModule):
-    """Loss, optimiser (AdamW, cosine decay), batch augmentation and validation mIoU for a segmentation model.
+class TaskModule(L.LightningModule):
+    """Loss and validation metrics of the ``task``; optimiser (AdamW, cosine decay), batch augmentation.
 
-    ``val_miou`` averages the IoU of the classes present in the validation reference.
+    Validation logs ``val_loss`` and every scalar of ``task.metrics`` prefixed ``val_`` (``val_miou`` averages
+    the IoU of the classes present in the validation reference); ``task.monitor`` names the one to select on.
+    ``augment`` is called as ``augment(image, target)`` on training batches.
     """
 
     def __init__(
@@ -62,19 +55,21 @@ class SegmentationTask(L.LightningModule):
         channels_last: bool = False,
         freeze_encoder_epochs: int = 0,
         compile: bool = False,
+        task: Task | None = None,
     ) -> None:
         super().__init__()
+        self.task = task if task is not None else get_task("segmentation")
         self.model = model
         self.lr = lr
         self.weight_decay = weight_decay
         self.epochs = epochs
-        self.loss = loss if loss is not None else nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+        self.loss = loss if loss is not None else self.task.loss()
         self.augment = augment
         self.channels_last = channels_last and channels_last_ok(model)
         self.freeze_encoder_epochs = freeze_encoder_epochs
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.val_cm = MulticlassConfusionMatrix(num_classes=num_classes, ignore_index=IGNORE_INDEX)
+        self.val_metrics = self.task.metrics(num_classes).clone(prefix="val_")
         # kept outside the module tree (a tuple is not registered as a submodule), so checkpoints hold the
         # plain model's keys once ("model.*"), with or without compile
         self._forward: tuple[nn.Module] = (torch.compile(model) if compile else model,)  # type: ignore[assignment]
@@ -102,12 +97,13 @@ class SegmentationTask(L.LightningModule):
     def on_after_batch_transfer(
         self, batch: dict[str, torch.Tensor], dataloader_idx: int
     ) -> dict[str, torch.Tensor]:
-        image, mask = batch["image"], batch["mask"]
+        key = self.task.target_key
+        image, target = batch["image"], batch[key]
         if self.augment is not None and self.trainer.training:
-            image, mask = self.augment(image, mask)
+            image, target = self.augment(image, target)
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
-        return {**batch, "image": image, "mask": mask}
+        return {**batch, "image": image, key: target}
 
     def on_train_epoch_start(self) -> None:
         encoder = getattr(self.model, "encoder", None)
@@ -123,7 +119,7 @@ class SegmentationTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
-        loss: torch.Tensor = self.loss(logits, batch["mask"])
+        loss: torch.Tensor = self.loss(logits, self.task.target(batch[self.task.target_key]))
         if not torch.isfinite(loss):
             # a diverged run would otherwise end "successfully" with an all-NaN model (issue 12, cause 3)
             raise InputError(
@@ -144,8 +140,9 @@ class SegmentationTask(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self(batch["image"])
-        loss = self.loss(logits, batch["mask"])
-        self.val_cm.update(logits.max(1).indices, batch["mask"])
+        target = batch[self.task.target_key]
+        loss = self.loss(logits, self.task.target(target))
+        self.val_metrics.update(self.task.metric_input(logits), target.long())
         self.log(
             "val_loss",
             loss,
@@ -157,10 +154,18 @@ class SegmentationTask(L.LightningModule):
         )
 
     def on_validation_epoch_end(self) -> None:
-        self.log("val_miou", present_class_miou(self.val_cm.compute()), prog_bar=True, sync_dist=False)
-        self.val_cm.reset()
+        # the metrics hold their states (synced across ranks by compute); scalars only (not per-label F1)
+        values = {k: v for k, v in self.val_metrics.compute().items() if v.ndim == 0}
+        monitored = values.pop(self.task.monitor)
+        self.log(self.task.monitor, monitored, prog_bar=True, sync_dist=False)
+        self.log_dict(values, sync_dist=False)
+        self.val_metrics.reset()
 
     def configure_optimizers(self) -> Any:
         opt = make_optimizer(self.parameters(), self.lr, self.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(self.epochs, 1))
         return {"optimizer": opt, "lr_scheduler": sched}
+
+
+SegmentationTask = TaskModule
+"""The earlier name of :class:`TaskModule` (a segmentation task by default)."""
