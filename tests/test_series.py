@@ -136,3 +136,104 @@ def test_seed_ensemble_averages_member_probabilities_and_round_trips(tmp_path: P
     )
     with pytest.raises(InputError, match="at least 1 member"):
         train_series(series, idx, arch="pixel-mlp", epochs=1, ensemble=0)
+
+
+def test_mixup_blends_batches_and_losses() -> None:
+    import torch
+    from torch import nn
+
+    from eoforge.temporal.fit import MixupModule
+
+    torch.manual_seed(0)
+    model = nn.Conv2d(3, 2, 1)
+    x, y = torch.randn(8, 3, 1, 1), torch.tensor([0, 1] * 4)[:, None, None]
+    batch = {"image": x, "mask": y}
+    ce = nn.CrossEntropyLoss(label_smoothing=0.1)
+    task = MixupModule(model, 2, 1e-3, 0.0, 1, 0.4, loss=ce, augment=None)
+    torch.manual_seed(5)
+    loss = task.training_step(batch, 0)
+    torch.manual_seed(5)  # the same draws: lam from Beta(0.4, 0.4), then the pairing permutation
+    lam = float(torch.distributions.Beta(0.4, 0.4).sample())
+    perm = torch.randperm(8)
+    logits = model(lam * x + (1 - lam) * x[perm])
+    expected = lam * ce(logits, y) + (1 - lam) * ce(logits, y[perm])
+    assert 0 < lam < 1 and not torch.equal(perm, torch.arange(8))
+    assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+    plain = MixupModule(model, 2, 1e-3, 0.0, 1, 0.0, loss=nn.CrossEntropyLoss(), augment=None)
+    plain_loss = plain.training_step(batch, 0)
+    assert float(plain_loss) == pytest.approx(float(nn.CrossEntropyLoss()(model(x), y)), rel=1e-6)
+    assert abs(float(plain_loss) - float(loss)) > 1e-3
+
+
+def test_regularised_tempcnn_separates_phenologies_and_cli_options(tmp_path: Path) -> None:
+    from eoforge.cli import main
+    from eoforge.temporal.fit import load_series_model
+
+    rng = np.random.default_rng(2)
+    rows = []
+    for i in range(48):  # same mean NDVI, peak early or late
+        peak = 1 if i % 2 else 4
+        for t in range(6):
+            v = 0.5 + 0.3 * np.exp(-((t - peak) ** 2)) + rng.normal(0, 0.03)
+            rows.append(f"{i},0,0,{'early' if i % 2 else 'late'},2021-0{t + 1}-01,{v:.4f},{1 - v:.4f}")
+    csv = write_csv(tmp_path / "s.csv", rows)
+    series = read_series_csv(csv)
+    tr, te = stratified_split(series.labels, 0.25, 0)
+    fitted = train_series(
+        series,
+        tr,
+        arch="tempcnn",
+        encoder="w8",
+        epochs=12,
+        batch_size=12,
+        lr=3e-3,
+        label_smoothing=0.1,
+        mixup=0.2,
+    )
+    assert fitted.encoder == "t6-w8"
+    assert evaluate_series(fitted, series, te).accuracy == 1.0
+    with pytest.raises(InputError, match="label smoothing 1.0"):
+        train_series(series, tr, arch="pixel-mlp", epochs=1, label_smoothing=1.0)
+    with pytest.raises(InputError, match="mixup -1"):
+        train_series(series, tr, arch="pixel-mlp", epochs=1, mixup=-1)
+    with pytest.raises(InputError, match="says 5 dates"):
+        train_series(series, tr, arch="tempcnn", encoder="t5-w8", epochs=1)
+    out = tmp_path / "m"
+    args = ["-q", "series", "train", str(csv), "-o", str(out), "--encoder", "w4", "--epochs", "1"]
+    main([*args, "--label-smoothing", "0.1", "--mixup", "0.2", "--no-baseline"])
+    again = load_series_model(out)
+    assert again.encoder == "t6-w4" and again.model.temporal[0].out_channels == 4
+
+
+def test_location_split_keeps_every_place_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from eoforge.cli import main
+    from eoforge.temporal.series import location_split
+
+    rows = []
+    for i in range(36):  # 12 places, 3 years each; a place keeps its class
+        place, label = i % 12, ("a", "b", "c")[i % 12 % 3]
+        for t in range(3):
+            rows.append(
+                f"{i},{10 + place * 0.01:.2f},-5.00,{label},{2000 + i // 12}-0{t + 1}-01,{t * (i % 3)}.5,1"
+            )
+    csv = write_csv(tmp_path / "p.csv", rows)
+    series = read_series_csv(csv)
+    assert series.locations is not None and len(np.unique(series.locations)) == 12
+    assert series.locations[series.ids.tolist().index(13)] == series.locations[series.ids.tolist().index(1)]
+    for seed in (0, 1):
+        tr, te = location_split(series.labels, series.locations, 0.3, seed)
+        assert len(te) == 12 and not set(series.locations[tr]) & set(series.locations[te])
+        assert set(series.labels[te].tolist()) == {0, 1, 2}  # every class on both sides
+    assert not np.array_equal(location_split(series.labels, series.locations, 0.3, 0)[1], te)
+    main(["-q", "series", "train", str(csv), "-o", str(tmp_path / "m"), "--arch", "pixel-mlp", "--epochs", "1",
+          "--split-by", "location"])  # fmt: skip
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["split_by"] == "location" and metrics["n_test"] == 12
+    bare = tmp_path / "n.csv"
+    bare.write_text("sample_id,label,date,red\n1,a,2020-01-01,1\n")
+    with pytest.raises(InputError, match="needs coordinate columns"):
+        location_split(read_series_csv(bare).labels, read_series_csv(bare).locations, 0.3, 0)
+    with pytest.raises(InputError, match="only 12 locations for 20 folds"):
+        location_split(series.labels, series.locations, 0.05, 0)

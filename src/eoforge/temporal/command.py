@@ -26,6 +26,11 @@ def series_cmd() -> None:
     type=click.Choice(["tempcnn", "ltae", "pixel-mlp"]),
     help="Registry model.",
 )
+@click.option(
+    "--encoder",
+    default=None,
+    help="Layout / width of the registry model, e.g. w32 or t12-w32 (default: t<dates>, width 64 for tempcnn).",
+)
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=1e-3, show_default=True, type=click.FloatRange(min=0, min_open=True))
@@ -34,6 +39,14 @@ def series_cmd() -> None:
     default=0.3,
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True, max_open=True),
+)
+@click.option(
+    "--split-by",
+    default="sample",
+    show_default=True,
+    type=click.Choice(["sample", "location"]),
+    help="location: every place (longitude/latitude, lon/lat or x/y columns) whole in train or test, as new "
+    "places are met in a map (the test part is then 1 / round(1 / test-fraction), e.g. a third).",
 )
 @click.option("--weight-decay", default=1e-2, show_default=True, type=click.FloatRange(min=0))
 @click.option(
@@ -50,6 +63,20 @@ def series_cmd() -> None:
     type=click.IntRange(min=1),
     help="Members trained with seeds seed, seed+1, ...; their class probabilities are averaged.",
 )
+@click.option(
+    "--label-smoothing",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Softened targets (e.g. 0.1): a regulariser for small training sets.",
+)
+@click.option(
+    "--mixup",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Mixup Beta parameter (e.g. 0.2; 0 = off): training series blended in pairs, labels likewise.",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--date-column", default="date", show_default=True)
@@ -60,13 +87,17 @@ def series_train_cmd(
     csv: Path,
     out: Path,
     arch: str,
+    encoder: str | None,
     epochs: int,
     batch_size: int,
     lr: float,
     test_fraction: float,
+    split_by: str,
     weight_decay: float,
     noise: float,
     ensemble: int,
+    label_smoothing: float,
+    mixup: float,
     seed: int,
     label_column: str,
     date_column: str,
@@ -82,15 +113,19 @@ def series_train_cmd(
         save_series_model,
         train_series,
     )
-    from eoforge.temporal.series import read_series_csv, stratified_split
+    from eoforge.temporal.series import location_split, read_series_csv, stratified_split
 
     check_output_folder(out)
     series = read_series_csv(csv, label_column, date_column, id_column, bands.split(",") if bands else None)
-    tr, te = stratified_split(series.labels, test_fraction, seed)
+    if split_by == "location":
+        tr, te = location_split(series.labels, series.locations, test_fraction, seed)
+    else:
+        tr, te = stratified_split(series.labels, test_fraction, seed)
     fitted = train_series(
         series,
         tr,
         arch=arch,
+        encoder=encoder,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -98,6 +133,8 @@ def series_train_cmd(
         seed=seed,
         noise=noise,
         ensemble=ensemble,
+        label_smoothing=label_smoothing,
+        mixup=mixup,
     )
     scores = {arch: evaluate_series(fitted, series, te).to_json()}
     if baseline:
@@ -109,10 +146,12 @@ def series_train_cmd(
         "classes": list(series.classes),
         "seed": seed,
         "test_fraction": test_fraction,
+        "split_by": split_by,
         "scores": scores,
     }
     save_series_model(fitted, out, metrics)
-    table = Table(title=f"held-out {len(te)} series ({test_fraction:.0%}, stratified, seed {seed})")
+    how = "whole locations" if split_by == "location" else f"{test_fraction:.0%}"
+    table = Table(title=f"held-out {len(te)} series ({how}, stratified, seed {seed})")
     for col in ("model", "accuracy", "kappa", "macro F1"):
         table.add_column(col)
     for name, s in scores.items():

@@ -40,6 +40,45 @@ class Jitter(nn.Module):
         return image + self.sigma * torch.randn_like(image), target
 
 
+class MixupModule(TaskModule):
+    """The ``pixel`` task's :class:`~eoforge.train.task.TaskModule` with mixup (Zhang et al. 2018), a regulariser
+    of small training sets: each training batch is blended with a shuffled copy of itself, weight
+    ``lam ~ Beta(mixup, mixup)``, and so are the losses of the two targets. Hand-written (a few lines): the
+    blend of the two losses needs the training step, which the generic ``augment(image, target)`` hook lacks."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        lr: float,
+        weight_decay: float,
+        epochs: int,
+        mixup: float,
+        loss: nn.Module,
+        augment: nn.Module | None,
+    ) -> None:
+        super().__init__(
+            model, num_classes, lr, weight_decay, epochs, loss=loss, augment=augment, task=get_task("pixel")
+        )
+        self.mixup = mixup
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.mixup <= 0:
+            return super().training_step(batch, batch_idx)
+        x, y = batch["image"], self.task.target(batch[self.task.target_key])
+        lam = float(torch.distributions.Beta(self.mixup, self.mixup).sample())
+        perm = torch.randperm(len(y), device=y.device)
+        logits = self(lam * x + (1 - lam) * x[perm])
+        loss: torch.Tensor = lam * self.loss(logits, y) + (1 - lam) * self.loss(logits, y[perm])
+        if not torch.isfinite(loss):
+            raise InputError(
+                f"training diverged: the loss is {loss.item()} at epoch {self.current_epoch}; lower the "
+                f"learning rate (now {self.lr}) or check the inputs for extreme values"
+            )
+        self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+
 class SeriesChips(Dataset[dict[str, torch.Tensor]]):
     """Series as one-pixel chips: ``{"image": (T*B, 1, 1), "mask": (1, 1) int64}``, the batches of the
     ``pixel`` task's :class:`~eoforge.train.task.TaskModule`."""
@@ -149,17 +188,26 @@ def train_series(
     seed: int = 0,
     noise: float = 0.0,
     ensemble: int = 1,
+    label_smoothing: float = 0.0,
+    mixup: float = 0.0,
 ) -> SeriesModel:
     """Fit a registry model (``tempcnn``, ``ltae``, ``pixel-mlp``...) on the ``train_idx`` series;
     ``noise`` > 0 adds Gaussian jitter (in standard deviations) to the training inputs; ``ensemble`` > 1
     trains that many members (seeds ``seed``, ``seed + 1``, ...) and averages their probabilities
-    (:class:`SoftmaxMean`)."""
-    import eoforge.temporal.models  # noqa: F401  (registers the temporal models)
+    (:class:`SoftmaxMean`); ``label_smoothing`` (0 to 1) softens the targets and ``mixup`` > 0 (the Beta
+    parameter, e.g. 0.2) blends pairs of training series (:class:`MixupModule`)."""
+    from eoforge.config import IGNORE_INDEX
+    from eoforge.temporal.models import encoder_for_dates  # (also registers the temporal models)
 
     if ensemble < 1:
         raise InputError(f"ensemble {ensemble}: give at least 1 member")
+    if not 0 <= label_smoothing < 1:
+        raise InputError(f"label smoothing {label_smoothing}: give a value in [0, 1), e.g. 0.1")
+    if mixup < 0:
+        raise InputError(f"mixup {mixup}: give the Beta parameter >= 0 (0 = off, e.g. 0.2)")
     n_times, n_bands = series.n_times, len(series.bands)
-    encoder = encoder or f"t{n_times}"
+    # "w32" -> "t12-w32" for the temporal models; a date count that disagrees with the series is an error
+    encoder = encoder_for_dates(arch, encoder, n_times) if encoder else f"t{n_times}"
     mean, std = band_stats(series, train_idx)
     members: list[nn.Module] = []
     for k in range(ensemble):
@@ -171,13 +219,14 @@ def train_series(
         loader = DataLoader(
             SeriesChips(x, y), batch_size=batch_size, shuffle=True, drop_last=len(y) > batch_size
         )
-        module = TaskModule(
+        module = MixupModule(  # the "pixel" task: one labelled pixel per "chip"
             model,
             len(series.classes),
             lr,
             weight_decay,
             epochs,
-            task=get_task("pixel"),  # one labelled pixel per "chip"
+            mixup,
+            loss=nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing),
             augment=Jitter(noise) if noise > 0 else None,
         )
         quiet_cpu_trainer(epochs).fit(module, train_dataloaders=loader)

@@ -32,6 +32,7 @@ class PixelSeries:
     classes: tuple[str, ...]
     bands: tuple[str, ...]
     dates: np.ndarray
+    locations: np.ndarray | None = None  # a group number per sample: samples at one coordinate pair share it
 
     @property
     def n_times(self) -> int:
@@ -103,8 +104,14 @@ def read_series_csv(
     classes = tuple(sorted(str(c) for c in first.unique()))
     labels = first.astype(str).map({c: i for i, c in enumerate(classes)}).to_numpy(np.int64)
     dates = df[date_column].to_numpy("datetime64[D]").reshape(n, t)
+    locations = None
+    for xy in (["longitude", "latitude"], ["lon", "lat"], ["x", "y"]):
+        if all(c in cols for c in xy):  # the same place in several years: one group for grouped splits
+            places = df.groupby(id_col, sort=True)[xy].first()
+            locations = places.groupby(xy, dropna=False).ngroup().to_numpy(np.int64)
+            break
     log.info("%s: %d series x %d dates x %d bands, %d classes", path.name, n, t, len(bands), len(classes))
-    return PixelSeries(first.index.to_numpy(), values, labels, classes, tuple(bands), dates)
+    return PixelSeries(first.index.to_numpy(), values, labels, classes, tuple(bands), dates, locations)
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,4 +125,29 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
         tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=labels)
     except ValueError as exc:
         raise InputError(f"cannot split {len(labels)} samples stratified by class ({exc})") from None
+    return np.sort(tr), np.sort(te)
+
+
+def location_split(
+    labels: np.ndarray, locations: np.ndarray | None, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a seeded train / test split with every location whole on one side (the samples of one place
+    in several years never straddle it), classes balanced as far as the groups allow: one fold of
+    scikit-learn's ``StratifiedGroupKFold`` with ``round(1 / test_fraction)`` folds (0.3 -> 3 folds, ~33 %)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if locations is None:
+        raise InputError(
+            "split by location needs coordinate columns (longitude/latitude, lon/lat or x/y) in the CSV; "
+            "add them or split by sample"
+        )
+    if not 0 < test_fraction < 1:
+        raise InputError(f"test fraction {test_fraction} must be between 0 and 1 (e.g. 0.3)")
+    n_folds = max(2, round(1 / test_fraction))
+    if len(np.unique(locations)) < n_folds:
+        raise InputError(
+            f"only {len(np.unique(locations))} locations for {n_folds} folds; split by sample or label more places"
+        )
+    folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    tr, te = next(folds.split(np.zeros(len(labels)), labels, locations))
     return np.sort(tr), np.sort(te)
