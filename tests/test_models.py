@@ -103,3 +103,29 @@ def test_downloaded_weights_with_a_wrong_hash_are_refused(
     assert not any(cache_dir().iterdir())  # nothing half-written in the cache
     with pytest.raises(InputError, match="only http"):
         fetch_weights("ftp://example.org/w.pt")
+
+
+@pytest.mark.parametrize("depth", [3, 4])
+def test_encoder_depth_drops_the_deep_stages(depth: int) -> None:
+    full = create_model("unet", 4, 3, "resnet18")
+    model = create_model("unet", 4, 3, "resnet18", encoder_depth=depth)
+    x = torch.randn(2, 4, 64, 64)
+    assert model(x).shape == (2, 3, 64, 64)
+    feats = model.encoder(x)
+    assert len(feats) == depth + 1  # the input, then one map per stage
+    assert feats[-1].shape[-1] == 64 // 2**depth  # depth 4 stops at 4 x 4 px instead of 2 x 2
+    n = sum(p.numel() for p in model.parameters())
+    n_full = sum(p.numel() for p in full.parameters())
+    # the pruned resnet18 stages carry their weights no more: layer4 alone holds 8.4 M parameters
+    assert n < n_full - 8_000_000
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())  # no unused parameter left (DDP needs none)
+
+
+def test_encoder_depth_errors_name_the_model() -> None:
+    with pytest.raises(
+        InputError, match="'tempcnn' takes no model.encoder_depth; remove it, or use one of: .*unet"
+    ):
+        create_model("tempcnn", 4, 3, "t3", encoder_depth=3)
+    with pytest.raises(InputError, match="model unet cannot use encoder 'resnet18' at encoder_depth"):
+        create_model("unet", 4, 3, "resnet18", encoder_depth=0)

@@ -372,3 +372,24 @@ def test_onnx_predictor_drives_the_streaming_engine(tmp_path: Path) -> None:
     with rasterio.open(tmp_path / "torch.tif") as t, rasterio.open(tmp_path / "onnx.tif") as o:
         assert np.array_equal(t.read(1), o.read(1))
         assert (o.read(1)[:5, :5] == 255).all()
+
+
+def test_encoder_depth_travels_with_the_package(tmp_path: Path) -> None:
+    import dataclasses
+
+    torch.manual_seed(0)
+    model = create_model("unet", BANDS, len(CLASSES), "resnet18", encoder_depth=3).eval()
+    meta = dataclasses.replace(_meta(), encoder_depth=3)
+    pkg = save_package(tmp_path / "model", model, meta, {"model": {"arch": "unet"}}, onnx=False)
+    stored = json.loads((pkg / "eoforge.json").read_text())
+    assert stored["encoder_depth"] == 3
+    assert "3 stages" in json.loads((pkg / "item.json").read_text())["properties"]["mlm:architecture"]
+    pred = load_package(pkg)  # rebuilt from the registry at depth 3: strict load of the pruned weights
+    x = _inputs()[1:]
+    assert tuple(pred.logits(x).shape) == (1, len(CLASSES), 64, 96)
+    state = {k: v for k, v in model.state_dict().items()}
+    assert not any(k.startswith("encoder.layer3.") or k.startswith("encoder.layer4.") for k in state)
+    plain = save_package(
+        tmp_path / "plain", create_model("unet", BANDS, 3, "resnet18"), _meta(), {}, onnx=False
+    )
+    assert "encoder_depth" not in json.loads((plain / "eoforge.json").read_text())  # older format unchanged

@@ -553,6 +553,14 @@ class ChipsConfig(_Strict):
 class ModelConfig(_Strict):
     arch: str = Field(default="unet", description="Model name in the registry (`eoforge models` lists them).")
     encoder: str = Field(default="resnet18", description="Encoder name (segmentation-models-pytorch).")
+    encoder_depth: int | None = Field(
+        default=None,
+        ge=1,
+        le=5,
+        description="Encoder stages the decoder uses (smp `encoder_depth`; Unet-like decoders get one block per "
+        "stage). None: the architecture's own (5 for most). Small chips need fewer: at depth 5 a 64-px chip "
+        "reaches the last stage at 2 x 2 px.",
+    )
     weights: str | None = Field(
         default=None,
         description="Pretrained weights: a local file or an http(s) URL (downloaded once into the cache, "

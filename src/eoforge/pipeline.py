@@ -78,6 +78,7 @@ def stage_train(cfg: RunConfig, out: Path, progress: bool = False, resume: bool 
         task=task.name,
         arch=model_cfg.arch,
         encoder=model_cfg.encoder,
+        encoder_depth=model_cfg.encoder_depth,
         bands=scene.bands,
         mean=scene.mean,
         std=scene.std,

@@ -17,16 +17,19 @@ from eoforge.errors import InputError
 log = logging.getLogger(__name__)
 
 ModelFactory = Callable[[int, int, str], nn.Module]
+DepthFactory = Callable[[int, int, str, int], nn.Module]  # ... plus the encoder depth (model.encoder_depth)
 _REGISTRY: dict[str, ModelFactory] = {}
+_DEPTH: dict[str, DepthFactory] = {}
 _ENCODERS: dict[str, Callable[[], list[str]]] = {}
 
 
 def register_model(
-    name: str, encoders: Callable[[], list[str]] | None = None
+    name: str, encoders: Callable[[], list[str]] | None = None, with_depth: DepthFactory | None = None
 ) -> Callable[[ModelFactory], ModelFactory]:
     """Decorator registering ``factory(in_channels, num_classes, encoder)`` under ``name``.
 
-    ``encoders`` optionally lists the encoder names the model accepts (shown by ``eoforge models``).
+    ``encoders`` optionally lists the encoder names the model accepts (shown by ``eoforge models``);
+    ``with_depth(in_channels, num_classes, encoder, encoder_depth)`` builds it with fewer encoder stages.
     """
 
     def deco(fn: ModelFactory) -> ModelFactory:
@@ -35,6 +38,8 @@ def register_model(
         _REGISTRY[name] = fn
         if encoders is not None:
             _ENCODERS[name] = encoders
+        if with_depth is not None:
+            _DEPTH[name] = with_depth
         return fn
 
     return deco
@@ -61,16 +66,25 @@ def create_model(
     weights_sha256: str | None = None,
     bands: Sequence[str] | None = None,
     weights_bands: Sequence[str] | None = None,
+    encoder_depth: int | None = None,
 ) -> nn.Module:
     """Build a registered model, optionally initialised from pretrained ``weights``.
 
     ``weights`` is a local file, an http(s) URL or ``hf://org/repo/file`` (see :mod:`eoforge.models.transfer`);
-    ``bands`` names the model's input bands so the first convolution is adapted by band name.
+    ``bands`` names the model's input bands so the first convolution is adapted by band name;
+    ``encoder_depth`` (None: the architecture's own) is how many encoder stages the decoder uses.
     """
     _load_builtin()
     if name not in _REGISTRY:
         raise InputError(f"unknown model '{name}'; choose one of: {', '.join(list_models())}")
-    model = _REGISTRY[name](in_channels, num_classes, encoder)
+    if encoder_depth is None:
+        model = _REGISTRY[name](in_channels, num_classes, encoder)
+    elif name in _DEPTH:
+        model = _DEPTH[name](in_channels, num_classes, encoder, encoder_depth)
+    else:
+        raise InputError(
+            f"model '{name}' takes no model.encoder_depth; remove it, or use one of: {', '.join(sorted(_DEPTH))}"
+        )
     if weights is not None:
         from eoforge.models.transfer import fetch_weights, load_weights
 

@@ -7,13 +7,15 @@ Weights are never downloaded here: models start random and :mod:`eoforge.models.
 from __future__ import annotations
 
 import functools
+import inspect
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from eoforge.errors import InputError
-from eoforge.models.registry import ModelFactory, register_model
+from eoforge.models.registry import register_model
 
 SMP_ARCHITECTURES = {
     "unet": "Unet",
@@ -53,32 +55,74 @@ def _unknown_encoder(arch: str, encoder: str) -> InputError:
     )
 
 
-def _smp(arch: str, cls_name: str) -> ModelFactory:
-    def factory(in_channels: int, num_classes: int, encoder: str) -> nn.Module:
+def _depth_kwargs(arch: str, cls: type, depth: int) -> dict[str, Any]:
+    """smp keyword arguments for ``depth`` encoder stages: ``encoder_depth`` and, for decoders with one
+    block per stage (Unet, UnetPlusPlus, MAnet), their default ``decoder_channels`` cut to the last ``depth``."""
+    params = inspect.signature(cls).parameters
+    if "encoder_depth" not in params:
+        raise InputError(f"model {arch} takes no model.encoder_depth; remove it")
+    kwargs: dict[str, Any] = {"encoder_depth": depth}
+    channels = params.get("decoder_channels")
+    if channels is not None and isinstance(channels.default, (list, tuple)) and len(channels.default) == 5:
+        kwargs["decoder_channels"] = tuple(channels.default)[5 - depth :]
+    return kwargs
+
+
+def _prune_unused_stages(model: nn.Module, depth: int) -> None:
+    """smp's ResNet encoders keep every stage whatever their depth; the unused ones would hold 8 M of the
+    resnet18's 11 M parameters at depth 4 (saved in packages, skipped by the optimiser, unused parameters under
+    DDP). Replace them by identities; their forward never calls them."""
+    from segmentation_models_pytorch.encoders.resnet import ResNetEncoder
+
+    encoder = getattr(model, "encoder", None)
+    if isinstance(encoder, ResNetEncoder):
+        for stage in range(max(depth, 1) + 1, 6):  # stage s >= 2 is resnet layer s - 1
+            setattr(encoder, f"layer{stage - 1}", nn.Identity())
+
+
+class _SmpFactory(Protocol):  # fits both ModelFactory and DepthFactory of the registry
+    def __call__(
+        self, in_channels: int, num_classes: int, encoder: str, encoder_depth: int | None = None
+    ) -> nn.Module: ...
+
+
+def _smp(arch: str, cls_name: str) -> _SmpFactory:
+    def factory(
+        in_channels: int, num_classes: int, encoder: str, encoder_depth: int | None = None
+    ) -> nn.Module:
         import segmentation_models_pytorch as smp
 
         if not _valid_encoder(encoder):
             raise _unknown_encoder(arch, encoder)
         cls = getattr(smp, cls_name)
         kwargs = {"encoder_name": encoder, "encoder_weights": None, "in_channels": in_channels}
+        if encoder_depth is not None:
+            kwargs.update(_depth_kwargs(arch, cls, encoder_depth))
         try:
             if cls_name == "DPT":
                 try:  # vision transformers need dynamic_img_size to accept chips of any size
                     return cls(classes=num_classes, dynamic_img_size=True, **kwargs)
                 except TypeError:
                     pass
-            return cls(classes=num_classes, **kwargs)
-        except (ValueError, KeyError, RuntimeError) as exc:
+            model: nn.Module = cls(classes=num_classes, **kwargs)
+        except (ValueError, KeyError, RuntimeError, AssertionError) as exc:
+            what = f"encoder '{encoder}'" + (
+                f" at encoder_depth {encoder_depth}" if encoder_depth is not None else ""
+            )
             raise InputError(
-                f"model {arch} cannot use encoder '{encoder}' ({str(exc).splitlines()[0]}); pick another "
-                "encoder (`eoforge models --encoders`)"
+                f"model {arch} cannot use {what} ({str(exc).splitlines()[0]}); pick another "
+                "encoder (`eoforge models --encoders`) or depth"
             ) from None
+        if encoder_depth is not None:
+            _prune_unused_stages(model, encoder_depth)
+        return model
 
     return factory
 
 
 for _name, _cls in SMP_ARCHITECTURES.items():
-    register_model(_name, encoders=smp_encoders)(_smp(_name, _cls))
+    _factory = _smp(_name, _cls)
+    register_model(_name, encoders=smp_encoders, with_depth=_factory)(_factory)
 
 
 class FCN8s(nn.Module):

@@ -66,6 +66,7 @@ class PackageMeta:
     band_descriptions: list[str] | None = None
     recipe: dict[str, Any] | None = None  # eoforge.prepare.recipe.Recipe.to_json(); None in older packages
     task: str = "segmentation"  # eoforge.tasks name; older packages were all segmentation
+    encoder_depth: int | None = None  # model.encoder_depth; None: the architecture's own (all older packages)
 
     @property
     def source_band_names(self) -> list[str]:
@@ -86,6 +87,7 @@ class PackageMeta:
             "task": self.task,
             "arch": self.arch,
             "encoder": self.encoder,
+            **({"encoder_depth": self.encoder_depth} if self.encoder_depth is not None else {}),
             "in_channels": len(self.bands),
             "bands": self.bands,
             "normalization": {"mean": self.mean, "std": self.std},
@@ -106,6 +108,7 @@ class PackageMeta:
         return cls(
             arch=m["arch"],
             encoder=m["encoder"],
+            encoder_depth=m.get("encoder_depth"),
             bands=list(m["bands"]),
             mean=list(m["normalization"]["mean"]),
             std=list(m["normalization"]["std"]),

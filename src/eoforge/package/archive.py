@@ -133,7 +133,9 @@ class PackageFiles:
     def model(self, meta: PackageMeta) -> nn.Module:
         """Rebuild the network from the registry and load its weights (strictly: every tensor must fit)."""
         try:
-            model = create_model(meta.arch, len(meta.bands), len(meta.classes), meta.encoder)
+            model = create_model(
+                meta.arch, len(meta.bands), len(meta.classes), meta.encoder, encoder_depth=meta.encoder_depth
+            )
         except EoforgeError as exc:
             raise PackageError(
                 f"{self.path}: the package's model cannot be built ({one_line(exc, 110)}); "

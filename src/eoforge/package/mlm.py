@@ -90,7 +90,8 @@ def build_item(
     )
     props = MLModelProperties(
         name=f"eoforge {meta.arch}/{meta.encoder}",
-        architecture=f"{meta.arch} ({meta.encoder} encoder)",
+        architecture=f"{meta.arch} ({meta.encoder} encoder"
+        + (f", {meta.encoder_depth} stages)" if meta.encoder_depth is not None else ")"),
         tasks={get_task(meta.task).mlm_task},
         framework="pytorch",
         framework_version=torch.__version__.split("+")[0],

@@ -220,6 +220,7 @@ def train(
         model_cfg.weights_sha256,
         bands=scene.bands,
         weights_bands=model_cfg.weights_bands,
+        encoder_depth=model_cfg.encoder_depth,
     )
     plan = resolve_precision(cfg.precision, cfg.accelerator)
     class_weights = resolve_class_weights(cfg, scene)
