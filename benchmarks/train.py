@@ -1,7 +1,7 @@
 """Training throughput: samples/s of fp32 eager against `train.precision: auto` on the demo U-Net, one run.
 
-The demo's model (U-Net / resnet18, 6 bands, 7 classes, 64 px chips, batch 16) trains on random batches with
-the demo's loss (cross-entropy + Dice, class weights) and the optimiser of `SegmentationTask`
+The demo's model (its `model.arch` / `encoder` / `encoder_depth`, 6 bands, 7 classes, its chip size and batch,
+read from `eoforge.demo.demo_config()`) trains on random batches with the demo's loss and the optimiser of `SegmentationTask`
 (`make_optimizer`: fused AdamW), exactly as the task does: forward, loss, backward, optimiser step. Steady
 state: each setting first runs ``--warmup`` steps that are not timed (oneDNN creates its kernels and the
 allocator its pools on the first steps), then the two settings alternate round by round (``--steps`` each), so
@@ -9,7 +9,7 @@ load changes on a shared machine hit both alike; the ratio of the medians is pri
 before and after (compare only runs on an idle machine: under oversubscription OpenMP threads wait on each
 other and the ratio says nothing about the setting).
 
-    OMP_NUM_THREADS=2 python benchmarks/train.py [--rounds 7 --steps 8 --warmup 5]
+    OMP_NUM_THREADS=2 python benchmarks/train.py [--rounds 7 --steps 8 --warmup 5] [--encoder-depth 5]
 """
 
 from __future__ import annotations
@@ -22,23 +22,27 @@ import time
 
 import torch
 
-from eoforge.config import TrainConfig
+from eoforge.config import ModelConfig, TrainConfig
+from eoforge.demo import demo_config
 from eoforge.models import create_model
 from eoforge.train.losses import make_loss
 from eoforge.train.speed import resolve_precision
 from eoforge.train.task import make_optimizer
 
 
-def make_step(precision: str, bands: int, classes: int, compile: bool = False):  # type: ignore[no-untyped-def]
+def make_step(  # type: ignore[no-untyped-def]
+    precision: str, bands: int, classes: int, model_cfg: ModelConfig, loss: str, compile: bool = False
+):
     plan = resolve_precision(precision, "cpu")
     torch.manual_seed(0)
-    model = create_model("unet", bands, classes, "resnet18").train()
+    m = model_cfg
+    model = create_model(m.arch, bands, classes, m.encoder, encoder_depth=m.encoder_depth).train()
     if plan.channels_last:
         model = model.to(memory_format=torch.channels_last)
     fwd = torch.compile(model) if compile else model
     opt = make_optimizer(model.parameters(), 1e-3, 1e-4)
     weights = [1.0] * classes
-    loss_fn = make_loss(TrainConfig(loss="ce+dice", class_weights=weights), weights)
+    loss_fn = make_loss(TrainConfig(loss=loss, class_weights=weights), weights)  # type: ignore[arg-type]
     bf16 = plan.precision == "bf16-mixed"
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -59,16 +63,26 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=8, help="Training steps per round and setting.")
     ap.add_argument("--warmup", type=int, default=5, help="Untimed steps per setting before the rounds.")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=None, help="Default: the demo's train.batch_size.")
+    ap.add_argument("--size", type=int, default=None, help="Default: the demo's chips.size.")
+    ap.add_argument(
+        "--encoder-depth", type=int, default=None, help="Default: the demo's model.encoder_depth."
+    )
     ap.add_argument("--compile", action="store_true", help="Also torch.compile the auto setting.")
     args = ap.parse_args()
-    bands, classes = 6, 7
+    demo = demo_config()
+    bands, classes = len(demo.inputs.bands or []), len(demo.inputs.classes or {})
+    args.batch = args.batch or demo.train.batch_size
+    args.size = args.size or demo.chips.size
+    model_cfg = demo.model
+    if args.encoder_depth is not None:
+        model_cfg = model_cfg.model_copy(update={"encoder_depth": args.encoder_depth})
+    loss = demo.train.loss
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch, bands, args.size, args.size, generator=g)
     y = torch.randint(0, classes, (args.batch, args.size, args.size), generator=g)
-    settings = {"fp32 eager": make_step("32-true", bands, classes)}
-    auto_step, plan = make_step("auto", bands, classes, compile=args.compile)
+    settings = {"fp32 eager": make_step("32-true", bands, classes, model_cfg, loss)}
+    auto_step, plan = make_step("auto", bands, classes, model_cfg, loss, compile=args.compile)
     auto_name = (
         f"auto ({plan.precision}, channels-last {plan.channels_last}{', compiled' if args.compile else ''})"
     )
@@ -86,7 +100,9 @@ def main() -> None:
             rates[name].append(args.steps * args.batch / (time.perf_counter() - t))
     load1 = os.getloadavg()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} x {bands} x {args.size}²; "
+        f"demo model {model_cfg.arch}/{model_cfg.encoder}, encoder_depth {model_cfg.encoder_depth or 'default'}, "
+        f"loss {loss}; torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch} x {bands} x "
+        f"{args.size}²; "
         f"{args.warmup} warm-up steps, {args.rounds} rounds of {args.steps} steps; load average (1 min) "
         f"{load0[0]:.1f} before, {load1[0]:.1f} after on {os.cpu_count()} CPUs"
     )
