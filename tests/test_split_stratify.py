@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
+from affine import Affine
 from conftest import write_tif
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from eoforge.chips import assign_blocks, make_chips
 from eoforge.chips.leakage import check_store
 from eoforge.chips.splits import split_blocks, stratify_blocks
-from eoforge.config import ChipsConfig, SplitConfig, parse_config
+from eoforge.config import ChipsConfig, InputsConfig, SplitConfig, parse_config
 from eoforge.prepare import prepare
 
 
@@ -149,33 +151,58 @@ def test_config_accepts_stratify_with_blocks_only() -> None:
         SplitConfig(by="scene", stratify=True)
 
 
-def test_chips_run_puts_a_rare_class_in_every_split(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A 192 x 192 scene, 9 blocks of 64 px; class 3 in 3 separated blocks: every split's index rows hold it."""
+def _rare_scene(folder: Path, x0: float = 500_000.0) -> dict[str, object]:
+    """A 192 x 192 px 2-band scene at x = ``x0`` (9 blocks of 64 px): classes 1 and 2 in two halves, the rare
+    class 3 in a 10 px square inside 3 separated blocks."""
     h = w = 192
     labels = np.where(np.arange(w)[None, :] < 100, 1, 2).repeat(h, 0).astype(np.uint8)
     for r, c in ((0, 0), (0, 2), (2, 1)):
         labels[64 * r + 20 : 64 * r + 30, 64 * c + 20 : 64 * c + 30] = 3
     img = np.stack(np.mgrid[0:h, 0:w]).astype(np.float32) + 1
-    write_tif(tmp_path / "img.tif", img, nodata=-1)
-    write_tif(tmp_path / "lab.tif", labels, nodata=0)
-    inputs = parse_config(
-        {
-            "inputs": {
-                "images": [str(tmp_path / "img.tif")],
-                "labels": {"path": str(tmp_path / "lab.tif")},
-                "classes": {1: "c1", 2: "c2", 3: "rare"},
-            }
-        }
-    ).inputs
-    scene = prepare(inputs, tmp_path / "run")
+    t = Affine(10.0, 0, x0, 0, -10.0, 5_000_000.0)
+    folder.mkdir(parents=True)
+    write_tif(folder / "img.tif", img, nodata=-1, transform=t)
+    write_tif(folder / "lab.tif", labels, nodata=0, transform=t)
+    return {
+        "name": folder.name,
+        "images": [str(folder / "img.tif")],
+        "labels": {"path": str(folder / "lab.tif")},
+    }
+
+
+def _stratified(seed: int) -> ChipsConfig:
+    return ChipsConfig(
+        size=32, split={"block_size": 64, "val": 0.2, "test": 0.2, "seed": seed, "stratify": True}
+    )
+
+
+def test_chips_run_puts_a_rare_class_in_every_split(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """One scene; every split's index rows hold the rare class; the leakage check (inside make_chips) passes."""
+    one = _rare_scene(tmp_path / "scene")
+    inputs = {"images": one["images"], "labels": one["labels"], "classes": {1: "c1", 2: "c2", 3: "rare"}}
+    scene = prepare(parse_config({"inputs": inputs}).inputs, tmp_path / "run")
     for seed in range(3):
-        cfg = ChipsConfig(
-            size=32, split={"block_size": 64, "val": 0.2, "test": 0.2, "seed": seed, "stratify": True}
-        )
         with caplog.at_level(logging.INFO, logger="eoforge.chips.make"):
-            store = make_chips(scene, cfg, tmp_path / f"out{seed}")  # the leakage check runs inside
+            store = make_chips(scene, _stratified(seed), tmp_path / f"out{seed}")
         check_store(store)
         index = store.index()
         for s in ("train", "val", "test"):
             assert index.loc[index["split"] == s, "px_rare"].sum() > 0, (seed, s)
+        assert json.loads((store.root / "chips.json").read_text())["stratify"] is True
         assert "labelled pixels per split and class" in caplog.text
+
+
+def test_chips_run_stratifies_every_scene_by_block(tmp_path: Path) -> None:
+    """inputs.scenes with split.by block: each scene is stratified on its own."""
+    scenes = [_rare_scene(tmp_path / f"s{k}", 500_000.0 + 5_000 * k) for k in range(2)]
+    inputs = InputsConfig.model_validate(
+        {"scenes": scenes, "bands": ["red", "nir"], "classes": {1: "c1", 2: "c2", 3: "rare"}}
+    )
+    run = prepare(inputs, tmp_path / "run")
+    store = make_chips(run, _stratified(4), tmp_path / "run")
+    check_store(store)
+    index = store.index()
+    for name in ("s0", "s1"):
+        sub = index[index["scene"] == name]
+        for s in ("train", "val", "test"):
+            assert sub.loc[sub["split"] == s, "px_rare"].sum() > 0, (name, s)
