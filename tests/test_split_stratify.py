@@ -206,3 +206,28 @@ def test_chips_run_stratifies_every_scene_by_block(tmp_path: Path) -> None:
         sub = index[index["scene"] == name]
         for s in ("train", "val", "test"):
             assert sub.loc[sub["split"] == s, "px_rare"].sum() > 0, (name, s)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    h=st.integers(32, 200),
+    w=st.integers(32, 200),
+    size=st.sampled_from([8, 16, 32]),
+    block_mult=st.integers(1, 3),
+    buffer=st.integers(0, 10),
+    seed=st.integers(0, 1000),
+)
+def test_stratified_block_split_never_leaks(
+    h: int, w: int, size: int, block_mult: int, buffer: int, seed: int
+) -> None:
+    from eoforge.chips.leakage import leaks
+    from eoforge.chips.samplers import grid_windows
+
+    rows, cols = grid_windows(h, w, size, max(4, size // 2))
+    counts = np.random.default_rng(seed).integers(0, 3, (len(rows), 3)) * np.array([50, 10, 1])
+    block = size * block_mult
+    code, blocks = split_blocks(rows, cols, size, (h, w), block, buffer, 0.2, 0.2, seed, counts=counts)
+    kept = code >= 0
+    assert len(leaks(rows[kept], cols[kept], code[kept], size, buffer)) == 0
+    br, bc = (rows + size // 2) // block, (cols + size // 2) // block
+    np.testing.assert_array_equal(code[kept], blocks[br, bc][kept])
