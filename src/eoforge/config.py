@@ -457,6 +457,12 @@ class SplitConfig(_Strict):
         default=None, description="Regions naming the split of each area (mode: regions)."
     )
     seed: int = Field(default=0, description="Random seed of the block or chip assignment.")
+    stratify: bool = Field(
+        default=False,
+        description="mode blocks: assign the blocks by iterative stratification on their class pixels (rarest "
+        "class first), so every class reaches every split where its blocks allow it; false: blocks drawn at "
+        "random until each split has its share of chips.",
+    )
     by: Literal["block", "scene"] = Field(
         default="block",
         description="With inputs.scenes: block splits each scene by `mode`; scene gives every scene whole to "
@@ -468,6 +474,11 @@ class SplitConfig(_Strict):
         if self.by == "scene" and self.mode != "blocks":
             raise ValueError(
                 "split.by scene assigns whole scenes; use it with split.mode blocks (the default)"
+            )
+        if self.stratify and (self.mode != "blocks" or self.by == "scene"):
+            raise ValueError(
+                "split.stratify assigns spatial blocks by their classes; use it with split.mode blocks and "
+                "split.by block (the defaults), or set stratify: false"
             )
         if self.mode != "regions" and self.val + self.test >= 0.9:
             raise ValueError("val + test must leave at least 10% of the chips for training")

@@ -228,7 +228,16 @@ def _split_scene(
         )
     elif sp.mode == "blocks":
         codes, block_splits = split_blocks(
-            rows, cols, size, grid.shape, block, sp.buffer, sp.val, sp.test, sp.seed
+            rows,
+            cols,
+            size,
+            grid.shape,
+            block,
+            sp.buffer,
+            sp.val,
+            sp.test,
+            sp.seed,
+            counts=counts if sp.stratify else None,
         )
     elif sp.mode == "random":
         codes = split_random(rows, cols, size, sp.buffer, sp.val, sp.test, sp.seed)
@@ -392,6 +401,7 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
             "stride": cfg.stride or size,
             "sampler": cfg.sampler,
             "split_mode": sp.mode,
+            "stratify": sp.stratify,
             "blocks_define_splits": sp.mode == "blocks",
             "block_splits": None if multi else named(picked[0].block_splits),
             "block_size": block,
@@ -426,6 +436,7 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
         if multi:
             check_across_scenes(index, where=str(out_dir / "chips"))
     log.info("chips: %s (%d dropped at split borders)", meta["counts"], dropped)
+    log.info("chips: labelled pixels per split and class %s", meta["class_pixels"])
     return ChipStore(root=out_dir / "chips", size=size, splits=splits)
 
 

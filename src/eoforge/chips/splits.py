@@ -44,6 +44,72 @@ def assign_blocks(weights: np.ndarray, val: float, test: float, seed: int) -> np
     return out.reshape(weights.shape)
 
 
+def stratify_blocks(
+    weights: np.ndarray, class_pixels: np.ndarray, val: float, test: float, seed: int
+) -> np.ndarray:
+    """Assign every block of a ``(rows, cols)`` grid of chip counts to a split, whole, by iterative
+    stratification on the blocks' class pixels ``class_pixels`` (``(rows, cols, classes)``), so that every
+    class reaches every split where its blocks allow it and each split's share of every class (and of chips)
+    approaches its fraction. Returns split codes of the same shape as ``weights``.
+
+    Iterative stratification (Sechidis, Tsoumakas & Vlahavas 2011, "On the stratification of multi-label
+    data"; the algorithm of scikit-multilearn's ``IterativeStratification``), hand-written because no installed
+    library stratifies weighted items (blocks of many pixels) with a chip-count target: the class in the fewest
+    unassigned blocks goes first; each of its unassigned blocks (in a seeded random order) goes to the split
+    with the largest remaining demand for that class (its fraction of the class's pixels less what it has),
+    with two changes: a split with a fraction > 0 that holds none of the class yet comes first, so a class in
+    >= 3 free blocks reaches all three splits; then splits still short of their chip share come before those
+    that have it (weighted blocks otherwise let the chip shares drift: on random tables this keeps them as
+    close to the fractions as :func:`assign_blocks` does, at no cost in class balance). Ties go to the largest
+    remaining chip demand, then a seeded random order. Blocks with no labelled pixels go to the split with the
+    largest remaining chip demand (those of weight 0 to train)."""
+    shape = weights.shape
+    if class_pixels.ndim != weights.ndim + 1 or class_pixels.shape[: len(shape)] != shape:
+        raise ValueError(f"class_pixels {class_pixels.shape} does not match the block grid {shape}")
+    w = weights.ravel().astype(np.float64)
+    px = class_pixels.reshape(w.size, -1).astype(np.float64)
+    frac = np.array([1.0 - val - test, val, test])
+    active = frac > 0
+    rng = np.random.default_rng(seed)
+    visit = np.empty(w.size, dtype=np.int64)
+    visit[rng.permutation(w.size)] = np.arange(w.size)  # each block's place in the seeded visiting order
+    chip_need = frac * w.sum()
+    class_need = frac[:, None] * px.sum(axis=0)[None, :]
+    holds = np.zeros_like(class_need, dtype=bool)
+    out = np.zeros(w.size, dtype=np.int8)
+    free = np.ones(w.size, dtype=bool)
+
+    def give(b: int, code: int) -> None:
+        out[b] = code
+        free[b] = False
+        chip_need[code] -= w[b]
+        class_need[code] -= px[b]
+        holds[code] |= px[b] > 0
+
+    def pick(first: np.ndarray, need: np.ndarray) -> int:
+        tie = rng.random(3)  # a fresh seeded draw per decision: the last tie-breaker
+        keys = [
+            (bool(first[j]), bool(chip_need[j] > 0), float(need[j]), float(chip_need[j]), float(tie[j]))
+            for j in range(3)
+        ]
+        return max((j for j in range(3) if active[j]), key=lambda j: keys[j])
+
+    while True:
+        present = px[free] > 0
+        n_blocks = present.sum(axis=0)
+        if not n_blocks.any():
+            break
+        left = np.where(present, px[free], 0.0).sum(axis=0)
+        cls = min(np.flatnonzero(n_blocks), key=lambda c: (int(n_blocks[c]), float(left[c]), int(c)))
+        todo = np.flatnonzero(free & (px[:, cls] > 0))
+        for b in todo[np.argsort(visit[todo])]:
+            give(int(b), pick(active & ~holds[:, cls], class_need[:, cls]))
+    rest = np.flatnonzero(free & (w > 0))
+    for b in rest[np.argsort(visit[rest])]:
+        give(int(b), pick(np.zeros(3, dtype=bool), chip_need))
+    return out.reshape(shape)
+
+
 def centre_blocks(rows: np.ndarray, cols: np.ndarray, size: int, block: int) -> tuple[np.ndarray, np.ndarray]:
     """The block (row, col) of each chip's centre pixel."""
     return (rows + size // 2) // block, (cols + size // 2) // block
@@ -59,11 +125,14 @@ def split_blocks(
     val: float,
     test: float,
     seed: int,
+    counts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Spatial block split: blocks go whole to a split (weighted by the chips inside them); a chip takes
     its centre block's split and is dropped (``-1``) if its footprint grown by ``ceil(buffer / 2)`` px
     touches a block of another split. Two kept chips of different splits are then at least ``buffer`` px
-    apart, and every pixel of a chip lies in a block of the chip's split. Returns the chips' split codes and
+    apart, and every pixel of a chip lies in a block of the chip's split. Given the chips' labelled pixels
+    per class ``counts`` (``(chips, classes)``), blocks are assigned by :func:`stratify_blocks` on the class
+    pixels of the chips that weigh them, else by :func:`assign_blocks`. Returns the chips' split codes and
     the ``(block rows, block cols)`` grid of block split codes."""
     height, width = grid_shape
     nbr, nbc = math.ceil(height / block), math.ceil(width / block)
@@ -71,10 +140,16 @@ def split_blocks(
     inside = (rows // block == (rows + size - 1) // block) & (cols // block == (cols + size - 1) // block)
     weights = np.zeros((nbr, nbc), dtype=np.int64)
     if inside.any():  # weigh blocks by the chips they hold whole (those no split border can drop)
-        np.add.at(weights, (rows[inside] // block, cols[inside] // block), 1)
+        at, sel = (rows[inside] // block, cols[inside] // block), inside
     else:
-        np.add.at(weights, (br, bc), 1)
-    blocks = assign_blocks(weights, val, test, seed)
+        at, sel = (br, bc), np.ones(len(rows), dtype=bool)
+    np.add.at(weights, at, 1)
+    if counts is None:
+        blocks = assign_blocks(weights, val, test, seed)
+    else:  # the same chips weigh the blocks' classes
+        class_pixels = np.zeros((nbr, nbc, counts.shape[1]), dtype=np.int64)
+        np.add.at(class_pixels, at, counts[sel])
+        blocks = stratify_blocks(weights, class_pixels, val, test, seed)
     code = blocks[br, bc].astype(np.int8)
     h = (buffer + 1) // 2
     r0 = np.clip(rows - h, 0, height - 1) // block
