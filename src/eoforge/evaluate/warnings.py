@@ -87,7 +87,8 @@ def conclusion_warnings(
                 (
                     f"class_absent_{split}",
                     f"{', '.join(repr(n) for n in absent)} {'has' if one else 'have'} no {split} pixels: "
-                    f"{consequence}; add labels or change the split",
+                    f"{consequence}; add labels, or split with chips.split.stratify: true (and a smaller "
+                    "chips.split.block_size if the class lies in fewer than 3 blocks)",
                 )
             )
         if few:
