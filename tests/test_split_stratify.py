@@ -231,3 +231,15 @@ def test_stratified_block_split_never_leaks(
     assert len(leaks(rows[kept], cols[kept], code[kept], size, buffer)) == 0
     br, bc = (rows + size // 2) // block, (cols + size // 2) // block
     np.testing.assert_array_equal(code[kept], blocks[br, bc][kept])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_largest_block_of_a_rare_class_goes_to_train(seed: int) -> None:
+    # 30 blocks of 4 chips; a rare class in three blocks of 90, 10 and 8 px, a common class everywhere
+    weights = np.full((5, 6), 4)
+    px = np.zeros((5, 6, 2))
+    px[..., 0] = 500
+    px[0, 1, 1], px[3, 3, 1], px[4, 0, 1] = 90, 10, 8
+    codes = stratify_blocks(weights, px, 0.15, 0.2, seed)
+    assert codes[0, 1] == 0  # most of the rare class is learnt from, not only tested
+    assert {int(codes[3, 3]), int(codes[4, 0])} == {1, 2}  # and it still reaches validation and test
