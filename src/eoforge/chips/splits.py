@@ -55,7 +55,7 @@ def stratify_blocks(
     Iterative stratification (Sechidis, Tsoumakas & Vlahavas 2011, "On the stratification of multi-label
     data"; the algorithm of scikit-multilearn's ``IterativeStratification``), hand-written because no installed
     library stratifies weighted items (blocks of many pixels) with a chip-count target: the class in the fewest
-    unassigned blocks goes first; each of its unassigned blocks (largest first, ties in a seeded random order) goes to the split
+    unassigned blocks goes first; each of its unassigned blocks (the largest first, then in a seeded random order) goes to the split
     with the largest remaining demand for that class (its fraction of the class's pixels less what it has),
     with two changes: a split with a fraction > 0 that holds none of the class yet comes first, so a class in
     >= 3 free blocks reaches all three splits; then splits still short of their chip share come before those
@@ -102,10 +102,12 @@ def stratify_blocks(
         left = np.where(present, px[free], 0.0).sum(axis=0)
         cls = min(np.flatnonzero(n_blocks), key=lambda c: (int(n_blocks[c]), float(left[c]), int(c)))
         todo = np.flatnonzero(free & (px[:, cls] > 0))
-        # largest blocks of the class first (ties in the seeded order), so the split with the largest demand,
-        # usually train, gets the biggest block: a rare class in few blocks is then mostly learnt, not only
-        # tested (the greedy "largest first" rule of weighted partitioning)
-        for b in todo[np.lexsort((visit[todo], -px[todo, cls]))]:
+        # the class's largest block first, so the split with the largest demand (usually train) gets it: a rare
+        # class in few blocks is then mostly learnt, not only tested; the others in the seeded order, so
+        # the seed still draws different splits
+        todo = todo[np.argsort(visit[todo])]
+        todo = np.concatenate([todo[[np.argmax(px[todo, cls])]], np.delete(todo, np.argmax(px[todo, cls]))])
+        for b in todo:
             give(int(b), pick(active & ~holds[:, cls], class_need[:, cls]))
     rest = np.flatnonzero(free & (w > 0))
     for b in rest[np.argsort(visit[rest])]:
