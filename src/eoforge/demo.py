@@ -93,7 +93,9 @@ def demo_config(epochs: int = 40) -> RunConfig:
                 "min_valid": 0.5,
                 "split": {"val": 0.15, "test": 0.2, "block_size": 96},
             },
-            "model": {"arch": "unet", "encoder": "resnet18"},
+            # 3 encoder stages: at 5 a 64-px chip reaches the resnet18's last stage at 2 x 2 px; validation mIoU
+            # 0.365 / 0.364 vs 0.340 / 0.334 over 2 seeds, ~1.5x faster to train (docs/PERFORMANCE.md, fourth round)
+            "model": {"arch": "unet", "encoder": "resnet18", "encoder_depth": 3},
             "train": {
                 "epochs": epochs,
                 "batch_size": 16,
