@@ -29,6 +29,7 @@ from eoforge.compute import tasks_per_call
 from eoforge.config import IGNORE_INDEX, ChipsConfig, ComputeConfig, SplitConfig
 from eoforge.errors import InputError
 from eoforge.io.atomic import atomic_dir
+from eoforge.io.blockcache import tile_rows_bytes
 from eoforge.prepare import PreparedScene
 
 if TYPE_CHECKING:
@@ -45,6 +46,10 @@ MAX_PER_TASK = 256
 CHUNKS_PER_TASK = 4
 """Zarr chunks per extraction task at most (``CHUNKS_PER_TASK`` x :func:`chips_per_chunk` chips; one chunk is
 held at once); fewer with several threads or workers (:func:`eoforge.compute.tasks_per_call`)."""
+CACHE_TILE_ROWS = 2
+"""Rows of tiles (:data:`STRIP` px) of GDAL block cache per task: a task reads row-major, a read box may span
+two tile rows, so each tile is decoded once while older blocks' memory is recycled (GDAL's default cap keeps
+a whole scene of decoded tiles: fresh memory, page faults)."""
 TASKS_PER_THREAD = 2
 """Extraction tasks per thread (in-process) or worker thread at least, when there are chunks enough, so the last
 tasks finish close together. Not more: each task opens the rasters and decompresses the tiles it shares with
@@ -56,6 +61,9 @@ def _stats(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Valid and per-class labelled pixels of chips sorted by (row, col)."""
     k = len(scene.class_ids)
+    need_valid = cfg.min_valid > cfg.labelled_fraction
+    per_px = 1 + (4 * len(scene.bands) if need_valid else 0)  # uint8 labels (+ float32 bands)
+    cache = tile_rows_bytes(scene.grid.width, per_px, STRIP, CACHE_TILE_ROWS)
     args = [
         (
             str(scene.image),
@@ -64,7 +72,8 @@ def _stats(
             cols[a:b],
             cfg.size,
             k,
-            cfg.min_valid > cfg.labelled_fraction,
+            need_valid,
+            cache,
         )
         for a, b in batches(rows, STRIP, MAX_PER_TASK)
     ]
@@ -346,6 +355,7 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
         labels = [str(part.labels) for _, part in parts]
         chunk = chips_per_chunk(len(scene.bands), size)  # as create_arrays laid them out
         n_chunks = -(-n // chunk)
+        cache = tile_rows_bytes(width, 1 + 4 * len(scene.bands), STRIP, CACHE_TILE_ROWS)
         per_task = (  # chunks per task: ~2 tasks per thread, so no thread idles long at the end
             tasks_per_call(n_chunks, CHUNKS_PER_TASK, client, per_thread=TASKS_PER_THREAD)
             if client is not None
@@ -354,7 +364,7 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
         args = [
             (
                 *(images, labels, str(tmp / "chips.zarr"), a),
-                *(rows[a:b], cols[a:b], codes[a:b], sid[a:b], size, width, offsets, pts, chunk),
+                *(rows[a:b], cols[a:b], codes[a:b], sid[a:b], size, width, offsets, pts, chunk, cache),
             )
             # whole chunks, so no file is written by two tasks; several per task, so most tiles of the
             # prepared rasters are decompressed once

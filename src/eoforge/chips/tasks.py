@@ -22,6 +22,7 @@ from rasterio.windows import Window
 
 from eoforge.config import IGNORE_INDEX
 from eoforge.errors import DataError
+from eoforge.io.blockcache import block_cache
 from eoforge.io.rasters import valid_mask
 
 if TYPE_CHECKING:
@@ -105,22 +106,31 @@ def read_chips(
 
 
 def window_stats(
-    image: str, labels: str, rows: np.ndarray, cols: np.ndarray, size: int, n_classes: int, need_valid: bool
+    image: str,
+    labels: str,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    size: int,
+    n_classes: int,
+    need_valid: bool,
+    cache: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each chip (sorted by row): its valid (non-nodata) pixel count and its labelled pixel count per class.
 
     Reads the labels, and the image only when ``need_valid``; otherwise the valid count is -1 (unknown;
-    prepare marks nodata pixels unlabelled, so labelled pixels are always valid ones).
+    prepare marks nodata pixels unlabelled, so labelled pixels are always valid ones). ``cache``: bytes of
+    GDAL block cache this task needs (:func:`eoforge.io.blockcache.block_cache`).
     """
     valid = np.full(len(rows), -1, dtype=np.int64)
     counts = np.zeros((len(rows), n_classes), dtype=np.int64)
-    with rasterio.open(labels) as lab:
-        for k, lb in read_chips(lab, rows, cols, size, band=1):
-            counts[k] = np.bincount(lb.ravel(), minlength=256)[:n_classes]
-    if need_valid:
-        with rasterio.open(image) as src:
-            for k, img in read_chips(src, rows, cols, size):
-                valid[k] = int(np.count_nonzero(valid_mask(img)))
+    with block_cache(cache):
+        with rasterio.open(labels) as lab:
+            for k, lb in read_chips(lab, rows, cols, size, band=1):
+                counts[k] = np.bincount(lb.ravel(), minlength=256)[:n_classes]
+        if need_valid:
+            with rasterio.open(image) as src:
+                for k, img in read_chips(src, rows, cols, size):
+                    valid[k] = int(np.count_nonzero(valid_mask(img)))
     return valid, counts
 
 
@@ -153,6 +163,7 @@ def extract(
     offsets: np.ndarray,
     points: tuple[int, int] | None,
     chunk: int,
+    cache: int,
 ) -> dict[str, np.ndarray] | None:
     """Copy chips ``start, start+1, …`` into the Zarr arrays ``image`` and ``label`` of ``store``, one chunk
     of ``chunk`` chips at a time (``start`` is a chunk boundary), each with one write call (one encode, one
@@ -164,6 +175,8 @@ def extract(
     With ``points = (per_class, seed)``, also return this batch's candidates for the stratified point sample:
     per (split, class) the ``per_class`` labelled valid pixels of smallest :func:`pixel_keys`, at rows shifted
     by their scene's ``offsets`` entry (scenes stacked one under the other, ``width`` the widest).
+
+    ``cache``: bytes of GDAL block cache the task needs (:func:`eoforge.io.blockcache.block_cache`).
     """
     g = zarr.open_group(store, mode="r+")
     img_arr, lab_arr = g["image"], g["label"]
@@ -174,6 +187,7 @@ def extract(
     img_arr, lab_arr = (a.with_config({"write_empty_chunks": True}) for a in (img_arr, lab_arr))
     found: list[dict[str, np.ndarray]] = []
     with contextlib.ExitStack() as stack:
+        stack.enter_context(block_cache(cache))
         opened: dict[int, tuple[Any, Any]] = {}  # each scene's rasters, opened when first needed
         for a in range(0, len(rows), chunk):
             r, c, sc = rows[a : a + chunk], cols[a : a + chunk], np.asarray(scenes[a : a + chunk])
