@@ -51,9 +51,15 @@ CACHE_TILE_ROWS = 2
 two tile rows, so each tile is decoded once while older blocks' memory is recycled (GDAL's default cap keeps
 a whole scene of decoded tiles: fresh memory, page faults)."""
 TASKS_PER_THREAD = 2
-"""Extraction tasks per thread (in-process) or worker thread at least, when there are chunks enough, so the last
-tasks finish close together. Not more: each task opens the rasters and decompresses the tiles it shares with
-its neighbours again (4 per thread cost 19 % more CPU at 1536² for no better balance)."""
+"""Extraction tasks per worker thread of a cluster at least, when there are chunks enough, so the last tasks
+finish close together. Not more: each task opens the rasters and decompresses the tiles it shares with its
+neighbours again (4 per thread cost 19 % more CPU at 1536² for no better balance)."""
+LOCAL_TASKS_PER_THREAD = 1
+"""Extraction tasks per thread in this process: the chunks split evenly, one run per thread. A task's buffers
+and GDAL blocks are recycled chunk after chunk (a task holds one chunk at once however many it writes), but
+each new task fills them afresh: new pages in its thread's malloc arena (page faults, kernel zeroing) and the
+tiles it shares with its neighbours decoded again. 4096², 2 idle cores: 1.0 s vs 1.17 s with 16 tasks of 4
+chunks (docs/PERFORMANCE.md, Chips, fourth round)."""
 
 
 def _stats(
@@ -356,10 +362,10 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
         chunk = chips_per_chunk(len(scene.bands), size)  # as create_arrays laid them out
         n_chunks = -(-n // chunk)
         cache = tile_rows_bytes(width, 1 + 4 * len(scene.bands), STRIP, CACHE_TILE_ROWS)
-        per_task = (  # chunks per task: ~2 tasks per thread, so no thread idles long at the end
+        per_task = (  # chunks per task: ~2 tasks per cluster thread, so no thread idles long at the end
             tasks_per_call(n_chunks, CHUNKS_PER_TASK, client, per_thread=TASKS_PER_THREAD)
             if client is not None
-            else max(1, min(CHUNKS_PER_TASK, n_chunks // (TASKS_PER_THREAD * local_threads())))
+            else max(1, -(-n_chunks // (LOCAL_TASKS_PER_THREAD * local_threads())))
         )
         args = [
             (

@@ -91,15 +91,42 @@ def read_groups(rows: np.ndarray, cols: np.ndarray, size: int, waste: float = 2.
     return out
 
 
+class Scratch:
+    """One flat buffer that successive box reads of a task reuse, grown when a box needs more: a fresh array
+    per read costs fresh pages (page faults, kernel zeroing) in every Dask thread's malloc arena."""
+
+    def __init__(self) -> None:
+        self._buf: dict[str, np.ndarray] = {}
+
+    def take(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """A C-contiguous ``shape`` array of ``dtype`` over the buffer (its values are left over)."""
+        n = int(np.prod(shape))
+        buf = self._buf.get(dtype)
+        if buf is None or buf.size < n:
+            buf = self._buf[dtype] = np.empty(n, dtype=dtype)
+        return buf[:n].reshape(shape)
+
+
 def read_chips(
-    ds: rasterio.io.DatasetReader, rows: np.ndarray, cols: np.ndarray, size: int, band: int | None = None
+    ds: rasterio.io.DatasetReader,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    size: int,
+    band: int | None = None,
+    scratch: Scratch | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(k, chip k)``: ``(bands, size, size)``, or ``(size, size)`` of ``band`` only, read one
-    :func:`read_groups` box at a time (the same values as a window read of each chip)."""
+    :func:`read_groups` box at a time (the same values as a window read of each chip). With ``scratch`` the
+    boxes are read into its buffer: each chip is then a view valid until the next one is asked for."""
     for a, b in read_groups(rows, cols, size):
         r0, c0 = int(rows[a:b].min()), int(cols[a:b].min())
         w = Window(c0, r0, int(cols[a:b].max()) - c0 + size, int(rows[a:b].max()) - r0 + size)
-        box = ds.read(window=w) if band is None else ds.read(band, window=w)
+        if scratch is None:
+            box = ds.read(window=w) if band is None else ds.read(band, window=w)
+        elif band is None:
+            box = ds.read(window=w, out=scratch.take((ds.count, w.height, w.width), ds.dtypes[0]))
+        else:
+            box = ds.read(band, window=w, out=scratch.take((w.height, w.width), ds.dtypes[band - 1]))
         for k in range(a, b):
             r, c = int(rows[k]) - r0, int(cols[k]) - c0
             yield k, box[..., r : r + size, c : c + size]
@@ -123,13 +150,14 @@ def window_stats(
     """
     valid = np.full(len(rows), -1, dtype=np.int64)
     counts = np.zeros((len(rows), n_classes), dtype=np.int64)
+    scratch = Scratch()
     with block_cache(cache):
         with rasterio.open(labels) as lab:
-            for k, lb in read_chips(lab, rows, cols, size, band=1):
+            for k, lb in read_chips(lab, rows, cols, size, band=1, scratch=scratch):
                 counts[k] = np.bincount(lb.ravel(), minlength=256)[:n_classes]
         if need_valid:
             with rasterio.open(image) as src:
-                for k, img in read_chips(src, rows, cols, size):
+                for k, img in read_chips(src, rows, cols, size, scratch=scratch):
                     valid[k] = int(np.count_nonzero(valid_mask(img)))
     return valid, counts
 
@@ -189,10 +217,13 @@ def extract(
     with contextlib.ExitStack() as stack:
         stack.enter_context(block_cache(cache))
         opened: dict[int, tuple[Any, Any]] = {}  # each scene's rasters, opened when first needed
+        # one chunk's buffers and one read box, reused chunk after chunk (zarr's write returns when done)
+        img_buf = np.empty((min(chunk, len(rows)), *img_arr.shape[1:]), dtype=np.float32)
+        lab_buf = np.empty((min(chunk, len(rows)), *lab_arr.shape[1:]), dtype=np.uint8)
+        scratch = Scratch()
         for a in range(0, len(rows), chunk):
             r, c, sc = rows[a : a + chunk], cols[a : a + chunk], np.asarray(scenes[a : a + chunk])
-            imgs = np.empty((len(r), *img_arr.shape[1:]), dtype=np.float32)
-            labs = np.empty((len(r), *lab_arr.shape[1:]), dtype=np.uint8)
+            imgs, labs = img_buf[: len(r)], lab_buf[: len(r)]
             for s in np.unique(sc).tolist():
                 if s not in opened:
                     opened[s] = (
@@ -201,9 +232,9 @@ def extract(
                     )
                 src, lab = opened[s]
                 sel = np.flatnonzero(sc == s)  # chips of one scene, still in row-major order
-                for k, lb in read_chips(lab, r[sel], c[sel], size, band=1):
+                for k, lb in read_chips(lab, r[sel], c[sel], size, band=1, scratch=scratch):
                     labs[sel[k]] = lb
-                for k, img in read_chips(src, r[sel], c[sel], size):
+                for k, img in read_chips(src, r[sel], c[sel], size, scratch=scratch):
                     imgs[sel[k]] = img
             img_arr[start + a : start + a + len(r)] = imgs
             lab_arr[start + a : start + a + len(r)] = labs
