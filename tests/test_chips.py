@@ -20,7 +20,7 @@ from eoforge.chips.make import sample
 from eoforge.chips.samplers import grid_starts
 from eoforge.chips.splits import split_blocks, split_random
 from eoforge.chips.store import CHUNK_BYTES, chips_per_chunk, chunk_runs, info, iter_chips
-from eoforge.chips.tasks import read_chips, read_groups
+from eoforge.chips.tasks import Scratch, read_chips, read_groups
 from eoforge.cli import main
 from eoforge.config import ChipsConfig, ComputeConfig, parse_config
 from eoforge.errors import DataError, InputError
@@ -90,16 +90,25 @@ def test_read_groups_cover_each_chip_once_in_a_bounded_box(
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 30)), min_size=1, max_size=12), st.booleans())
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 30)), min_size=1, max_size=12),
+    st.booleans(),
+    st.booleans(),
+)
 def test_read_chips_equal_window_reads(
-    tmp_path_factory: pytest.TempPathFactory, corners: list, band: bool
+    tmp_path_factory: pytest.TempPathFactory, corners: list, band: bool, reuse: bool
 ) -> None:
+    """With a Scratch buffer (boxes read into one reused buffer) each chip, copied when it comes, still equals
+    a window read of it."""
     tif = tmp_path_factory.getbasetemp() / "read_chips.tif"
     if not tif.exists():
         write_tif(tif, np.random.default_rng(0).random((3, 56, 46)).astype(np.float32))
     rows, cols = (np.array(v) for v in zip(*sorted(corners), strict=True))
     with rasterio.open(tif) as ds:
-        got = dict(read_chips(ds, rows, cols, 16, band=1 if band else None))
+        scratch = Scratch() if reuse else None
+        got = {
+            k: v.copy() for k, v in read_chips(ds, rows, cols, 16, band=1 if band else None, scratch=scratch)
+        }
         assert sorted(got) == list(range(len(rows)))
         for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
             w = rasterio.windows.Window(int(c), int(r), 16, 16)

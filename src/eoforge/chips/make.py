@@ -371,6 +371,7 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
             (
                 *(images, labels, str(tmp / "chips.zarr"), a),
                 *(rows[a:b], cols[a:b], codes[a:b], sid[a:b], size, width, offsets, pts, chunk, cache),
+                client is None,  # overlap reads and writes: this process owns the machine
             )
             # whole chunks, so no file is written by two tasks; several per task, so most tiles of the
             # prepared rasters are decompressed once

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import dask
@@ -192,12 +193,16 @@ def extract(
     points: tuple[int, int] | None,
     chunk: int,
     cache: int,
+    overlap: bool,
 ) -> dict[str, np.ndarray] | None:
     """Copy chips ``start, start+1, …`` into the Zarr arrays ``image`` and ``label`` of ``store``, one chunk
     of ``chunk`` chips at a time (``start`` is a chunk boundary), each with one write call (one encode, one
-    file), all in the task's thread (parallelism comes from running tasks at once: a Dask worker's thread is
-    its share of the machine). The rasters stay open for the whole task so a tile shared by two chunks is
-    decompressed once. Chip ``k`` is read from ``images[scenes[k]]`` and ``labels[scenes[k]]`` (one pair for
+    file). The rasters stay open for the whole task so a tile shared by two chunks is decompressed once.
+
+    ``overlap``: write each chunk from a helper thread while the next one is read (two chunks held), for runs
+    in this process, where the process owns the machine: a task thread otherwise waits for half its time on
+    zarr's encode and write. Off on a cluster, where a worker's thread is its share of the machine (one task,
+    one core) and 2 workers must be worth twice one. Chip ``k`` is read from ``images[scenes[k]]`` and ``labels[scenes[k]]`` (one pair for
     one scene).
 
     With ``points = (per_class, seed)``, also return this batch's candidates for the stratified point sample:
@@ -217,12 +222,21 @@ def extract(
     with contextlib.ExitStack() as stack:
         stack.enter_context(block_cache(cache))
         opened: dict[int, tuple[Any, Any]] = {}  # each scene's rasters, opened when first needed
-        # one chunk's buffers and one read box, reused chunk after chunk (zarr's write returns when done)
-        img_buf = np.empty((min(chunk, len(rows)), *img_arr.shape[1:]), dtype=np.float32)
-        lab_buf = np.empty((min(chunk, len(rows)), *lab_arr.shape[1:]), dtype=np.uint8)
+        # a chunk's buffers (two with overlap: one being written) and one read box, reused chunk after chunk
+        n_buf = min(chunk, len(rows))
+        bufs = [
+            (
+                np.empty((n_buf, *img_arr.shape[1:]), dtype=np.float32),
+                np.empty((n_buf, *lab_arr.shape[1:]), dtype=np.uint8),
+            )
+            for _ in range(2 if overlap else 1)
+        ]
         scratch = Scratch()
-        for a in range(0, len(rows), chunk):
+        writer = stack.enter_context(ThreadPoolExecutor(1)) if overlap else None  # waits for its last write
+        pending: Future[None] | None = None
+        for i, a in enumerate(range(0, len(rows), chunk)):
             r, c, sc = rows[a : a + chunk], cols[a : a + chunk], np.asarray(scenes[a : a + chunk])
+            img_buf, lab_buf = bufs[i % len(bufs)]  # the other buffer's write may still be running
             imgs, labs = img_buf[: len(r)], lab_buf[: len(r)]
             for s in np.unique(sc).tolist():
                 if s not in opened:
@@ -236,13 +250,25 @@ def extract(
                     labs[sel[k]] = lb
                 for k, img in read_chips(src, r[sel], c[sel], size, scratch=scratch):
                     imgs[sel[k]] = img
-            img_arr[start + a : start + a + len(r)] = imgs
-            lab_arr[start + a : start + a + len(r)] = labs
             if points is not None:
                 found.extend(_labelled(imgs, labs, r + offsets[sc], c, splits[a : a + chunk]))
+            if pending is not None:
+                pending.result()  # the previous chunk is written: its buffer is free for the next one
+            if writer is None:
+                _write(img_arr, lab_arr, start + a, imgs, labs)
+            else:
+                pending = writer.submit(_write, img_arr, lab_arr, start + a, imgs, labs)
+        if pending is not None:
+            pending.result()
     if not found or points is None:
         return None
     return top_points({k: np.concatenate([f[k] for f in found]) for k in found[0]}, width, *points)
+
+
+def _write(img_arr: zarr.Array, lab_arr: zarr.Array, a: int, imgs: np.ndarray, labs: np.ndarray) -> None:
+    """One chunk of chips into both arrays (returns when the files are written)."""
+    img_arr[a : a + len(imgs)] = imgs
+    lab_arr[a : a + len(labs)] = labs
 
 
 def _labelled(
