@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from eoforge.chips.splits import (
     split_random,
     split_regions,
 )
-from eoforge.chips.store import ChipStore, chips_per_chunk, consolidate, create_arrays
+from eoforge.chips.store import ChipStore, chips_per_chunk, consolidate, create_chip_arrays, write_coords
 from eoforge.chips.tasks import batches, extract, local_threads, run_tasks, window_stats
 from eoforge.compute import tasks_per_call
 from eoforge.config import IGNORE_INDEX, ChipsConfig, ComputeConfig, SplitConfig
@@ -353,13 +354,11 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
             **({"scenes": [nm for nm, _ in parts]} if multi else {}),
             **({"dates": scene.temporal["dates"]} if scene.temporal else {}),
         }
-        create_arrays(
-            tmp / "chips.zarr", grids, scene.bands, size, rows, cols, codes, attrs, sid if multi else None
-        )
+        create_chip_arrays(tmp / "chips.zarr", grids, scene.bands, size, n, attrs)
         pts = (cfg.points.per_class, cfg.points.seed) if cfg.points is not None else None
         images = [str(part.image) for _, part in parts]
         labels = [str(part.labels) for _, part in parts]
-        chunk = chips_per_chunk(len(scene.bands), size)  # as create_arrays laid them out
+        chunk = chips_per_chunk(len(scene.bands), size)  # as create_chip_arrays laid them out
         n_chunks = -(-n // chunk)
         cache = tile_rows_bytes(width, 1 + 4 * len(scene.bands), STRIP, CACHE_TILE_ROWS)
         per_task = (  # chunks per task: ~2 tasks per cluster thread, so no thread idles long at the end
@@ -377,27 +376,46 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
             # prepared rasters are decompressed once
             for a, b in batches(np.arange(n), chunk * per_task, chunk * per_task)
         ]
-        found = run_tasks(extract, args, client)
+
+        def side() -> None:
+            """What needs no chip pixels: per-chip coordinates, the GeoParquet index, the leakage check."""
+            write_coords(
+                tmp / "chips.zarr", grids, scene.bands, size, rows, cols, codes, sid if multi else None
+            )
+            tr = np.array([list(g.transform)[:6] for g in grids])[sid]
+            x0, y0 = tr[:, 2] + cols * tr[:, 0], tr[:, 5] + rows * tr[:, 4]
+            x1, y1 = x0 + size * tr[:, 0], y0 + size * tr[:, 4]
+            scene_col = np.asarray([nm for nm, _ in parts], dtype=object)[sid] if multi else str(scene.image)
+            index = gpd.GeoDataFrame(
+                {
+                    "chip": np.arange(n),
+                    "split": split_names,
+                    "row": rows,
+                    "col": cols,
+                    "block_row": br,
+                    "block_col": bc,
+                    "scene": scene_col,
+                    **{f"px_{name}": counts[:, i] for i, name in enumerate(names)},
+                },
+                geometry=boxes(
+                    np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1)
+                ),
+                crs=grids[0].crs,
+            )
+            index.to_parquet(tmp / "index.parquet")
+            for i, (nm, _) in enumerate(parts):  # pixel offsets are comparable within one scene only
+                sel = sid == i
+                where = str(out_dir / "chips") + (f" (scene {nm})" if multi else "")
+                check_leakage(rows[sel], cols[sel], split_names[sel], size, sp.buffer, where=where)
+            if multi:
+                check_across_scenes(index, where=str(out_dir / "chips"))
+
+        # the extraction tasks run while this thread writes what needs no pixels (it would otherwise wait)
+        with ThreadPoolExecutor(1) as pool:
+            side_job = pool.submit(side)
+            found = run_tasks(extract, args, client)
+            side_job.result()  # its errors (leakage) are raised here
         consolidate(tmp / "chips.zarr")
-        tr = np.array([list(g.transform)[:6] for g in grids])[sid]
-        x0, y0 = tr[:, 2] + cols * tr[:, 0], tr[:, 5] + rows * tr[:, 4]
-        x1, y1 = x0 + size * tr[:, 0], y0 + size * tr[:, 4]
-        scene_col = np.asarray([nm for nm, _ in parts], dtype=object)[sid] if multi else str(scene.image)
-        index = gpd.GeoDataFrame(
-            {
-                "chip": np.arange(n),
-                "split": split_names,
-                "row": rows,
-                "col": cols,
-                "block_row": br,
-                "block_col": bc,
-                "scene": scene_col,
-                **{f"px_{name}": counts[:, i] for i, name in enumerate(names)},
-            },
-            geometry=boxes(np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1)),
-            crs=grids[0].crs,
-        )
-        index.to_parquet(tmp / "index.parquet")
         n_points = _write_points(tmp / "points.parquet", found, parts, offsets, cfg, multi) if pts else 0
         splits = {s: np.flatnonzero(codes == k).tolist() for k, s in enumerate(SPLITS)}
 
@@ -436,12 +454,6 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
                 for (nm, _), p in zip(parts, picked, strict=True)
             }
         (tmp / "chips.json").write_text(json.dumps(meta))
-        for i, (nm, _) in enumerate(parts):  # pixel offsets are comparable within one scene only
-            sel = sid == i
-            where = str(out_dir / "chips") + (f" (scene {nm})" if multi else "")
-            check_leakage(rows[sel], cols[sel], split_names[sel], size, sp.buffer, where=where)
-        if multi:
-            check_across_scenes(index, where=str(out_dir / "chips"))
     log.info("chips: %s (%d dropped at split borders)", meta["counts"], dropped)
     return ChipStore(root=out_dir / "chips", size=size, splits=splits)
 

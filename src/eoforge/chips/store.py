@@ -135,9 +135,17 @@ def create_arrays(
 
     ``grids``: the scenes' grids (one CRS); ``scene``: each chip's index into them (stored as the per-chip
     variable ``scene``, names in the group attribute ``scenes``), or None for one scene."""
-    n, c = len(rows), len(bands)
+    create_chip_arrays(path, grids, bands, size, len(rows), attrs)
+    write_coords(path, grids, bands, size, rows, cols, codes, scene)
+
+
+def create_chip_arrays(
+    path: Path, grids: list[Grid], bands: list[str], size: int, n: int, attrs: dict[str, Any]
+) -> None:
+    """Create the Zarr group with ``spatial_ref`` and the empty ``image``/``label`` arrays of ``n`` chips (the
+    extraction tasks fill them); :func:`write_coords` adds the per-chip coordinates, before or meanwhile."""
+    c = len(bands)
     grid = grids[0]
-    sid = np.zeros(n, dtype=np.int64) if scene is None else scene
     chunk = min(chips_per_chunk(c, size), max(n, 1))
     g = zarr.open_group(str(path), mode="w", attributes=attrs)  # attributes given at creation: one write
     g.create_array(
@@ -179,6 +187,23 @@ def create_arrays(
             "coordinates": "row col split chip_x chip_y",
         },
     )
+
+
+def write_coords(
+    path: Path,
+    grids: list[Grid],
+    bands: list[str],
+    size: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    codes: np.ndarray,
+    scene: np.ndarray | None = None,
+) -> None:
+    """Write the per-chip variables (``chip, band, row, col, split, transform, chip_x, chip_y``, ``time`` for
+    a time stack, ``scene`` with several scenes) into the group :func:`create_chip_arrays` made."""
+    n, c = len(rows), len(bands)
+    sid = np.zeros(n, dtype=np.int64) if scene is None else scene
+    g = zarr.open_group(str(path), mode="r+")
     t = np.array([list(g.transform)[:6] for g in grids], dtype=np.float64)[sid].T  # a, b, c, d, e, f per chip
     dated = _channel_dates(bands)
     per_chip: dict[str, tuple[np.ndarray, list[str], dict[str, Any]]] = {
