@@ -8,6 +8,7 @@ their chips straight into the Zarr arrays (whole chunks of chips, so no two task
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -20,6 +21,7 @@ import numpy as np
 import rasterio
 import zarr
 from rasterio.windows import Window
+from zarr.core.sync import sync
 
 from eoforge.config import IGNORE_INDEX
 from eoforge.errors import DataError
@@ -266,9 +268,14 @@ def extract(
 
 
 def _write(img_arr: zarr.Array, lab_arr: zarr.Array, a: int, imgs: np.ndarray, labs: np.ndarray) -> None:
-    """One chunk of chips into both arrays (returns when the files are written)."""
-    img_arr[a : a + len(imgs)] = imgs
-    lab_arr[a : a + len(labs)] = labs
+    """One chunk of chips into both arrays at once, one trip through zarr's event loop (its async API, made
+    for batching requests): returns when both files are written."""
+
+    async def both() -> None:
+        sel = slice(a, a + len(imgs))
+        await asyncio.gather(img_arr.async_array.setitem(sel, imgs), lab_arr.async_array.setitem(sel, labs))
+
+    sync(both())
 
 
 def _labelled(
