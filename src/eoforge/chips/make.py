@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 STRIP = 256
 """Rows of the scene per Dask task (the prepared rasters' tile height): chips whose top row falls in one strip."""
 MAX_PER_TASK = 256
-"""At most this many chips per statistics task (bounds a task's memory: ``MAX_PER_TASK`` chips are held at once)."""
+"""At most this many chips per statistics read batch (bounds a task's memory: one batch's box is held at once)."""
 CHUNKS_PER_TASK = 4
 """Zarr chunks per extraction task at most (``CHUNKS_PER_TASK`` x :func:`chips_per_chunk` chips; one chunk is
 held at once); fewer with several threads or workers (:func:`eoforge.compute.tasks_per_call`)."""
@@ -61,6 +61,20 @@ and GDAL blocks are recycled chunk after chunk (a task holds one chunk at once h
 each new task fills them afresh: new pages in its thread's malloc arena (page faults, kernel zeroing) and the
 tiles it shares with its neighbours decoded again. 4096², 2 idle cores: 1.0 s vs 1.17 s with 16 tasks of 4
 chunks (docs/PERFORMANCE.md, Chips, fourth round)."""
+
+
+def _stats_runs(rows: np.ndarray, client: Client | None) -> list[tuple[int, int]]:
+    """``[a, b)`` chips per statistics task: a :func:`batches` run each on a cluster; in this process runs of
+    consecutive batches, one per thread with about as many chips each (fewer raster opens and first fills of
+    the block cache; each task still reads batch by batch)."""
+    runs = batches(rows, STRIP, MAX_PER_TASK)
+    if client is not None or not runs:
+        return runs
+    parts = local_threads()
+    group = [a * parts // len(rows) for a, _ in runs]  # non-decreasing: runs are in order
+    return [
+        (runs[group.index(g)][0], runs[len(group) - 1 - group[::-1].index(g)][1]) for g in sorted(set(group))
+    ]
 
 
 def _stats(
@@ -81,8 +95,10 @@ def _stats(
             k,
             need_valid,
             cache,
+            STRIP,
+            MAX_PER_TASK,
         )
-        for a, b in batches(rows, STRIP, MAX_PER_TASK)
+        for a, b in _stats_runs(rows, client)
     ]
     res = run_tasks(window_stats, args, client)
     if not res:

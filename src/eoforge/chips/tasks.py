@@ -144,24 +144,30 @@ def window_stats(
     n_classes: int,
     need_valid: bool,
     cache: int,
+    strip: int,
+    most: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each chip (sorted by row): its valid (non-nodata) pixel count and its labelled pixel count per class.
 
     Reads the labels, and the image only when ``need_valid``; otherwise the valid count is -1 (unknown;
-    prepare marks nodata pixels unlabelled, so labelled pixels are always valid ones). ``cache``: bytes of
-    GDAL block cache this task needs (:func:`eoforge.io.blockcache.block_cache`).
+    prepare marks nodata pixels unlabelled, so labelled pixels are always valid ones). Reads go by
+    :func:`batches` of ``strip`` rows and at most ``most`` chips (a read box never holds more). ``cache``: bytes
+    of GDAL block cache this task needs (:func:`eoforge.io.blockcache.block_cache`).
     """
     valid = np.full(len(rows), -1, dtype=np.int64)
     counts = np.zeros((len(rows), n_classes), dtype=np.int64)
     scratch = Scratch()
+    runs = batches(rows, strip, most)
     with block_cache(cache):
         with rasterio.open(labels) as lab:
-            for k, lb in read_chips(lab, rows, cols, size, band=1, scratch=scratch):
-                counts[k] = np.bincount(lb.ravel(), minlength=256)[:n_classes]
+            for a, b in runs:
+                for k, lb in read_chips(lab, rows[a:b], cols[a:b], size, band=1, scratch=scratch):
+                    counts[a + k] = np.bincount(lb.ravel(), minlength=256)[:n_classes]
         if need_valid:
             with rasterio.open(image) as src:
-                for k, img in read_chips(src, rows, cols, size, scratch=scratch):
-                    valid[k] = int(np.count_nonzero(valid_mask(img)))
+                for a, b in runs:
+                    for k, img in read_chips(src, rows[a:b], cols[a:b], size, scratch=scratch):
+                        valid[a + k] = int(np.count_nonzero(valid_mask(img)))
     return valid, counts
 
 
