@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import geopandas as gpd
@@ -20,7 +21,7 @@ from eoforge.chips.make import sample
 from eoforge.chips.samplers import grid_starts
 from eoforge.chips.splits import split_blocks, split_random
 from eoforge.chips.store import CHUNK_BYTES, chips_per_chunk, chunk_runs, info, iter_chips
-from eoforge.chips.tasks import Scratch, read_chips, read_groups
+from eoforge.chips.tasks import Scratch, batches, read_chips, read_groups
 from eoforge.cli import main
 from eoforge.config import ChipsConfig, ComputeConfig, parse_config
 from eoforge.errors import DataError, InputError
@@ -516,3 +517,20 @@ def test_large_chips_get_fewer_per_chunk() -> None:
     for bands, size in ((4, 128), (13, 256), (6, 256)):
         k = chips_per_chunk(bands, size)
         assert k * bands * size * size * 4 <= CHUNK_BYTES < (k + 1) * bands * size * size * 4
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 2000), min_size=1, max_size=300), st.integers(1, 4))
+def test_stats_runs_cover_the_chips_in_whole_batches(tops: list[int], threads: int) -> None:
+    """In-process statistics tasks: at most one per thread, consecutive, covering every chip once, cut only
+    where batches are cut (whole strips, at most MAX_PER_TASK chips per read)."""
+    from eoforge.chips import make as mk
+
+    rows = np.sort(np.asarray(tops, dtype=np.int64))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mk, "local_threads", lambda: threads)
+        runs = mk._stats_runs(rows, None)
+    cuts = {b for _, b in batches(rows, mk.STRIP, mk.MAX_PER_TASK)}
+    assert len(runs) <= threads and runs[0][0] == 0 and runs[-1][1] == len(rows)
+    assert all(b == a2 for (_, b), (a2, _) in itertools.pairwise(runs))
+    assert all(b in cuts for _, b in runs)
