@@ -426,11 +426,16 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
             if multi:
                 check_across_scenes(index, where=str(out_dir / "chips"))
 
-        # the extraction tasks run while this thread writes what needs no pixels (it would otherwise wait)
-        with ThreadPoolExecutor(1) as pool:
-            side_job = pool.submit(side)
+        if (
+            client is None
+        ):  # in this process the extraction tasks run while a thread writes what needs no pixels
+            with ThreadPoolExecutor(1) as pool:
+                side_job = pool.submit(side)
+                found = run_tasks(extract, args, client)
+                side_job.result()  # its errors (leakage) are raised here
+        else:  # after: a thread here would take a core from the workers of a LocalCluster (one worker, one core)
             found = run_tasks(extract, args, client)
-            side_job.result()  # its errors (leakage) are raised here
+            side()
         consolidate(tmp / "chips.zarr")
         n_points = _write_points(tmp / "points.parquet", found, parts, offsets, cfg, multi) if pts else 0
         splits = {s: np.flatnonzero(codes == k).tolist() for k, s in enumerate(SPLITS)}
