@@ -10,8 +10,8 @@ training loader against the demo U-Net's training step.
    ``make_chips`` run kept busy (its CPU over its wall seconds: below ~1.5 on 2 cores, another process had one).
 2. ``make_chips`` on a LocalCluster of 2 single-threaded workers against 1 (clusters started and warmed before
    timing; runs alternate between them, best of ``--repeat`` each, as for measure 1; also the median of the
-   alternations' own ratios, which one fast 1-worker run moves less). Target >= 1.6 on 2 free cores. Also printed: cores kept busy (CPU seconds of the workers and this process
-   over wall seconds).
+   alternations' own ratios, which one fast 1-worker run moves less). Target >= 1.6 on 2 free cores. Also
+   printed: cores kept busy (CPU seconds of the workers and this process over wall seconds).
 3. samples/s of the training loader as training builds it (``ChipDataModule``: default ``train.num_workers``
    and ``train.cache_mb``, batch 16, the default batch augmentation's D4), epochs 2-3 (epoch 1, with the
    worker start and the cache fill, is printed too), against samples/s of the demo U-Net (resnet18, 6 bands,
