@@ -120,25 +120,6 @@ def _channel_dates(bands: list[str]) -> np.ndarray | None:
     return np.asarray(days, dtype=np.int64) - dt.date(1970, 1, 1).toordinal()
 
 
-def create_arrays(
-    path: Path,
-    grids: list[Grid],
-    bands: list[str],
-    size: int,
-    rows: np.ndarray,
-    cols: np.ndarray,
-    codes: np.ndarray,
-    attrs: dict[str, Any],
-    scene: np.ndarray | None = None,
-) -> None:
-    """Create the Zarr group with its per-chip coordinates; ``image``/``label`` chunks are filled by tasks.
-
-    ``grids``: the scenes' grids (one CRS); ``scene``: each chip's index into them (stored as the per-chip
-    variable ``scene``, names in the group attribute ``scenes``), or None for one scene."""
-    create_chip_arrays(path, grids, bands, size, len(rows), attrs)
-    write_coords(path, grids, bands, size, rows, cols, codes, scene)
-
-
 def create_chip_arrays(
     path: Path, grids: list[Grid], bands: list[str], size: int, n: int, attrs: dict[str, Any]
 ) -> None:
@@ -200,7 +181,9 @@ def write_coords(
     scene: np.ndarray | None = None,
 ) -> None:
     """Write the per-chip variables (``chip, band, row, col, split, transform, chip_x, chip_y``, ``time`` for
-    a time stack, ``scene`` with several scenes) into the group :func:`create_chip_arrays` made."""
+    a time stack, ``scene`` with several scenes) into the group :func:`create_chip_arrays` made. ``grids``: the
+    scenes' grids (one CRS); ``scene``: each chip's index into them (names in the group attribute ``scenes``),
+    or None for one scene."""
     n, c = len(rows), len(bands)
     sid = np.zeros(n, dtype=np.int64) if scene is None else scene
     g = zarr.open_group(str(path), mode="r+")
