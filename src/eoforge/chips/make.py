@@ -26,7 +26,7 @@ from eoforge.chips.splits import (
 )
 from eoforge.chips.store import ChipStore, chips_per_chunk, consolidate, create_chip_arrays, write_coords
 from eoforge.chips.tasks import batches, extract, local_threads, run_tasks, window_stats
-from eoforge.compute import tasks_per_call
+from eoforge.compute import tasks_per_call, worker_threads
 from eoforge.config import IGNORE_INDEX, ChipsConfig, ComputeConfig, SplitConfig
 from eoforge.errors import InputError
 from eoforge.io.atomic import atomic_dir
@@ -64,13 +64,13 @@ chunks (docs/PERFORMANCE.md, Chips, fourth round)."""
 
 
 def _stats_runs(rows: np.ndarray, client: Client | None) -> list[tuple[int, int]]:
-    """``[a, b)`` chips per statistics task: a :func:`batches` run each on a cluster; in this process runs of
-    consecutive batches, one per thread with about as many chips each (fewer raster opens and first fills of
-    the block cache; each task still reads batch by batch)."""
+    """``[a, b)`` chips per statistics task: runs of consecutive :func:`batches` with about as many chips each,
+    one per thread in this process, :data:`TASKS_PER_THREAD` per worker thread on a cluster (fewer raster
+    opens, first fills of the block cache and scheduler round trips; each task still reads batch by batch)."""
     runs = batches(rows, STRIP, MAX_PER_TASK)
-    if client is not None or not runs:
+    if not runs:
         return runs
-    parts = local_threads()
+    parts = local_threads() if client is None else TASKS_PER_THREAD * worker_threads(client)
     group = [a * parts // len(rows) for a, _ in runs]  # non-decreasing: runs are in order
     return [
         (runs[group.index(g)][0], runs[len(group) - 1 - group[::-1].index(g)][1]) for g in sorted(set(group))
