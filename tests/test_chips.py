@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import geopandas as gpd
@@ -20,7 +21,7 @@ from eoforge.chips.make import sample
 from eoforge.chips.samplers import grid_starts
 from eoforge.chips.splits import split_blocks, split_random
 from eoforge.chips.store import CHUNK_BYTES, chips_per_chunk, chunk_runs, info, iter_chips
-from eoforge.chips.tasks import read_chips, read_groups
+from eoforge.chips.tasks import Scratch, batches, read_chips, read_groups
 from eoforge.cli import main
 from eoforge.config import ChipsConfig, ComputeConfig, parse_config
 from eoforge.errors import DataError, InputError
@@ -90,16 +91,25 @@ def test_read_groups_cover_each_chip_once_in_a_bounded_box(
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 30)), min_size=1, max_size=12), st.booleans())
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 30)), min_size=1, max_size=12),
+    st.booleans(),
+    st.booleans(),
+)
 def test_read_chips_equal_window_reads(
-    tmp_path_factory: pytest.TempPathFactory, corners: list, band: bool
+    tmp_path_factory: pytest.TempPathFactory, corners: list, band: bool, reuse: bool
 ) -> None:
+    """With a Scratch buffer (boxes read into one reused buffer) each chip, copied when it comes, still equals
+    a window read of it."""
     tif = tmp_path_factory.getbasetemp() / "read_chips.tif"
     if not tif.exists():
         write_tif(tif, np.random.default_rng(0).random((3, 56, 46)).astype(np.float32))
     rows, cols = (np.array(v) for v in zip(*sorted(corners), strict=True))
     with rasterio.open(tif) as ds:
-        got = dict(read_chips(ds, rows, cols, 16, band=1 if band else None))
+        scratch = Scratch() if reuse else None
+        got = {
+            k: v.copy() for k, v in read_chips(ds, rows, cols, 16, band=1 if band else None, scratch=scratch)
+        }
         assert sorted(got) == list(range(len(rows)))
         for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
             w = rasterio.windows.Window(int(c), int(r), 16, 16)
@@ -507,3 +517,20 @@ def test_large_chips_get_fewer_per_chunk() -> None:
     for bands, size in ((4, 128), (13, 256), (6, 256)):
         k = chips_per_chunk(bands, size)
         assert k * bands * size * size * 4 <= CHUNK_BYTES < (k + 1) * bands * size * size * 4
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 2000), min_size=1, max_size=300), st.integers(1, 4))
+def test_stats_runs_cover_the_chips_in_whole_batches(tops: list[int], threads: int) -> None:
+    """In-process statistics tasks: at most one per thread, consecutive, covering every chip once, cut only
+    where batches are cut (whole strips, at most MAX_PER_TASK chips per read)."""
+    from eoforge.chips import make as mk
+
+    rows = np.sort(np.asarray(tops, dtype=np.int64))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mk, "local_threads", lambda: threads)
+        runs = mk._stats_runs(rows, None)
+    cuts = {b for _, b in batches(rows, mk.STRIP, mk.MAX_PER_TASK)}
+    assert len(runs) <= threads and runs[0][0] == 0 and runs[-1][1] == len(rows)
+    assert all(b == a2 for (_, b), (a2, _) in itertools.pairwise(runs))
+    assert all(b in cuts for _, b in runs)

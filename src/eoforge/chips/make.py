@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,12 +24,13 @@ from eoforge.chips.splits import (
     split_random,
     split_regions,
 )
-from eoforge.chips.store import ChipStore, chips_per_chunk, consolidate, create_arrays
+from eoforge.chips.store import ChipStore, chips_per_chunk, consolidate, create_chip_arrays, write_coords
 from eoforge.chips.tasks import batches, extract, local_threads, run_tasks, window_stats
-from eoforge.compute import tasks_per_call
+from eoforge.compute import tasks_per_call, worker_threads
 from eoforge.config import IGNORE_INDEX, ChipsConfig, ComputeConfig, SplitConfig
 from eoforge.errors import InputError
 from eoforge.io.atomic import atomic_dir
+from eoforge.io.blockcache import tile_rows_bytes
 from eoforge.prepare import PreparedScene
 
 if TYPE_CHECKING:
@@ -41,14 +43,38 @@ log = logging.getLogger(__name__)
 STRIP = 256
 """Rows of the scene per Dask task (the prepared rasters' tile height): chips whose top row falls in one strip."""
 MAX_PER_TASK = 256
-"""At most this many chips per statistics task (bounds a task's memory: ``MAX_PER_TASK`` chips are held at once)."""
+"""At most this many chips per statistics read batch (bounds a task's memory: one batch's box is held at once)."""
 CHUNKS_PER_TASK = 4
 """Zarr chunks per extraction task at most (``CHUNKS_PER_TASK`` x :func:`chips_per_chunk` chips; one chunk is
 held at once); fewer with several threads or workers (:func:`eoforge.compute.tasks_per_call`)."""
+CACHE_TILE_ROWS = 2
+"""Rows of tiles (:data:`STRIP` px) of GDAL block cache per task: a task reads row-major, a read box may span
+two tile rows, so each tile is decoded once while older blocks' memory is recycled (GDAL's default cap keeps
+a whole scene of decoded tiles: fresh memory, page faults)."""
 TASKS_PER_THREAD = 2
-"""Extraction tasks per thread (in-process) or worker thread at least, when there are chunks enough, so the last
-tasks finish close together. Not more: each task opens the rasters and decompresses the tiles it shares with
-its neighbours again (4 per thread cost 19 % more CPU at 1536² for no better balance)."""
+"""Extraction tasks per worker thread of a cluster at least, when there are chunks enough, so the last tasks
+finish close together. Not more: each task opens the rasters and decompresses the tiles it shares with its
+neighbours again (4 per thread cost 19 % more CPU at 1536² for no better balance)."""
+LOCAL_TASKS_PER_THREAD = 1
+"""Extraction tasks per thread in this process: the chunks split evenly, one run per thread. A task's buffers
+and GDAL blocks are recycled chunk after chunk (a task holds one chunk at once however many it writes), but
+each new task fills them afresh: new pages in its thread's malloc arena (page faults, kernel zeroing) and the
+tiles it shares with its neighbours decoded again. 4096², 2 idle cores: 1.0 s vs 1.17 s with 16 tasks of 4
+chunks (docs/PERFORMANCE.md, Chips, fourth round)."""
+
+
+def _stats_runs(rows: np.ndarray, client: Client | None) -> list[tuple[int, int]]:
+    """``[a, b)`` chips per statistics task: runs of consecutive :func:`batches` with about as many chips each,
+    one per thread in this process, :data:`TASKS_PER_THREAD` per worker thread on a cluster (fewer raster
+    opens, first fills of the block cache and scheduler round trips; each task still reads batch by batch)."""
+    runs = batches(rows, STRIP, MAX_PER_TASK)
+    if not runs:
+        return runs
+    parts = local_threads() if client is None else TASKS_PER_THREAD * worker_threads(client)
+    group = [a * parts // len(rows) for a, _ in runs]  # non-decreasing: runs are in order
+    return [
+        (runs[group.index(g)][0], runs[len(group) - 1 - group[::-1].index(g)][1]) for g in sorted(set(group))
+    ]
 
 
 def _stats(
@@ -56,6 +82,9 @@ def _stats(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Valid and per-class labelled pixels of chips sorted by (row, col)."""
     k = len(scene.class_ids)
+    need_valid = cfg.min_valid > cfg.labelled_fraction
+    per_px = 1 + (4 * len(scene.bands) if need_valid else 0)  # uint8 labels (+ float32 bands)
+    cache = tile_rows_bytes(scene.grid.width, per_px, STRIP, CACHE_TILE_ROWS)
     args = [
         (
             str(scene.image),
@@ -64,9 +93,12 @@ def _stats(
             cols[a:b],
             cfg.size,
             k,
-            cfg.min_valid > cfg.labelled_fraction,
+            need_valid,
+            cache,
+            STRIP,
+            MAX_PER_TASK,
         )
-        for a, b in batches(rows, STRIP, MAX_PER_TASK)
+        for a, b in _stats_runs(rows, client)
     ]
     res = run_tasks(window_stats, args, client)
     if not res:
@@ -347,49 +379,73 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
             **({"scenes": [nm for nm, _ in parts]} if multi else {}),
             **({"dates": scene.temporal["dates"]} if scene.temporal else {}),
         }
-        create_arrays(
-            tmp / "chips.zarr", grids, scene.bands, size, rows, cols, codes, attrs, sid if multi else None
-        )
+        create_chip_arrays(tmp / "chips.zarr", grids, scene.bands, size, n, attrs)
         pts = (cfg.points.per_class, cfg.points.seed) if cfg.points is not None else None
         images = [str(part.image) for _, part in parts]
         labels = [str(part.labels) for _, part in parts]
-        chunk = chips_per_chunk(len(scene.bands), size)  # as create_arrays laid them out
+        chunk = chips_per_chunk(len(scene.bands), size)  # as create_chip_arrays laid them out
         n_chunks = -(-n // chunk)
-        per_task = (  # chunks per task: ~2 tasks per thread, so no thread idles long at the end
+        cache = tile_rows_bytes(width, 1 + 4 * len(scene.bands), STRIP, CACHE_TILE_ROWS)
+        per_task = (  # chunks per task: ~2 tasks per cluster thread, so no thread idles long at the end
             tasks_per_call(n_chunks, CHUNKS_PER_TASK, client, per_thread=TASKS_PER_THREAD)
             if client is not None
-            else max(1, min(CHUNKS_PER_TASK, n_chunks // (TASKS_PER_THREAD * local_threads())))
+            else max(1, -(-n_chunks // (LOCAL_TASKS_PER_THREAD * local_threads())))
         )
         args = [
             (
                 *(images, labels, str(tmp / "chips.zarr"), a),
-                *(rows[a:b], cols[a:b], codes[a:b], sid[a:b], size, width, offsets, pts, chunk),
+                *(rows[a:b], cols[a:b], codes[a:b], sid[a:b], size, width, offsets, pts, chunk, cache),
+                client is None,  # overlap reads and writes: this process owns the machine
             )
             # whole chunks, so no file is written by two tasks; several per task, so most tiles of the
             # prepared rasters are decompressed once
             for a, b in batches(np.arange(n), chunk * per_task, chunk * per_task)
         ]
-        found = run_tasks(extract, args, client)
+
+        def side() -> None:
+            """What needs no chip pixels: per-chip coordinates, the GeoParquet index, the leakage check."""
+            write_coords(
+                tmp / "chips.zarr", grids, scene.bands, size, rows, cols, codes, sid if multi else None
+            )
+            tr = np.array([list(g.transform)[:6] for g in grids])[sid]
+            x0, y0 = tr[:, 2] + cols * tr[:, 0], tr[:, 5] + rows * tr[:, 4]
+            x1, y1 = x0 + size * tr[:, 0], y0 + size * tr[:, 4]
+            scene_col = np.asarray([nm for nm, _ in parts], dtype=object)[sid] if multi else str(scene.image)
+            index = gpd.GeoDataFrame(
+                {
+                    "chip": np.arange(n),
+                    "split": split_names,
+                    "row": rows,
+                    "col": cols,
+                    "block_row": br,
+                    "block_col": bc,
+                    "scene": scene_col,
+                    **{f"px_{name}": counts[:, i] for i, name in enumerate(names)},
+                },
+                geometry=boxes(
+                    np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1)
+                ),
+                crs=grids[0].crs,
+            )
+            index.to_parquet(tmp / "index.parquet")
+            for i, (nm, _) in enumerate(parts):  # pixel offsets are comparable within one scene only
+                sel = sid == i
+                where = str(out_dir / "chips") + (f" (scene {nm})" if multi else "")
+                check_leakage(rows[sel], cols[sel], split_names[sel], size, sp.buffer, where=where)
+            if multi:
+                check_across_scenes(index, where=str(out_dir / "chips"))
+
+        if (
+            client is None
+        ):  # in this process the extraction tasks run while a thread writes what needs no pixels
+            with ThreadPoolExecutor(1) as pool:
+                side_job = pool.submit(side)
+                found = run_tasks(extract, args, client)
+                side_job.result()  # its errors (leakage) are raised here
+        else:  # after: a thread here would take a core from the workers of a LocalCluster (one worker, one core)
+            found = run_tasks(extract, args, client)
+            side()
         consolidate(tmp / "chips.zarr")
-        tr = np.array([list(g.transform)[:6] for g in grids])[sid]
-        x0, y0 = tr[:, 2] + cols * tr[:, 0], tr[:, 5] + rows * tr[:, 4]
-        x1, y1 = x0 + size * tr[:, 0], y0 + size * tr[:, 4]
-        scene_col = np.asarray([nm for nm, _ in parts], dtype=object)[sid] if multi else str(scene.image)
-        index = gpd.GeoDataFrame(
-            {
-                "chip": np.arange(n),
-                "split": split_names,
-                "row": rows,
-                "col": cols,
-                "block_row": br,
-                "block_col": bc,
-                "scene": scene_col,
-                **{f"px_{name}": counts[:, i] for i, name in enumerate(names)},
-            },
-            geometry=boxes(np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1)),
-            crs=grids[0].crs,
-        )
-        index.to_parquet(tmp / "index.parquet")
         n_points = _write_points(tmp / "points.parquet", found, parts, offsets, cfg, multi) if pts else 0
         splits = {s: np.flatnonzero(codes == k).tolist() for k, s in enumerate(SPLITS)}
 
@@ -429,12 +485,6 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
                 for (nm, _), p in zip(parts, picked, strict=True)
             }
         (tmp / "chips.json").write_text(json.dumps(meta))
-        for i, (nm, _) in enumerate(parts):  # pixel offsets are comparable within one scene only
-            sel = sid == i
-            where = str(out_dir / "chips") + (f" (scene {nm})" if multi else "")
-            check_leakage(rows[sel], cols[sel], split_names[sel], size, sp.buffer, where=where)
-        if multi:
-            check_across_scenes(index, where=str(out_dir / "chips"))
     log.info("chips: %s (%d dropped at split borders)", meta["counts"], dropped)
     log.info("chips: labelled pixels per split and class %s", meta["class_pixels"])
     return ChipStore(root=out_dir / "chips", size=size, splits=splits)

@@ -8,10 +8,12 @@ their chips straight into the Zarr arrays (whole chunks of chips, so no two task
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import dask
@@ -19,9 +21,11 @@ import numpy as np
 import rasterio
 import zarr
 from rasterio.windows import Window
+from zarr.core.sync import sync
 
 from eoforge.config import IGNORE_INDEX
 from eoforge.errors import DataError
+from eoforge.io.blockcache import block_cache
 from eoforge.io.rasters import valid_mask
 
 if TYPE_CHECKING:
@@ -90,37 +94,80 @@ def read_groups(rows: np.ndarray, cols: np.ndarray, size: int, waste: float = 2.
     return out
 
 
+class Scratch:
+    """One flat buffer that successive box reads of a task reuse, grown when a box needs more: a fresh array
+    per read costs fresh pages (page faults, kernel zeroing) in every Dask thread's malloc arena."""
+
+    def __init__(self) -> None:
+        self._buf: dict[str, np.ndarray] = {}
+
+    def take(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """A C-contiguous ``shape`` array of ``dtype`` over the buffer (its values are left over)."""
+        n = int(np.prod(shape))
+        buf = self._buf.get(dtype)
+        if buf is None or buf.size < n:
+            buf = self._buf[dtype] = np.empty(n, dtype=dtype)
+        return buf[:n].reshape(shape)
+
+
 def read_chips(
-    ds: rasterio.io.DatasetReader, rows: np.ndarray, cols: np.ndarray, size: int, band: int | None = None
+    ds: rasterio.io.DatasetReader,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    size: int,
+    band: int | None = None,
+    scratch: Scratch | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(k, chip k)``: ``(bands, size, size)``, or ``(size, size)`` of ``band`` only, read one
-    :func:`read_groups` box at a time (the same values as a window read of each chip)."""
+    :func:`read_groups` box at a time (the same values as a window read of each chip). With ``scratch`` the
+    boxes are read into its buffer: each chip is then a view valid until the next one is asked for."""
     for a, b in read_groups(rows, cols, size):
         r0, c0 = int(rows[a:b].min()), int(cols[a:b].min())
         w = Window(c0, r0, int(cols[a:b].max()) - c0 + size, int(rows[a:b].max()) - r0 + size)
-        box = ds.read(window=w) if band is None else ds.read(band, window=w)
+        if scratch is None:
+            box = ds.read(window=w) if band is None else ds.read(band, window=w)
+        elif band is None:
+            box = ds.read(window=w, out=scratch.take((ds.count, w.height, w.width), ds.dtypes[0]))
+        else:
+            box = ds.read(band, window=w, out=scratch.take((w.height, w.width), ds.dtypes[band - 1]))
         for k in range(a, b):
             r, c = int(rows[k]) - r0, int(cols[k]) - c0
             yield k, box[..., r : r + size, c : c + size]
 
 
 def window_stats(
-    image: str, labels: str, rows: np.ndarray, cols: np.ndarray, size: int, n_classes: int, need_valid: bool
+    image: str,
+    labels: str,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    size: int,
+    n_classes: int,
+    need_valid: bool,
+    cache: int,
+    strip: int,
+    most: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """For each chip (sorted by row): its valid (non-nodata) pixel count and its labelled pixel count per class.
 
     Reads the labels, and the image only when ``need_valid``; otherwise the valid count is -1 (unknown;
-    prepare marks nodata pixels unlabelled, so labelled pixels are always valid ones).
+    prepare marks nodata pixels unlabelled, so labelled pixels are always valid ones). Reads go by
+    :func:`batches` of ``strip`` rows and at most ``most`` chips (a read box never holds more). ``cache``: bytes
+    of GDAL block cache this task needs (:func:`eoforge.io.blockcache.block_cache`).
     """
     valid = np.full(len(rows), -1, dtype=np.int64)
     counts = np.zeros((len(rows), n_classes), dtype=np.int64)
-    with rasterio.open(labels) as lab:
-        for k, lb in read_chips(lab, rows, cols, size, band=1):
-            counts[k] = np.bincount(lb.ravel(), minlength=256)[:n_classes]
-    if need_valid:
-        with rasterio.open(image) as src:
-            for k, img in read_chips(src, rows, cols, size):
-                valid[k] = int(np.count_nonzero(valid_mask(img)))
+    scratch = Scratch()
+    runs = batches(rows, strip, most)
+    with block_cache(cache):
+        with rasterio.open(labels) as lab:
+            for a, b in runs:
+                for k, lb in read_chips(lab, rows[a:b], cols[a:b], size, band=1, scratch=scratch):
+                    counts[a + k] = np.bincount(lb.ravel(), minlength=256)[:n_classes]
+        if need_valid:
+            with rasterio.open(image) as src:
+                for a, b in runs:
+                    for k, img in read_chips(src, rows[a:b], cols[a:b], size, scratch=scratch):
+                        valid[a + k] = int(np.count_nonzero(valid_mask(img)))
     return valid, counts
 
 
@@ -153,17 +200,24 @@ def extract(
     offsets: np.ndarray,
     points: tuple[int, int] | None,
     chunk: int,
+    cache: int,
+    overlap: bool,
 ) -> dict[str, np.ndarray] | None:
     """Copy chips ``start, start+1, …`` into the Zarr arrays ``image`` and ``label`` of ``store``, one chunk
     of ``chunk`` chips at a time (``start`` is a chunk boundary), each with one write call (one encode, one
-    file), all in the task's thread (parallelism comes from running tasks at once: a Dask worker's thread is
-    its share of the machine). The rasters stay open for the whole task so a tile shared by two chunks is
-    decompressed once. Chip ``k`` is read from ``images[scenes[k]]`` and ``labels[scenes[k]]`` (one pair for
+    file). The rasters stay open for the whole task so a tile shared by two chunks is decompressed once.
+
+    ``overlap``: write each chunk from a helper thread while the next one is read (two chunks held), for runs
+    in this process, where the process owns the machine: a task thread otherwise waits for half its time on
+    zarr's encode and write. Off on a cluster, where a worker's thread is its share of the machine (one task,
+    one core) and 2 workers must be worth twice one. Chip ``k`` is read from ``images[scenes[k]]`` and ``labels[scenes[k]]`` (one pair for
     one scene).
 
     With ``points = (per_class, seed)``, also return this batch's candidates for the stratified point sample:
     per (split, class) the ``per_class`` labelled valid pixels of smallest :func:`pixel_keys`, at rows shifted
     by their scene's ``offsets`` entry (scenes stacked one under the other, ``width`` the widest).
+
+    ``cache``: bytes of GDAL block cache the task needs (:func:`eoforge.io.blockcache.block_cache`).
     """
     g = zarr.open_group(store, mode="r+")
     img_arr, lab_arr = g["image"], g["label"]
@@ -174,11 +228,24 @@ def extract(
     img_arr, lab_arr = (a.with_config({"write_empty_chunks": True}) for a in (img_arr, lab_arr))
     found: list[dict[str, np.ndarray]] = []
     with contextlib.ExitStack() as stack:
+        stack.enter_context(block_cache(cache))
         opened: dict[int, tuple[Any, Any]] = {}  # each scene's rasters, opened when first needed
-        for a in range(0, len(rows), chunk):
+        # a chunk's buffers (two with overlap: one being written) and one read box, reused chunk after chunk
+        n_buf = min(chunk, len(rows))
+        bufs = [
+            (
+                np.empty((n_buf, *img_arr.shape[1:]), dtype=np.float32),
+                np.empty((n_buf, *lab_arr.shape[1:]), dtype=np.uint8),
+            )
+            for _ in range(2 if overlap else 1)
+        ]
+        scratch = Scratch()
+        writer = stack.enter_context(ThreadPoolExecutor(1)) if overlap else None  # waits for its last write
+        pending: Future[None] | None = None
+        for i, a in enumerate(range(0, len(rows), chunk)):
             r, c, sc = rows[a : a + chunk], cols[a : a + chunk], np.asarray(scenes[a : a + chunk])
-            imgs = np.empty((len(r), *img_arr.shape[1:]), dtype=np.float32)
-            labs = np.empty((len(r), *lab_arr.shape[1:]), dtype=np.uint8)
+            img_buf, lab_buf = bufs[i % len(bufs)]  # the other buffer's write may still be running
+            imgs, labs = img_buf[: len(r)], lab_buf[: len(r)]
             for s in np.unique(sc).tolist():
                 if s not in opened:
                     opened[s] = (
@@ -187,17 +254,34 @@ def extract(
                     )
                 src, lab = opened[s]
                 sel = np.flatnonzero(sc == s)  # chips of one scene, still in row-major order
-                for k, lb in read_chips(lab, r[sel], c[sel], size, band=1):
+                for k, lb in read_chips(lab, r[sel], c[sel], size, band=1, scratch=scratch):
                     labs[sel[k]] = lb
-                for k, img in read_chips(src, r[sel], c[sel], size):
+                for k, img in read_chips(src, r[sel], c[sel], size, scratch=scratch):
                     imgs[sel[k]] = img
-            img_arr[start + a : start + a + len(r)] = imgs
-            lab_arr[start + a : start + a + len(r)] = labs
             if points is not None:
                 found.extend(_labelled(imgs, labs, r + offsets[sc], c, splits[a : a + chunk]))
+            if pending is not None:
+                pending.result()  # the previous chunk is written: its buffer is free for the next one
+            if writer is None:
+                _write(img_arr, lab_arr, start + a, imgs, labs)
+            else:
+                pending = writer.submit(_write, img_arr, lab_arr, start + a, imgs, labs)
+        if pending is not None:
+            pending.result()
     if not found or points is None:
         return None
     return top_points({k: np.concatenate([f[k] for f in found]) for k in found[0]}, width, *points)
+
+
+def _write(img_arr: zarr.Array, lab_arr: zarr.Array, a: int, imgs: np.ndarray, labs: np.ndarray) -> None:
+    """One chunk of chips into both arrays at once, one trip through zarr's event loop (its async API, made
+    for batching requests): returns when both files are written."""
+
+    async def both() -> None:
+        sel = slice(a, a + len(imgs))
+        await asyncio.gather(img_arr.async_array.setitem(sel, imgs), lab_arr.async_array.setitem(sel, labs))
+
+    sync(both())
 
 
 def _labelled(
