@@ -57,3 +57,15 @@ def test_threads_entering_and_leaving_out_of_order_restore_the_cap() -> None:
         t.join(10)
     assert seen == {"both": 3 * MIN_BYTES, "b alone": MIN_BYTES}
     assert current_cap() == before
+
+
+def test_cachemax_converts_mib_to_the_bytes_rasterio_passes_on() -> None:
+    import rasterio
+    from rasterio.env import get_gdal_config
+
+    from eoforge.io.blockcache import cachemax
+
+    with rasterio.Env(GDAL_CACHEMAX=cachemax(3)):
+        assert int(get_gdal_config("GDAL_CACHEMAX")) == 3 * 2**20  # not 3 bytes
+    with pytest.raises(ValueError, match="must be positive"):
+        cachemax(0)

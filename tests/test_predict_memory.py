@@ -48,4 +48,4 @@ def test_reader_thread_runs_under_the_cache_cap() -> None:
             yield k, [int(get_gdal_config("GDAL_CACHEMAX"))], np.zeros(1), None
 
     seen = [js[0] for _, js, _, _ in _prefetch(gen(), cache_mb=77)]
-    assert seen == [77, 77, 77]
+    assert seen == [77 * 2**20] * 3  # MiB, as bytes: rasterio hands integers to GDAL as bytes

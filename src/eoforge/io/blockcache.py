@@ -40,6 +40,14 @@ def tile_rows_bytes(width: int, bytes_per_pixel: int, tile_height: int, rows: in
     return width * bytes_per_pixel * tile_height * rows
 
 
+def cachemax(mib: int) -> int:
+    """The value to give ``rasterio.Env(GDAL_CACHEMAX=...)`` for a cap of ``mib`` MiB: rasterio hands an integer
+    to ``GDALSetCacheMax64`` as bytes, so ``Env(GDAL_CACHEMAX=256)`` would cap the cache at 256 bytes."""
+    if mib <= 0:
+        raise ValueError(f"GDAL cache cap must be positive, got {mib} MiB")
+    return mib * 2**20
+
+
 def current_cap() -> int:
     """GDAL's block-cache cap now, in bytes."""
     return int(get_gdal_config("GDAL_CACHEMAX"))

@@ -34,6 +34,7 @@ from rasterio.windows import Window
 from eoforge import __version__
 from eoforge.errors import InputError, PackageError
 from eoforge.geo import Grid
+from eoforge.io.blockcache import cachemax
 from eoforge.io.rasters import check_band_names, valid_mask
 from eoforge.predict.blend import BLENDS, BandPlan, plan_bands
 from eoforge.predict.outputs import (
@@ -203,7 +204,7 @@ def _prefetch(
     def work() -> None:
         c0 = time.thread_time()
         try:
-            with rasterio.Env(**({} if cache_mb is None else {"GDAL_CACHEMAX": cache_mb})):
+            with rasterio.Env(**({} if cache_mb is None else {"GDAL_CACHEMAX": cachemax(cache_mb)})):
                 _fill()
         except BaseException as exc:
             q.put(exc)

@@ -26,6 +26,7 @@ from rasterio.windows import Window
 
 from eoforge.geo import Grid
 from eoforge.io.atomic import atomic_path, sweep_temporaries, write_text
+from eoforge.io.blockcache import cachemax
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def _to_cog(raw: Path, final: Path, resampling: str, predictor: str = "NO") -> N
     with rasterio.open(raw) as src:
         bpp = src.count * np.dtype(src.dtypes[0]).itemsize + 1  # + 1: an internal mask
         cache = gdal_cache_mb(src.width, bpp, COG_CACHE_ROWS)
-    with rasterio.Env(GDAL_CACHEMAX=cache):
+    with rasterio.Env(GDAL_CACHEMAX=cachemax(cache)):
         rasterio.shutil.copy(
             raw,
             final,
@@ -189,7 +190,7 @@ def assemble(
         bpp += 4
     cache = gdal_cache_mb(grid.width, bpp, band_rows + 2 * 256)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=cache, GDAL_TIFF_INTERNAL_MASK=True))
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=cachemax(cache), GDAL_TIFF_INTERNAL_MASK=True))
         dst = {
             "map": stack.enter_context(
                 rasterio.open(raw["map"], "w", **_profile(grid, 1, class_dtype, nodata))
@@ -231,7 +232,9 @@ def assemble(
             vec = parts.dir / f"polygons{extras['polygons'].suffix}"  # GDAL wants the format's extension
             # it reads the map a block of rows at a time: cap GDAL's cache by the width there too
             with rasterio.Env(
-                GDAL_CACHEMAX=gdal_cache_mb(grid.width, np.dtype(class_dtype).itemsize, COG_CACHE_ROWS)
+                GDAL_CACHEMAX=cachemax(
+                    gdal_cache_mb(grid.width, np.dtype(class_dtype).itemsize, COG_CACHE_ROWS)
+                )
             ):
                 vectorize_fn(raw["map"], vec)
             os.replace(vec, finals["polygons"])

@@ -25,6 +25,7 @@ from rasterio.windows import Window
 
 from eoforge.compute import worker_threads
 from eoforge.geo import Grid
+from eoforge.io.blockcache import cachemax
 from eoforge.prepare.dates import DatedSource
 from eoforge.prepare.recipe import Recipe, RecipeSource
 
@@ -72,7 +73,7 @@ def read_window(token: str, spec: SourceSpec, window: Window) -> np.ndarray:
         source = spec.open()
         with _lock:
             _open_sources[key] = source
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with rasterio.Env(GDAL_CACHEMAX=cachemax(GDAL_CACHE_MB)):
         return source.read(window)
 
 

@@ -23,6 +23,7 @@ from rasterio.windows import Window
 from eoforge.config import IGNORE_INDEX, ComputeConfig, InputsConfig, PrepareConfig
 from eoforge.errors import InputError
 from eoforge.io.atomic import atomic_dir
+from eoforge.io.blockcache import cachemax
 from eoforge.io.rasters import block_windows, valid_mask
 from eoforge.prepare.align import grid_like
 from eoforge.prepare.dates import DatedSource, dated_strings, valid_fractions
@@ -141,7 +142,7 @@ def prepare_on(
         }
         try:
             # GDAL's block cache defaults to 5 % of RAM; cap it so memory stays bounded by the blocks
-            with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), atomic_dir(out_dir / folder) as tmp:
+            with rasterio.Env(GDAL_CACHEMAX=cachemax(GDAL_CACHE_MB)), atomic_dir(out_dir / folder) as tmp:
                 with (
                     rasterio.open(
                         tmp / "image.tif", "w", count=source.count, dtype="float32", nodata=np.nan, **profile
@@ -379,7 +380,7 @@ def _prefetched(
 
 def _read(source: RecipeSource | DatedSource, win: Window) -> np.ndarray:
     """``source.read`` in the reader thread, under the same GDAL cache cap (rasterio's Env is per thread)."""
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+    with rasterio.Env(GDAL_CACHEMAX=cachemax(GDAL_CACHE_MB)):
         return source.read(win)
 
 
