@@ -8,8 +8,8 @@ training loader against the demo U-Net's training step.
    and labels, into numpy, nothing written). Target >= 0.7. Also printed: both runs' process CPU seconds and
    their ratio (plain / ours), which a busy machine distorts less than wall time, and the cores the best
    ``make_chips`` run kept busy (its CPU over its wall seconds: below ~1.5 on 2 cores, another process had one).
-2. ``make_chips`` on a LocalCluster of 2 single-threaded workers against 1 (clusters started and warmed before
-   timing; runs alternate between them, best of ``--repeat`` each, as for measure 1; also the median of the
+2. ``make_chips`` on a LocalCluster of 2 single-threaded workers against 1 (one cluster alive at a time, started
+   and warmed with one untimed run before each timed run; runs alternate between them, best of ``--repeat`` each, as for measure 1; also the median of the
    alternations' own ratios, which one fast 1-worker run moves less). Target >= 1.6 on 2 free cores. Also
    printed: cores kept busy (CPU seconds of the workers and this process over wall seconds).
 3. samples/s of the training loader as training builds it (``ChipDataModule``: default ``train.num_workers``
@@ -22,7 +22,6 @@ training loader against the demo U-Net's training step.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import tempfile
@@ -189,25 +188,24 @@ def main() -> None:
             from distributed import Client, LocalCluster
 
             rates, busy = {1: 0.0, 2: 0.0}, {1: 0.0, 2: 0.0}
-            with contextlib.ExitStack() as stack:
-                clients = {}
+            paired = []  # 2 workers / 1 worker of each alternation: one lucky run moves the best, not these
+            for k in range(args.repeat):  # alternate 1 and 2 workers, best of each
+                this = {}
                 for workers in (1, 2):
-                    cl = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1,
-                                                          processes=True, dashboard_address=":0"))  # fmt: skip
-                    clients[workers] = stack.enter_context(Client(cl))
-                    timed_chips(
-                        scene, cfg.chips, folder / f"w{workers}", clients[workers]
-                    )  # warm the workers
-                paired = []  # 2 workers / 1 worker of each alternation: one lucky run moves the best, not these
-                for k in range(args.repeat):  # alternate 1 and 2 workers, best of each
-                    this = {}
-                    for workers, client in clients.items():
+                    # one cluster alive at a time: an idle cluster's nannies, heartbeats and scheduler thread
+                    # would otherwise share the 2 cores with the one being timed
+                    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                      dashboard_address=":0") as cl, Client(cl) as client:  # fmt: skip
+                        timed_chips(
+                            scene, cfg.chips, folder / f"warm{workers}_{k}", client
+                        )  # warm the workers
+                        shutil.rmtree(folder / f"warm{workers}_{k}")
                         rate, wall, cpu = timed_chips(scene, cfg.chips, folder / f"w{workers}_{k}", client)
-                        shutil.rmtree(folder / f"w{workers}_{k}")
-                        this[workers] = rate
-                        if rate > rates[workers]:
-                            rates[workers], busy[workers] = rate, cpu / wall  # cores kept busy (workers + us)
-                    paired.append(this[2] / this[1])
+                    shutil.rmtree(folder / f"w{workers}_{k}")
+                    this[workers] = rate
+                    if rate > rates[workers]:
+                        rates[workers], busy[workers] = rate, cpu / wall  # cores kept busy (workers + us)
+                paired.append(this[2] / this[1])
             print(f"2. 2 Dask workers {rates[2]:.0f} chips/s ({busy[2]:.2f} cores busy), 1 worker "
                   f"{rates[1]:.0f} chips/s ({busy[1]:.2f} cores busy), ratio {rates[2] / rates[1]:.2f} "
                   f"(median of the {len(paired)} paired runs' ratios {float(np.median(paired)):.2f})")  # fmt: skip
