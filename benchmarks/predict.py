@@ -1,6 +1,7 @@
 """`eoforge predict` benchmarks, each printing ratios taken in one run on one machine.
 
     .venv/bin/python benchmarks/predict.py throughput [--size 1024] [--backend auto] [--rounds 3]  # vs model alone
+    python benchmarks/predict.py throughput --device cuda --size 8000 --batch-size 32               # on a GPU
     .venv/bin/python benchmarks/predict.py backends [--size 1024]  # torch-fp32 vs torch vs auto: speed, agreement
     .venv/bin/python benchmarks/predict.py memory [--size 1000]    # peak RSS: square, tall (4x), wide (4x)
     .venv/bin/python benchmarks/predict.py extras [--size 1024]    # cost of probabilities, blending, TTA d4
@@ -225,7 +226,7 @@ def throughput(tmp: Path, scene: Path, pkg: Path, args: argparse.Namespace) -> N
     source = open_source([scene], read_meta(pkg))
     probe = _probe(source, args.tile)  # what `predict` gives `auto` to check its agreement on
     source.close()
-    predictor = load_predictor(pkg, backend=args.backend, probe=probe)
+    predictor = load_predictor(pkg, backend=args.backend, device=args.device, probe=probe)
     sample = _sample_batches(scene, pkg, args)
     plan = plan_bands(args.size, args.size, args.tile, args.overlap, "center")
     for b in sample[: -(-len(plan.cols) // args.batch_size)]:
@@ -339,6 +340,7 @@ def main() -> None:
         "--alone-rows", type=int, default=4, help="throughput: window rows read for the model alone"
     )
     ap.add_argument("--backend", choices=["auto", "torch", "torch-fp32", "onnx"], default="auto")
+    ap.add_argument("--device", default="cpu", help="throughput: torch device of the predictor (cpu, cuda)")
     args = ap.parse_args()
     print(f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs")
     print(f"{args.what}: {args.size} px, {args.bands} bands uint16, unet/resnet18, tile {args.tile}, overlap "

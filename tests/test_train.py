@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from eoforge.prepare import PreparedScene
 from eoforge.train import present_class_miou, train
 from eoforge.train import speed as speed_mod
 from eoforge.train.augment import BatchAugment
-from eoforge.train.fit import _trackers
+from eoforge.train.fit import _strategy, _trackers
 from eoforge.train.losses import class_weights_from_counts, make_loss
 
 TINY = ModelConfig(arch="fpn", encoder="tu-mobilenetv3_small_050")
@@ -280,6 +281,39 @@ def test_ddp_with_two_cpu_processes_follows_the_single_process_loss_curve(tmp_pa
     assert len(a) == len(b) == epochs
     assert a[-1] < a[0] and b[-1] < b[0]
     assert abs(a[-1] - b[-1]) <= 0.25 * a[-1], (a, b)
+
+
+class _Pid(Callback):
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, str]] = []
+
+    def on_train_end(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
+        self.seen.append((os.getpid(), trainer.world_size, type(trainer.strategy).__name__))
+
+
+def test_ddp_on_one_device_trains_in_this_process(tmp_path: Path) -> None:
+    """`strategy: ddp` with one device and one node is one process: no rank is spawned (spawning one cost
+    ~40 s on a GPU machine), the trainer is Lightning's DDP strategy in this process."""
+    store, scene = _store(tmp_path)
+    seen = _Pid()
+    cfg = _cfg(epochs=1, augment=None, strategy="ddp", devices=1, deterministic=False)
+    res = train(store, scene, TINY, cfg, tmp_path / "run", callbacks=[seen])
+    assert seen.seen == [(os.getpid(), 1, "DDPStrategy")]
+    assert res.epochs_run == 1 and res.best_checkpoint is not None and res.best_checkpoint.is_file()
+
+
+def test_strategy_spawns_ranks_only_without_a_launcher_and_for_several_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for k in ("LOCAL_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(k, raising=False)
+    assert _strategy(TrainConfig(strategy="ddp", devices=1)) == "ddp"
+    assert _strategy(TrainConfig(strategy="ddp", devices=2)) == "ddp_spawn"
+    assert _strategy(TrainConfig(strategy="ddp", devices=1, num_nodes=2)) == "ddp_spawn"
+    assert _strategy(TrainConfig(strategy="auto", devices=2)) == "ddp_spawn"
+    assert _strategy(TrainConfig(strategy="auto", devices=1)) == "auto"
+    monkeypatch.setenv("LOCAL_RANK", "0")  # under torchrun/SLURM the launcher made the processes
+    assert _strategy(TrainConfig(strategy="ddp", devices=2)) == "ddp"
 
 
 def test_datamodule_loaders_with_workers_and_an_epoch_seeded_order(tmp_path: Path) -> None:

@@ -133,7 +133,10 @@ def _strategy(cfg: TrainConfig) -> str:
     # `eoforge run` pipeline in each; without an external launcher (torchrun, SLURM) spawn the ranks instead
     external = any(k in os.environ for k in ("LOCAL_RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID"))
     several = isinstance(cfg.devices, int) and cfg.devices > 1
-    if not external and (cfg.strategy == "ddp" or (cfg.strategy == "auto" and several)):
+    # one process in all (1 device, 1 node): Lightning's ddp runs it in this process, no child to spawn
+    # (spawning one cost ~40 s on a GPU machine: a fresh interpreter, imports, the data again)
+    single = cfg.devices == 1 and cfg.num_nodes == 1
+    if not external and not single and (cfg.strategy == "ddp" or (cfg.strategy == "auto" and several)):
         log.info("strategy %s on %s devices without a launcher: using ddp_spawn", cfg.strategy, cfg.devices)
         return "ddp_spawn"
     return cfg.strategy
