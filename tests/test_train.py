@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from eoforge.prepare import PreparedScene
 from eoforge.train import present_class_miou, train
 from eoforge.train import speed as speed_mod
 from eoforge.train.augment import BatchAugment
-from eoforge.train.fit import _strategy, _trackers
+from eoforge.train.fit import _Checkpoint, _strategy, _trackers
 from eoforge.train.losses import class_weights_from_counts, make_loss
 
 TINY = ModelConfig(arch="fpn", encoder="tu-mobilenetv3_small_050")
@@ -247,6 +248,42 @@ def test_resumed_training_equals_uninterrupted(tmp_path: Path) -> None:
     # a changed config does not resume: it starts over
     other = train(store, scene, TINY, _cfg(lr=0.01, epochs=1), tmp_path / "b")
     assert not other.resumed
+
+
+def test_a_moved_run_resumes_with_its_best_score_and_checkpoint(tmp_path: Path) -> None:
+    """Killed, then its folder moved: the resumed run equals the uninterrupted one, and its best checkpoint
+    is in the new folder (Lightning alone drops the best score when the checkpoint folder changed)."""
+    store, scene = _store(tmp_path / "chips")
+    straight = train(store, scene, TINY, _cfg(), tmp_path / "a")
+    with pytest.raises(RuntimeError, match="killed"):
+        train(store, scene, TINY, _cfg(), tmp_path / "b", callbacks=[_Kill()])
+    shutil.move(tmp_path / "b", tmp_path / "c")
+    resumed = train(store, scene, TINY, _cfg(), tmp_path / "c")
+    assert resumed.resumed and resumed.best_score == straight.best_score
+    assert resumed.best_checkpoint == tmp_path / "c" / "train" / "checkpoints" / "best.ckpt"
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_state_saved_in_another_folder_keeps_its_best_score(tmp_path: Path) -> None:
+    ck = _Checkpoint(dirpath=tmp_path / "new", filename="best", monitor="val_miou", mode="max")
+    old = str(tmp_path / "old")
+    ck.load_state_dict(
+        {
+            "monitor": "val_miou",
+            "best_model_score": torch.tensor(0.5),
+            "best_model_path": f"{old}/best.ckpt",
+            "current_score": torch.tensor(0.4),
+            "dirpath": old,
+            "best_k_models": {f"{old}/best.ckpt": torch.tensor(0.5)},
+            "kth_best_model_path": f"{old}/best.ckpt",
+            "kth_value": torch.tensor(0.5),
+            "last_model_path": "",
+        }
+    )
+    assert ck.best_model_score is not None and float(ck.best_model_score) == 0.5
+    assert ck.best_model_path == str(tmp_path / "new" / "best.ckpt")
+    assert list(ck.best_k_models) == [str(tmp_path / "new" / "best.ckpt")]
 
 
 class _WorldSize(Callback):

@@ -128,6 +128,37 @@ def _trackers(cfg: TrainConfig, out: Path, params: dict[str, Any]) -> list[Logge
     return loggers
 
 
+class _Checkpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, whose saved state follows the run folder when it was moved or copied.
+
+    Lightning restores the best score only when the checkpoint folder is the one it saved from; else the first
+    epoch after a resume becomes "best" whatever its score, and the best path points into the old folder (a
+    moved run that resumed packaged a worse model than the one it had found). Paths saved in the old folder
+    are mapped to the same file names in this one.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and old != self.dirpath:
+            new = self.dirpath
+
+            def moved(path: Any) -> Any:
+                if isinstance(path, str) and path and os.path.dirname(path) == old:
+                    return os.path.join(new, os.path.basename(path))
+                return path
+
+            log.info("checkpoints were saved in %s; continuing in %s", old, new)
+            state_dict = {
+                **state_dict,
+                "dirpath": new,
+                "best_model_path": moved(state_dict.get("best_model_path")),
+                "kth_best_model_path": moved(state_dict.get("kth_best_model_path")),
+                "last_model_path": moved(state_dict.get("last_model_path")),
+                "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()},
+            }
+        super().load_state_dict(state_dict)
+
+
 def _strategy(cfg: TrainConfig) -> str:
     # plain "ddp" re-executes the command line in child processes, which would re-run the whole
     # `eoforge run` pipeline in each; without an external launcher (torchrun, SLURM) spawn the ranks instead
@@ -253,10 +284,10 @@ def train(
     )
     has_val = data.has("val")
     monitor, mode = (task.monitor, "max") if has_val else ("train_loss", "min")
-    ckpt = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode)
+    ckpt = _Checkpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode)
     # last.ckpt every epoch, whether or not the score improved (Lightning 2.6's save_last writes it only with
     # a new best, so a resumed run would go back to the best epoch): a second, unmonitored checkpoint
-    latest = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, enable_version_counter=False)
+    latest = _Checkpoint(dirpath=ckpt_dir, filename="last", monitor=None, enable_version_counter=False)
     cbs: list[Callback] = [
         ckpt,
         latest,
