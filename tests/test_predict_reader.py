@@ -131,3 +131,71 @@ def test_the_resume_key_probes_each_predictor_once(tmp_path: Path, monkeypatch: 
     assert shapes.count((1, 2, 32, 32)) == 2  # a new predictor is probed again
     with rasterio.open(a.path) as ra, rasterio.open(b.path) as rb:
         np.testing.assert_array_equal(ra.read(), rb.read())
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    height=st.integers(20, 200),
+    width=st.integers(20, 200),
+    tile=st.sampled_from([32, 64]),
+    batch=st.integers(1, 4),
+    readers=st.integers(2, 4),
+    holes=st.integers(0, 2**16 - 1),
+    seed=st.integers(0, 1000),
+)
+def test_parallel_readers_yield_the_single_readers_batches_in_order(
+    height: int, width: int, tile: int, batch: int, readers: int, holes: int, seed: int
+) -> None:
+    """Several reader threads (for a GPU), each with its own source: the same items in the same order, the
+    same skipped-window count, every opened source closed."""
+    rng = np.random.default_rng(seed)
+    data = rng.uniform(0, 1, (2, height, width)).astype(np.float32)
+    plan = plan_bands(height, width, tile, tile // 4, "center")
+    for i, (r, c) in enumerate((r, c) for r in plan.rows for c in plan.cols):
+        if holes >> (i % 16) & 1:
+            data[:, r : r + plan.th, c : c + plan.tw] = np.nan
+    one: dict[str, int] = {"skipped": 0}
+    want = list(_row_batches(ArraySource(data), plan, 0, len(plan.rows), batch, one))
+    opened: list[ArraySource] = []
+    closed: list[ArraySource] = []
+
+    class Counted(ArraySource):
+        def close(self) -> None:
+            closed.append(self)
+
+    def open_more() -> ArraySource:
+        opened.append(Counted(data))
+        return opened[-1]
+
+    many: dict[str, int] = {"skipped": 0}
+    cpu: dict[str, float] = {}
+    got = list(engine._parallel_rows(open_more, plan, 0, len(plan.rows), batch, many, readers, 64, cpu))
+    assert [(k, js) for k, js, _, _ in got] == [(k, js) for k, js, _, _ in want]
+    for (_, _, a, m), (_, _, b, n) in zip(got, want, strict=True):
+        if b is None:
+            assert a is None and m is None
+        else:
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(m, n)
+    assert many["skipped"] == one["skipped"] and cpu["reader"] >= 0
+    assert 1 <= len(opened) <= readers and sorted(map(id, closed)) == sorted(map(id, opened))
+
+
+def test_a_gpu_predictor_reads_with_several_threads_and_writes_the_same_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's choice of readers (several for a CUDA model) changes nothing in the outputs: maps and
+    probabilities equal to a single reader's, windows skipped alike."""
+    data = np.random.default_rng(0).integers(0, 3, (2, 230, 190)).astype(np.float32)
+    data[:, 90:, 20:170] = np.nan  # whole windows of nodata
+    img = write_tif(tmp_path / "img.tif", data, nodata=float("nan"))
+    pkg = identity_package(tmp_path / "model")
+    kw = {"tile": 64, "overlap": 16, "batch_size": 3}
+    one = predict(pkg, [img], tmp_path / "one.tif", **kw)  # type: ignore[arg-type]
+    assert engine.readers_for(load_predictor(pkg)) == 1  # a CPU model: one reader
+    monkeypatch.setattr(engine, "readers_for", lambda predictor: 3)
+    three = predict(pkg, [img], tmp_path / "three.tif", **kw)  # type: ignore[arg-type]
+    with rasterio.open(one.path) as a, rasterio.open(three.path) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert a.profile == b.profile
+    assert three.skipped_windows == one.skipped_windows > 0
