@@ -248,6 +248,14 @@ def test_conclusion_warnings() -> None:
         )[0]
         == "class_never_predicted"
     )
+    found_nowhere = {
+        "a": {"support": 10, "predicted": 20, "recall": 1.0},
+        "b": {"support": 5, "predicted": 3, "recall": 0.0},
+    }
+    w = conclusion_warnings(_metrics(per_class=found_nowhere), {}, None, [])
+    assert [c for c, _ in w] == ["class_never_found"] and "'b' (5 px; 3 px mapped as it" in w[0][1]
+    found_some = {**found_nowhere, "b": {"support": 5, "predicted": 3, "recall": 0.2}}
+    assert conclusion_warnings(_metrics(per_class=found_some), {}, None, []) == []
     val_missing = {**_metrics()["class_pixels"], "val": {"a": 500, "b": 0}}
     w = conclusion_warnings(_metrics(class_pixels=val_missing), {}, None, [])
     assert [c for c, _ in w] == ["class_absent_val"] and "'b'" in w[0][1]

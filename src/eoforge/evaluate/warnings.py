@@ -72,6 +72,20 @@ def conclusion_warnings(
                 "have reference pixels there: its map misses these classes entirely",
             )
         )
+    # predicted somewhere, but never where the class is: "every class is predicted" would mislead
+    wrong = [
+        f"{n!r} ({v['support']} px; {v['predicted']} px mapped as it, all elsewhere)"
+        for n, v in per_class.items()
+        if v["support"] > 0 and v["predicted"] > 0 and v.get("recall") == 0
+    ]
+    if wrong:
+        out.append(
+            (
+                "class_never_found",
+                f"{model} maps none of the test pixels of {', '.join(wrong)}: it predicts these classes but "
+                "not where they are, so its map does not find them",
+            )
+        )
     for split in ("val", "test"):
         counts: dict[str, int] = metrics["class_pixels"][split]
         absent = [n for n, c in counts.items() if c == 0]
