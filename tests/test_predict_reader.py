@@ -60,6 +60,13 @@ def _reference(data: np.ndarray, plan, k0: int, k1: int, batch: int) -> list:  #
     return out
 
 
+def _punch(data: np.ndarray, plan, holes: int) -> None:  # type: ignore[no-untyped-def]
+    """Whole windows of nodata (skipped by the reader): window i where bit i % 16 of ``holes`` is set."""
+    for i, (r, c) in enumerate((r, c) for r in plan.rows for c in plan.cols):
+        if holes >> (i % 16) & 1:
+            data[:, r : r + plan.th, c : c + plan.tw] = np.nan
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     height=st.integers(20, 200),
@@ -77,9 +84,7 @@ def test_chunked_reads_equal_window_reads(
     data = rng.uniform(0, 1, (3, height, width)).astype(np.float32)
     overlap = min(tile - 1, int(overlap_frac * tile))
     plan = plan_bands(height, width, tile, overlap, "center")
-    for i, (r, c) in enumerate((r, c) for r in plan.rows for c in plan.cols):
-        if holes >> (i % 16) & 1:  # whole windows of nodata, skipped by the reader
-            data[:, r : r + plan.th, c : c + plan.tw] = np.nan
+    _punch(data, plan, holes)
     source = ArraySource(data)
     k0 = len(plan.rows) // 3
     got = list(_row_batches(source, plan, k0, len(plan.rows), batch, {"skipped": 0}))
@@ -151,9 +156,7 @@ def test_parallel_readers_yield_the_single_readers_batches_in_order(
     rng = np.random.default_rng(seed)
     data = rng.uniform(0, 1, (2, height, width)).astype(np.float32)
     plan = plan_bands(height, width, tile, tile // 4, "center")
-    for i, (r, c) in enumerate((r, c) for r in plan.rows for c in plan.cols):
-        if holes >> (i % 16) & 1:
-            data[:, r : r + plan.th, c : c + plan.tw] = np.nan
+    _punch(data, plan, holes)
     one: dict[str, int] = {"skipped": 0}
     want = list(_row_batches(ArraySource(data), plan, 0, len(plan.rows), batch, one))
     opened: list[ArraySource] = []
