@@ -245,6 +245,10 @@ def test_resumed_training_equals_uninterrupted(tmp_path: Path) -> None:
     assert resumed.resumed and resumed.epochs_run == straight.epochs_run == 2
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # the last epoch's weights too, whichever epoch was the best (the DataLoader once drew from the global
+    # generator a different number of times after a resume, so the resumed epoch's augmentation differed)
+    ends = [torch.load(tmp_path / r / "train" / "checkpoints" / "last.ckpt", weights_only=True) for r in "ab"]
+    assert all(torch.equal(ends[0]["state_dict"][k], ends[1]["state_dict"][k]) for k in ends[0]["state_dict"])
     # a changed config does not resume: it starts over
     other = train(store, scene, TINY, _cfg(lr=0.01, epochs=1), tmp_path / "b")
     assert not other.resumed
@@ -263,6 +267,30 @@ def test_a_moved_run_resumes_with_its_best_score_and_checkpoint(tmp_path: Path) 
     assert resumed.best_checkpoint == tmp_path / "c" / "train" / "checkpoints" / "best.ckpt"
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ema_weights_are_validated_packaged_and_resumed(tmp_path: Path) -> None:
+    """train.ema: the averaged weights (not the last step's) are what the best checkpoint and the returned model
+    hold; a killed EMA run resumed equals the uninterrupted one (the average travels in last.ckpt)."""
+    store, scene = _store(tmp_path / "chips")
+    straight = train(store, scene, TINY, _cfg(ema=0.5), tmp_path / "a")
+    best = torch.load(straight.best_checkpoint, weights_only=True)  # type: ignore[arg-type]
+    averaged, current = best["state_dict"], best["current_model_state"]
+    weights = [k for k in averaged if k.startswith("model.") and k.endswith(".weight")]
+    assert weights and any(not torch.equal(averaged[k], current[k]) for k in weights)
+    got = straight.model.state_dict()
+    assert all(torch.equal(got[k[len("model.") :]], averaged[k]) for k in weights)
+    with pytest.raises(RuntimeError, match="killed"):
+        train(store, scene, TINY, _cfg(ema=0.5), tmp_path / "b", callbacks=[_Kill()])
+    resumed = train(store, scene, TINY, _cfg(ema=0.5), tmp_path / "b")
+    assert resumed.resumed
+    b = resumed.model.state_dict()
+    assert all(torch.equal(got[k], b[k]) for k in got)
+    ends = [torch.load(tmp_path / r / "train" / "checkpoints" / "last.ckpt", weights_only=True) for r in "ab"]
+    for key in ("state_dict", "current_model_state"):  # the average and the trained weights
+        assert all(torch.equal(ends[0][key][k], ends[1][key][k]) for k in ends[0][key])
+    plain = train(store, scene, TINY, _cfg(), tmp_path / "c").model.state_dict()
+    assert any(not torch.equal(got[k], plain[k]) for k in got if k.endswith(".weight"))
 
 
 def test_checkpoint_state_saved_in_another_folder_keeps_its_best_score(tmp_path: Path) -> None:

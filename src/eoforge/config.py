@@ -642,6 +642,13 @@ class TrainConfig(_Strict):
         default_factory=AugmentConfig,
         description="Batch augmentation of the training split (never validation); null turns it off.",
     )
+    ema: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Exponential moving average of the weights with this decay per step (e.g. 0.99; Lightning's "
+        "EMAWeightAveraging): the averaged weights are validated, checkpointed and packaged; null: off.",
+    )
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
         default="auto",
         description="Lightning precision; auto: bf16-mixed + channels-last on CPUs with bf16 (about 3x), "

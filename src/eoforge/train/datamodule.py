@@ -89,6 +89,10 @@ class ChipDataModule(L.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.pin_memory,
+            # a private generator: creating an iterator draws the workers' base seed from it, not from the global
+            # one that augmentation uses (Lightning creates iterators a different number of times in a resumed
+            # run, so a global draw here made epoch e's augmentation depend on whether the run was resumed)
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader[dict[str, object]]:

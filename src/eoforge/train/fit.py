@@ -19,7 +19,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    EMAWeightAveraging,
+    ModelCheckpoint,
+    RichProgressBar,
+)
 from lightning.pytorch.loggers import CSVLogger, Logger
 from torch import nn
 
@@ -293,6 +299,7 @@ def train(
         latest,
         EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience),
         _Reseed(cfg.seed),
+        *([EMAWeightAveraging(decay=cfg.ema)] if cfg.ema is not None else []),
         *(callbacks or []),
     ]
     if progress:
