@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,12 +120,9 @@ def test_run_then_predict_a_new_image(
         assert set(np.unique(src.read(1))) <= {1, 2, 3}
 
 
-def test_run_resumes_and_reruns_only_what_the_config_changes(striped: dict, tmp_path: Path) -> None:
-    from eoforge.config import parse_config
-    from eoforge.pipeline import run
-
-    d = striped["dir"]
-    raw = {
+def _small_run(d: Path) -> dict:
+    """A config of the striped scene in ``d`` that runs every stage in seconds (1 epoch, 16 chips)."""
+    return {
         "inputs": {
             "images": [str(d / f"band{i}.tif") for i in (1, 2, 3)],
             "labels": {"path": str(d / "labels.gpkg"), "column": "cover"},
@@ -133,6 +132,13 @@ def test_run_resumes_and_reruns_only_what_the_config_changes(striped: dict, tmp_
         "train": {"epochs": 1, "batch_size": 8},
         "predict": {"tile": 64, "overlap": 16},
     }
+
+
+def test_run_resumes_and_reruns_only_what_the_config_changes(striped: dict, tmp_path: Path) -> None:
+    from eoforge.config import parse_config
+    from eoforge.pipeline import run
+
+    raw = _small_run(striped["dir"])
     out = tmp_path / "run"
     seen: list[tuple[str, bool]] = []
     run(parse_config(raw), out, on_stage=lambda s, skipped: seen.append((s, skipped)))
@@ -160,6 +166,83 @@ def test_run_resumes_and_reruns_only_what_the_config_changes(striped: dict, tmp_
     seen.clear()
     run(parse_config(raw), out, on_stage=lambda s, skipped: seen.append((s, skipped)))
     assert [s for s, skipped in seen if not skipped] == ["chips", "train", "predict", "evaluate"]
+
+
+def _ran(raw: dict, out: Path) -> list[str]:
+    """Run ``raw`` into ``out``; the stages that ran (not skipped as up to date)."""
+    from eoforge.config import parse_config
+    from eoforge.pipeline import run
+
+    seen: list[tuple[str, bool]] = []
+    run(parse_config(raw), out, on_stage=lambda s, skipped: seen.append((s, skipped)))
+    return [s for s, skipped in seen if not skipped]
+
+
+def _tree(root: Path, skip: tuple[str, ...] = (".eoforge.lock",)) -> dict[str, bytes]:
+    """Every file under ``root`` by its path relative to it, with its bytes (``skip``: file names left out)."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
+
+
+ALL_STAGES = ["prepare", "chips", "train", "predict", "evaluate"]
+
+
+def test_a_moved_run_folder_reruns_nothing_and_names_no_old_path(striped: dict, tmp_path: Path) -> None:
+    """`mv runs/a runs/b`: the run in b finds every stage up to date and leaves its files as they were; no
+    output names the folder it was written in (Lightning's checkpoints aside: train maps their paths)."""
+    raw = _small_run(striped["dir"])
+    a, b = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    assert _ran(raw, a) == ALL_STAGES
+    before = _tree(a)
+    shutil.move(a, b)
+    assert not a.exists()
+    assert _ran(raw, b) == []
+    assert _tree(b) == before
+    assert [k for k, v in before.items() if str(a).encode() in v and not k.endswith(".ckpt")] == []
+
+
+def test_a_copied_run_folder_reads_nothing_from_the_original(striped: dict, tmp_path: Path) -> None:
+    """`cp -a runs/a runs/c` while runs/a stays: c is up to date, and what re-runs in c reads c's files (a's
+    are emptied after the copy: any read of them would fail) and writes nothing into a."""
+    raw = _small_run(striped["dir"])
+    a, c = tmp_path / "runs" / "a", tmp_path / "runs" / "c"
+    assert _ran(raw, a) == ALL_STAGES
+    shutil.copytree(a, c, copy_function=shutil.copy2)
+    assert _ran(raw, c) == []
+    for f in a.rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"")
+    emptied = _tree(a)
+    assert _ran(raw, c) == []
+    raw["predict"]["overlap"] = 8  # the map and its evaluation are redone from c's model, chips, prepared
+    assert _ran(raw, c) == ["predict", "evaluate"]
+    assert json.loads((c / "metrics.json").read_text())["map_window"]["overlap"] == 8
+    assert _tree(a) == emptied
+
+
+def test_a_copy_with_new_file_times_is_up_to_date_by_content(striped: dict, tmp_path: Path) -> None:
+    """A copy that does not keep modification times (`cp -r`, scp, some file shares): outputs are compared
+    by content, so nothing re-runs; the record then holds the new times. A changed byte (same size) in an
+    output re-runs its stage."""
+    raw = _small_run(striped["dir"])
+    a, d = tmp_path / "runs" / "a", tmp_path / "runs" / "d"
+    assert _ran(raw, a) == ALL_STAGES
+    time.sleep(0.01)  # the copies' times differ from the originals' whatever the clock's resolution
+    shutil.copytree(a, d, copy_function=shutil.copyfile)
+    image = d / "prepared" / "image.tif"
+    assert image.stat().st_mtime_ns != (a / "prepared" / "image.tif").stat().st_mtime_ns
+    assert _ran(raw, d) == []
+    assert _tree(d, skip=(".eoforge.lock", "stages.json")) == _tree(a, skip=(".eoforge.lock", "stages.json"))
+    state = json.loads((d / "stages.json").read_text())
+    assert state["prepare"]["outputs"]["prepared/image.tif"][1] == image.stat().st_mtime_ns
+    report = d / "report.html"
+    data = bytearray(report.read_bytes())
+    data[len(data) // 2] ^= 1
+    report.write_bytes(bytes(data))
+    assert _ran(raw, d) == ["evaluate"]
 
 
 def test_run_with_two_cpu_devices_trains_in_two_spawned_ranks(striped: dict, tmp_path: Path) -> None:

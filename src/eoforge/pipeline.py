@@ -26,7 +26,7 @@ from eoforge.io.atomic import OUTPUT_ERRNOS, sweep_temporaries, write_text
 from eoforge.io.guard import check_run_folder
 from eoforge.io.space import WHAT as SPACE_WHAT
 from eoforge.io.space import check_free_space, stage_bytes
-from eoforge.io.state import changed_inputs, fingerprint, load_state, paths_in, run_lock, tree_digest
+from eoforge.io.state import changed_files, fingerprint, load_state, paths_in, run_lock, tree_fingerprint
 from eoforge.package import ClassInfo, PackageMeta, add_metrics, load_package, save_package
 from eoforge.predict import PredictResult, predict
 from eoforge.prepare import PreparedScene, prepare
@@ -183,7 +183,12 @@ def stage_hash(cfg: RunConfig, stage: str) -> str:
 
 
 def stage_inputs(cfg: RunConfig, stage: str) -> dict[str, list[Any]]:
-    """Fingerprints of the files a stage reads: every local path (or glob) named in its config sections."""
+    """Fingerprints of the files a stage reads: every local path (or glob) named in its config sections.
+
+    Keyed by absolute path, as the config names them (the user's files, outside the run folder). A config
+    naming a file inside the run folder keeps naming it there when the folder moves: the file is missing
+    from the old place then, and the stage runs again (the config is what says where its inputs are).
+    """
     dump = cfg.dump()
     return fingerprint(p for k in _READS[stage] for p in paths_in(dump.get(k)))
 
@@ -194,12 +199,19 @@ def _output_names(cfg: RunConfig, stage: str) -> tuple[str, ...]:
     return _OUTPUTS[stage]
 
 
-def _outputs(cfg: RunConfig, out: Path, stage: str) -> list[Path]:
-    return [out / p for p in _output_names(cfg, stage)]
+def stage_outputs(cfg: RunConfig, out: Path, stage: str, known: Any = None) -> dict[str, list[Any]] | None:
+    """Fingerprints of what a stage wrote, keyed by path relative to ``out`` (None when some is missing):
+    the same after the run folder was moved or copied. ``known``: the recorded ones, whose hashes are reused
+    for files of unchanged size and time (anything else, as an older eoforge's digest string: none)."""
+    return tree_fingerprint(out, _output_names(cfg, stage), known if isinstance(known, dict) else None)
 
 
 def _stale(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path, stage: str) -> str | None:
-    """Why ``stage`` must run again (None when its outputs in ``out`` are up to date)."""
+    """Why ``stage`` must run again (None when its outputs in ``out`` are up to date).
+
+    Outputs found the same by content but with other modification times (a copy that did not keep them) are
+    recorded in ``state`` with their new times, so that the next check does not read them again.
+    """
     rec = state.get(stage)
     if rec is None:
         return "not run yet"
@@ -207,11 +219,16 @@ def _stale(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path, stage: s
         return f"{_output_names(cfg, stage)[0]} is missing"
     if rec["config"] != stage_hash(cfg, stage):
         return "config changed"
-    changed = changed_inputs(rec["inputs"], stage_inputs(cfg, stage))
+    changed = changed_files(rec["inputs"], stage_inputs(cfg, stage))
     if changed:
         return f"input changed: {', '.join(changed[:3])}" + (" …" if len(changed) > 3 else "")
-    if rec["outputs"] != tree_digest(_outputs(cfg, out, stage)):
+    # not a dict: an output was missing when the stage was recorded, or the record is an older eoforge's
+    # digest of absolute paths (the stage then runs again once, wherever the folder is)
+    old = rec["outputs"]
+    now = stage_outputs(cfg, out, stage, known=old) if isinstance(old, dict) else None
+    if now is None or changed_files(old, now):
         return "its outputs were changed or truncated since it ran"
+    rec["outputs"] = now
     return None
 
 
@@ -225,7 +242,7 @@ def _record(state: dict[str, dict[str, Any]], cfg: RunConfig, out: Path, stage: 
         for later in STAGES[STAGES.index(stage) + 1 :]:
             state.pop(later, None)
     for name, rec in state.items():  # later stages may add to earlier outputs (model/metrics.json)
-        rec["outputs"] = tree_digest(_outputs(cfg, out, name))
+        rec["outputs"] = stage_outputs(cfg, out, name, known=rec["outputs"])
     write_text(out / STATE, json.dumps({s: state[s] for s in STAGES if s in state}, indent=2))
 
 
@@ -361,7 +378,8 @@ def run(
     With ``resume`` a stage is skipped when its outputs are those it wrote, from the same config sections
     and the same input files (and every stage before it was skipped too), so an interrupted run continues
     where it stopped. ``OUT/stages.json`` records, per finished stage, the config hash, the fingerprints of
-    the files it read and a digest of its outputs. One process at a time works in ``out`` (a lock).
+    the files it read and those of its outputs (by path relative to ``out`` and content, so a moved or copied
+    run folder is up to date). One process at a time works in ``out`` (a lock).
     """
     out = check_run_folder(out)
     check_devices(cfg.train)
@@ -370,8 +388,8 @@ def run(
         state = load_state(out / STATE) if resume else {}
         todo = _todo(state, cfg, out)
         _check_space(cfg, out, list(todo))
-        if not todo:  # nothing to run: OUT/config.yaml still follows the latest command
-            save_config(cfg, out)
+        if not todo:  # nothing to run: OUT/config.yaml still follows the latest command, and stages.json
+            _record(state, cfg, out, None)  # the outputs' times, when a copy gave them new ones
         metrics: dict[str, Any] | None = None
         for stage in STAGES:
             why = todo.get(stage)

@@ -31,6 +31,7 @@ from eoforge.config import IGNORE_INDEX, ChipsConfig, ComputeConfig, SplitConfig
 from eoforge.errors import InputError
 from eoforge.io.atomic import atomic_dir
 from eoforge.io.blockcache import tile_rows_bytes
+from eoforge.io.state import run_relative
 from eoforge.prepare import PreparedScene
 
 if TYPE_CHECKING:
@@ -410,7 +411,12 @@ def make_chips_on(scene: PreparedScene, cfg: ChipsConfig, out_dir: Path, client:
             tr = np.array([list(g.transform)[:6] for g in grids])[sid]
             x0, y0 = tr[:, 2] + cols * tr[:, 0], tr[:, 5] + rows * tr[:, 4]
             x1, y1 = x0 + size * tr[:, 0], y0 + size * tr[:, 4]
-            scene_col = np.asarray([nm for nm, _ in parts], dtype=object)[sid] if multi else str(scene.image)
+            # one scene: its prepared image, relative to the run folder (the same after a move)
+            scene_col = (
+                np.asarray([nm for nm, _ in parts], dtype=object)[sid]
+                if multi
+                else run_relative(scene.image, out_dir)
+            )
             index = gpd.GeoDataFrame(
                 {
                     "chip": np.arange(n),

@@ -6,7 +6,8 @@
   variable with the CRS (CF grid mapping). Dimension names are stored, so ``xarray.open_zarr`` opens it.
   ``CHUNK`` chips per chunk (one file each; fewer for large chips, :func:`chips_per_chunk`).
 - ``index.parquet``: GeoParquet, one row per chip: footprint, ``chip, split, row, col, block_row, block_col,
-  scene`` and ``px_<class>`` labelled pixels per class.
+  scene`` (the scene's name; with one scene its prepared image, relative to ``OUT``) and ``px_<class>``
+  labelled pixels per class.
 - ``chips.json``: sizes, sampler, split mode, counts, chip indices per split.
 - ``points.parquet`` (with ``chips.points``): a stratified pixel sample per split and class, band values.
 """

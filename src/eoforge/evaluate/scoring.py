@@ -38,6 +38,7 @@ from eoforge.evaluate.report import Panel, render_report
 from eoforge.evaluate.warnings import conclusion_warnings
 from eoforge.io.atomic import atomic_dir, write_text
 from eoforge.io.rasters import block_windows
+from eoforge.io.state import run_relative
 from eoforge.package import Predictor
 from eoforge.prepare import PreparedScene
 
@@ -314,7 +315,7 @@ def evaluate(
         raise InputError(f"{store.root}: the test chips hold no labelled pixel; re-run chips")
     metrics = score(cms[0], names, ids, cfg.bootstrap, cfg.seed)
     metrics["model"] = {"arch": predictor.meta.arch, "encoder": predictor.meta.encoder}
-    metrics["scored_map"] = str(map_path)
+    metrics["scored_map"] = run_relative(map_path, out_dir)  # "map.tif": true wherever the folder goes
     metrics["map_window"] = window or {"tile": predictor.meta.tile, "overlap": predictor.meta.overlap}
     metrics["split"] = "test"
     metrics["test_chips"] = len(store.splits["test"])
@@ -334,7 +335,7 @@ def evaluate(
     if scene.scenes:  # the same scores per scene; their confusion matrices sum to the overall one
         metrics["scenes"] = {
             str(name): {
-                "map": str(part_map),
+                "map": run_relative(part_map, out_dir),
                 "test_blocks": len(scene_cms[0].blocks),
                 **score(scene_cms[0], names, ids, cfg.bootstrap, cfg.seed),
                 "baselines": [

@@ -4,6 +4,8 @@ The lock is ``fcntl.flock`` on ``OUT/.eoforge.lock``: the kernel releases it whe
 it ends (SIGKILL included), so a stale lock cannot block a later run; the file also holds the owner's pid for
 the message. A fingerprint is ``[size, mtime_ns, sha256]`` per file (the content hash for files up to
 :data:`HASH_LIMIT` bytes, so a small file replaced under the same name with the same size and time is seen too).
+A stage's outputs are fingerprinted by their path relative to the run folder and their whole content
+(:func:`tree_fingerprint`), so a moved or copied run folder is still up to date.
 """
 
 from __future__ import annotations
@@ -66,11 +68,17 @@ def run_lock(out: str | Path) -> Iterator[None]:
         os.close(fd)
 
 
-def file_fingerprint(path: Path) -> list[Any]:
-    """``[size, mtime_ns, sha256 or None]`` of one file (content hash only up to :data:`HASH_LIMIT`)."""
+def file_fingerprint(path: Path, limit: int | None = HASH_LIMIT, known: list[Any] | None = None) -> list[Any]:
+    """``[size, mtime_ns, sha256 or None]`` of one file (content hash only up to ``limit`` bytes; None: always).
+
+    ``known``, an earlier fingerprint of the file: when its size and time are the file's, its hash is taken
+    as it is (the file is not read).
+    """
     st = path.stat()
+    if isinstance(known, list) and len(known) == 3 and known[2] and known[:2] == [st.st_size, st.st_mtime_ns]:
+        return [st.st_size, st.st_mtime_ns, known[2]]
     digest = None
-    if st.st_size <= HASH_LIMIT:
+    if limit is None or st.st_size <= limit:
         h = hashlib.sha256()
         with path.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -119,26 +127,47 @@ def fingerprint(paths: Iterable[Path]) -> dict[str, list[Any]]:
     return out
 
 
-def tree_digest(paths: Iterable[Path]) -> str | None:
-    """A digest of the names, sizes and mtimes of every file under ``paths``; None when one is missing.
+def tree_fingerprint(
+    root: Path, names: Iterable[str], known: dict[str, list[Any]] | None = None
+) -> dict[str, list[Any]] | None:
+    """Fingerprints of the files ``root / name`` for ``names`` (every file under a folder), keyed by their POSIX
+    path relative to ``root``; None when one is missing.
 
-    Cheap (no content read): it tells whether a stage's outputs are still those it wrote.
+    The keys hold no trace of where ``root`` is, so a run folder moved or copied elsewhere keeps them. Every
+    file's whole content is hashed, whatever its size, so outputs are compared by content: a copy that gave
+    them new modification times (``cp -r``, scp, some file shares) is not a change, a changed byte is.
+    ``known`` (the fingerprints recorded earlier) keeps a file of unchanged size and time from being read
+    again: a stage's outputs are read once when it finishes, and again only after their times changed (an
+    edit that keeps both size and time is not seen, as with the inputs' large files).
     """
-    h = hashlib.sha256()
-    for p in paths:
-        if not p.exists():
+    old = known or {}
+    found: dict[str, list[Any]] = {}
+    for name in names:
+        path = root / name
+        if not path.exists():
             return None
-        for f in _files(p) if p.is_dir() else [p]:
+        for f in _files(path) if path.is_dir() else [path]:
+            key = f.relative_to(root).as_posix()
             try:
-                st = f.stat()
+                found[key] = file_fingerprint(f, limit=None, known=old.get(key))
             except OSError:
                 return None
-            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
+    return found
+
+
+def run_relative(path: str | Path, out: str | Path) -> str:
+    """``path`` as an output of the run folder ``out`` names it: relative to ``out`` (POSIX) when inside it, so
+    the name stays true when the folder is moved or copied; else as given. A reader resolves it against the
+    folder it reads from."""
+    p, root = Path(path), Path(out)
+    for a, b in ((p, root), (p.resolve(), root.resolve())):
+        if a.is_relative_to(b):
+            return a.relative_to(b).as_posix()
+    return str(p)
 
 
 def load_state(path: Path) -> dict[str, dict[str, Any]]:
-    """``stages.json``: per finished stage its ``config`` hash, ``inputs`` fingerprints and ``outputs`` digest.
+    """``stages.json``: per finished stage its ``config`` hash, ``inputs`` and ``outputs`` fingerprints.
 
     An unreadable file or one in an older format means nothing is known (every stage runs).
     """
@@ -151,8 +180,9 @@ def load_state(path: Path) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in raw.items() if isinstance(v, dict) and {"config", "inputs", "outputs"} <= set(v)}
 
 
-def changed_inputs(old: dict[str, list[Any]], new: dict[str, list[Any]]) -> list[str]:
-    """Paths whose fingerprint differs (added, removed, or another size / time / content)."""
+def changed_files(old: dict[str, list[Any]], new: dict[str, list[Any]]) -> list[str]:
+    """Paths whose fingerprint differs (added, removed, or another size / content; another time only for a
+    file whose content was not hashed)."""
     changed = [k for k in new if k not in old or old[k][0] != new[k][0] or old[k][2] != new[k][2]]
     changed += [k for k in old if k not in new]
     # the time alone counts only for large files, whose content is not hashed
