@@ -135,6 +135,49 @@ def test_missing_tracker_packages_are_clear_errors(tmp_path: Path) -> None:
                 _trackers(TrainConfig(logger=name), tmp_path, {})  # type: ignore[arg-type]
 
 
+def test_mlflow_logs_config_curves_and_final_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.logger: mlflow, for real (mlflow-skinny + SQLAlchemy are pinned): a SQLite store in OUT/train by
+    default (MLflow >= 3.7 refuses the old OUT/train/mlruns file store), MLFLOW_TRACKING_URI when set."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store, scene = _store(tmp_path / "chips")
+    res = train(store, scene, TINY, _cfg(logger="mlflow"), tmp_path / "a")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'a' / 'train' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("eoforge")
+    assert exp is not None
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.params["model/arch"] == "fpn" and run.data.params["train/seed"] == "3"
+    with open(tmp_path / "a" / "train" / "metrics.csv") as f:
+        logged = [float(r["val_miou"]) for r in csv.DictReader(f) if r.get("val_miou")]
+    curve = [m.value for m in client.get_metric_history(run.info.run_id, "val_miou")]
+    assert len(curve) == 2 and curve == pytest.approx(logged)
+    assert run.data.metrics["best_val_miou"] == pytest.approx(res.best_score)
+    assert run.data.metrics["epochs_run"] == 2
+    server = tmp_path / "server.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{server}")
+    train(store, scene, TINY, _cfg(logger="mlflow", epochs=1), tmp_path / "b")
+    assert server.is_file() and not (tmp_path / "b" / "train" / "mlflow.db").exists()
+    other = MlflowClient(tracking_uri=f"sqlite:///{server}")
+    exp_b = other.get_experiment_by_name("eoforge")
+    assert exp_b is not None
+    (run_b,) = other.search_runs([exp_b.experiment_id])
+    assert run_b.data.metrics["epochs_run"] == 1
+
+
+def test_mlflow_without_sqlalchemy_and_without_a_server_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "sqlalchemy" else real(n, *a))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(InputError, match="mlflow's local store needs sqlalchemy .*MLFLOW_TRACKING_URI"):
+        _trackers(TrainConfig(logger="mlflow"), tmp_path, {})
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def _has_tbx() -> bool:
     import importlib.util
 

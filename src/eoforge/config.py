@@ -674,7 +674,7 @@ class TrainConfig(_Strict):
     logger: Literal["csv", "tensorboard", "mlflow"] = Field(
         default="csv",
         description="Extra experiment tracker besides the CSV log: tensorboard (OUT/train/tensorboard) or mlflow "
-        "(MLFLOW_TRACKING_URI, else OUT/train/mlruns); each needs its package installed.",
+        "(MLFLOW_TRACKING_URI, else the SQLite store OUT/train/mlflow.db).",
     )
     seed: int = Field(default=0, description="Seed of weights init, shuffling and augmentation.")
 

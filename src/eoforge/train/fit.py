@@ -9,6 +9,7 @@ continues from ``last.ckpt`` when started again with the same config: same epoch
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -127,11 +128,27 @@ def _trackers(cfg: TrainConfig, out: Path, params: dict[str, Any]) -> list[Logge
             ) from None
         from lightning.pytorch.loggers import MLFlowLogger
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (out / "mlruns").resolve().as_uri()
-        loggers.append(MLFlowLogger(experiment_name="eoforge", tracking_uri=uri))
+        uri, artifacts = _mlflow_store(out)
+        loggers.append(MLFlowLogger(experiment_name="eoforge", tracking_uri=uri, artifact_location=artifacts))
     for lg in loggers[1:]:
         lg.log_hyperparams(params)
     return loggers
+
+
+def _mlflow_store(out: Path) -> tuple[str, str | None]:
+    """Where MLflow logs: ``MLFLOW_TRACKING_URI`` when set (a server, a database), else a SQLite database
+    ``OUT/train/mlflow.db`` with artifacts in ``OUT/train/mlartifacts``. Not the ``OUT/train/mlruns`` file store
+    of older eoforge: MLflow >= 3.7 refuses to open file stores unless ``MLFLOW_ALLOW_FILE_STORE`` is set."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri, None
+    if importlib.util.find_spec("sqlalchemy") is None:
+        raise InputError(
+            "train.logger: mlflow's local store needs sqlalchemy (mlflow-skinny lacks it); pip install mlflow, "
+            "or set MLFLOW_TRACKING_URI to a tracking server"
+        )
+    db = (out / "mlflow.db").resolve()
+    return f"sqlite:///{db}", (out / "mlartifacts").resolve().as_uri()
 
 
 class _Checkpoint(ModelCheckpoint):
