@@ -274,17 +274,20 @@ class _Kill(Callback):
             raise RuntimeError("killed")
 
 
-def test_resumed_training_equals_uninterrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resumed_training_equals_uninterrupted(tmp_path: Path, workers: int) -> None:
+    """With a loader worker too: it takes the first epoch's indices when Lightning creates the iterator, before
+    the resumed epoch is announced (the first resumed epoch replayed the previous one's order)."""
     store, scene = _store(tmp_path / "chips")
     (tmp_path / "chips").mkdir(exist_ok=True)
-    straight = train(store, scene, TINY, _cfg(), tmp_path / "a")
+    straight = train(store, scene, TINY, _cfg(num_workers=workers), tmp_path / "a")
     # last.ckpt is the last epoch's, whether or not it was the best
     last = torch.load(tmp_path / "a" / "train" / "checkpoints" / "last.ckpt", weights_only=True)
     assert (last["epoch"], last["global_step"]) == (1, 4)
     with pytest.raises(RuntimeError, match="killed"):
-        train(store, scene, TINY, _cfg(), tmp_path / "b", callbacks=[_Kill()])
+        train(store, scene, TINY, _cfg(num_workers=workers), tmp_path / "b", callbacks=[_Kill()])
     assert (tmp_path / "b" / "train" / "checkpoints" / "last.ckpt").is_file()
-    resumed = train(store, scene, TINY, _cfg(), tmp_path / "b")
+    resumed = train(store, scene, TINY, _cfg(num_workers=workers), tmp_path / "b")
     assert resumed.resumed and resumed.epochs_run == straight.epochs_run == 2
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -292,6 +295,10 @@ def test_resumed_training_equals_uninterrupted(tmp_path: Path) -> None:
     # generator a different number of times after a resume, so the resumed epoch's augmentation differed)
     ends = [torch.load(tmp_path / r / "train" / "checkpoints" / "last.ckpt", weights_only=True) for r in "ab"]
     assert all(torch.equal(ends[0]["state_dict"][k], ends[1]["state_dict"][k]) for k in ends[0]["state_dict"])
+    # the log holds every epoch, the ones before the kill too (Lightning's CSV logger deletes the file)
+    logs = [_log_rows(tmp_path / r) for r in "ab"]
+    assert [r["epoch"] for r in logs[1]] == ["0", "0", "1", "1"] and logs[0] == logs[1]
+    assert not (tmp_path / "b" / "train" / "metrics.before.csv").exists()
     # a changed config does not resume: it starts over
     other = train(store, scene, TINY, _cfg(lr=0.01, epochs=1), tmp_path / "b")
     assert not other.resumed
@@ -363,6 +370,16 @@ class _WorldSize(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:  # type: ignore[no-untyped-def]
         (self.path / f"rank{trainer.global_rank}.txt").write_text(f"{trainer.world_size} {trainer.strategy}")
+
+
+def _log_rows(run: Path) -> list[dict[str, str]]:
+    """metrics.csv rows, the floats rounded to 6 digits (a resumed epoch's are the same up to float printing)."""
+    with open(run / "train" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return [
+        {k: (f"{float(v):.6g}" if v and k not in ("epoch", "step") else v) for k, v in r.items()}
+        for r in rows
+    ]
 
 
 def _losses(run: Path) -> list[float]:
@@ -519,3 +536,36 @@ def test_compile_trains_through_torch_compile_and_checkpoints_the_plain_model(tm
     assert sorted(k for k in state if k.startswith("model.")) == sorted(f"model.{k}" for k in plain)
     assert not [k for k in state if k.startswith("_forward")]  # no "_forward._orig_mod." copy
     assert all(torch.equal(state[f"model.{k}"], v) for k, v in res.model.state_dict().items())
+
+
+def test_training_log_survives_two_kills_and_drops_unfinished_epochs(tmp_path: Path) -> None:
+    from eoforge.train import history
+
+    def write(rows: list[str]) -> None:
+        (tmp_path / "metrics.csv").write_text(
+            "epoch,step,train_loss,val_miou\n" + "".join(r + "\n" for r in rows)
+        )
+
+    write(["0,1,,0.2", "0,1,2.0,", "1,3,,0.3", "1,3,1.5,", "2,5,,0.1"])  # killed in epoch 2, after validating
+    assert history.keep_before_resume(tmp_path, last_epoch=1) == 4
+    # Lightning deleted the log; the resumed run logged epoch 2, then was killed again after last.ckpt of 2
+    write(["2,5,,0.35", "2,5,1.2,"])
+    assert history.keep_before_resume(tmp_path, last_epoch=2) == 6
+    write(["3,7,,0.4", "3,7,1.0,"])  # the second resume finishes
+    history.merge_after_resume(tmp_path)
+    rows = history.read_rows(tmp_path / "metrics.csv")
+    assert [(r["epoch"], r.get("val_miou", "")) for r in rows] == [
+        ("0", "0.2"),
+        ("0", ""),
+        ("1", "0.3"),
+        ("1", ""),
+        ("2", "0.35"),
+        ("2", ""),
+        ("3", "0.4"),
+        ("3", ""),
+    ]
+    assert not (tmp_path / "metrics.before.csv").exists()
+    # resuming a finished run: Lightning writes nothing, the log is kept as it was, once
+    history.keep_before_resume(tmp_path, last_epoch=3)
+    history.merge_after_resume(tmp_path)
+    assert history.read_rows(tmp_path / "metrics.csv") == rows

@@ -19,22 +19,31 @@ def default_workers() -> int:
 
 
 class EpochShuffle(Sampler[int]):
-    """A shuffle that depends only on ``(seed, epoch)``, read when iteration starts.
+    """A shuffle that depends only on ``(seed, epoch)``.
 
     The default sampler draws from the global generator whenever Lightning happens to create the iterator,
     which differs between an uninterrupted and a resumed run; this one gives epoch e the same order in both.
+    The epoch is the one Lightning last gave :meth:`set_epoch` (before every training epoch), else ``epoch()``
+    read when iteration starts: Lightning creates a run's first iterator before its first ``set_epoch``, and
+    with worker processes that iterator takes its first indices right away (see ``ChipDataModule._epoch``).
     """
 
     def __init__(self, n: int, seed: int, epoch: object) -> None:
         self.n = n
         self.seed = seed
         self.epoch = epoch  # a callable returning the current epoch
+        self._set: int | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self._set = int(epoch)
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self) -> Iterator[int]:
-        epoch = int(self.epoch()) if callable(self.epoch) else 0
+        epoch = self._set
+        if epoch is None:
+            epoch = int(self.epoch()) if callable(self.epoch) else 0
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
         yield from torch.randperm(self.n, generator=g).tolist()
 
@@ -72,8 +81,14 @@ class ChipDataModule(L.LightningDataModule):
         self.cache_mb = cache_mb
 
     def _epoch(self) -> int:
+        """The epoch about to be trained: the fit loop's count of processed epochs, which a resumed run has
+        restored when it creates its first iterator (``trainer.current_epoch`` still says the one before)."""
         trainer = getattr(self, "trainer", None)
-        return int(trainer.current_epoch) if trainer is not None else 0
+        if trainer is None:
+            return 0
+        loop = getattr(trainer, "fit_loop", None)
+        progress = getattr(getattr(loop, "epoch_progress", None), "current", None)
+        return int(progress.processed) if progress is not None else int(trainer.current_epoch)
 
     def has(self, split: str) -> bool:
         return len(self.store.splits.get(split, [])) > 0

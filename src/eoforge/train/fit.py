@@ -39,6 +39,7 @@ from eoforge.models import create_model
 from eoforge.normalise import clamps
 from eoforge.prepare import PreparedScene
 from eoforge.tasks import Task, get_task
+from eoforge.train import history
 from eoforge.train.augment import BatchAugment
 from eoforge.train.datamodule import ChipDataModule
 from eoforge.train.losses import class_weights_from_counts
@@ -256,7 +257,7 @@ def train(
         same = False
     resumed = resume and same and last.is_file()
     if not resumed:
-        for stale in (ckpt_dir, out / "metrics.csv", out / "tensorboard"):
+        for stale in (ckpt_dir, out / history.LOG, out / history.BEFORE, out / "tensorboard"):
             if stale.is_dir():
                 shutil.rmtree(stale)
             elif stale.exists():
@@ -265,6 +266,13 @@ def train(
         write_text(out / RESUME, json.dumps({"key": key}))
     else:
         log.info("resuming training from %s", last)
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # launcher-started ranks > 0 run this too; rank 0 logs
+            epoch = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+            log.info(
+                "kept %d rows of the training log up to epoch %d",
+                history.keep_before_resume(out, epoch),
+                epoch,
+            )
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     n_cls = len(scene.class_ids)
@@ -341,6 +349,8 @@ def train(
         limit_val_batches=1.0 if has_val else 0,
     )
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if resumed else None)
+    if trainer.is_global_zero:
+        history.merge_after_resume(out)
     best = Path(ckpt.best_model_path) if ckpt.best_model_path else None
     if best is not None and best.is_file():
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
