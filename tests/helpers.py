@@ -105,3 +105,18 @@ class TinyConv(nn.Module):
 
 if "test-tiny" not in list_models():
     register_model("test-tiny")(lambda c, k, enc: TinyConv(c, k))
+
+
+class RollBand0(nn.Module):
+    """The class nearest band 0 one pixel to the left: not flip-equivariant, so D4 TTA changes its map."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.register_buffer("k", torch.arange(num_classes, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -((torch.roll(x[:, :1], 1, dims=3) - self.k) ** 2)
+
+
+if "test-roll-band0" not in list_models():
+    register_model("test-roll-band0")(lambda c, k, enc: RollBand0(c, k))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import rasterio
 import rasterio.features
 from conftest import CRS, TRANSFORM, write_tif
-from helpers import identity_package
+from helpers import RollBand0, identity_package
 
 from eoforge.cli import main
 from eoforge.config import ComputeConfig
@@ -235,7 +236,11 @@ def test_dask_local_cluster_equals_single_process(tmp_path: Path) -> None:
     pkg = identity_package(tmp_path / "model")
     opts = PredictOptions(tile=64, overlap=32, blend="hann", probabilities="float32")
     one = predict(pkg, [img], tmp_path / "one.tif", options=opts, backend="torch-fp32")
-    # the workers register the test model as the test process does
+    # the workers register the test model as the test process does. distributed is imported first: its
+    # defaults join dask.config on import, and a set() made before that removes them all when it exits
+    # (a later Client in the same process then fails with KeyError 'distributed')
+    import distributed  # noqa: F401
+
     with dask.config.set({"distributed.worker.preload": [str(Path(__file__).with_name("helpers.py"))]}):
         two = predict(
             pkg,
@@ -328,3 +333,35 @@ def test_auto_falls_back_to_fp32_channels_last_when_reduced_precision_disagrees(
     assert "agrees with fp32 on 100.00 % of probed pixels (< 101.0 %); using fp32" in caplog.text
     fp32 = load_predictor(pkg, backend="torch-fp32")
     np.testing.assert_array_equal(auto.predict_index(probe), fp32.predict_index(probe))
+
+
+def test_predict_uses_the_packages_tta_and_blend_unless_told(tmp_path: Path) -> None:
+    """The package records how its evaluated map was predicted (the demo: d4), so `eoforge predict MODEL`
+    makes that map by default; an explicit option still wins. Older packages (no record): none / center."""
+    from eoforge.package import ClassInfo, PackageMeta, read_meta, save_package
+
+    img, _ = _image(tmp_path, cell=3)
+    meta = PackageMeta(
+        arch="test-roll-band0", encoder="none", bands=["b0", "b1"], mean=[0.0, 0.0], std=[1.0, 1.0], nodata=None,
+        chip_size=32, classes=[ClassInfo(c, f"c{c}", "#112233") for c in (10, 20, 30)], tile=64, overlap=16,
+        tta="d4", blend="hann",
+    )  # fmt: skip
+    pkg = save_package(tmp_path / "model", RollBand0(2, 3), meta, {"test": True})
+    assert (read_meta(pkg).tta, read_meta(pkg).blend) == ("d4", "hann")
+
+    def run(name: str, **kw: str) -> np.ndarray:
+        res = predict(pkg, [img], tmp_path / name, backend="torch-fp32", options=PredictOptions(**kw))
+        return rasterio.open(res.path).read(1)
+
+    default, told = run("default.tif"), run("told.tif", tta="d4", blend="hann")
+    plain = run("plain.tif", tta="none", blend="center")
+    np.testing.assert_array_equal(default, told)
+    assert (default != plain).mean() > 0.05
+    main(["-q", "predict", str(pkg), str(img), "-o", str(tmp_path / "cli.tif"), "--backend", "torch-fp32"])
+    np.testing.assert_array_equal(rasterio.open(tmp_path / "cli.tif").read(1), default)
+    # a package written before tta/blend were recorded predicts as before
+    legacy = json.loads((pkg / "eoforge.json").read_text())
+    legacy["predict"] = {"tile": 64, "overlap": 16}
+    (pkg / "eoforge.json").write_text(json.dumps(legacy))
+    assert (read_meta(pkg).tta, read_meta(pkg).blend) == ("none", "center")
+    np.testing.assert_array_equal(run("legacy.tif"), plain)

@@ -600,9 +600,9 @@ def _positive_multiple_of_32(ctx: click.Context, param: click.Parameter, value: 
 @click.option(
     "--blend",
     type=click.Choice(["center", "hann", "triangular"]),
-    default="center",
-    show_default=True,
-    help="Stitching of overlapping windows: each window's core, or probabilities averaged with tapered weights.",
+    default=None,
+    help="Stitching of overlapping windows: each window's core, or probabilities averaged with tapered weights "
+    "(default: the package's, as its evaluated map was made).",
 )
 @click.option(
     "--probabilities",
@@ -638,9 +638,8 @@ def _positive_multiple_of_32(ctx: click.Context, param: click.Parameter, value: 
 @click.option(
     "--tta",
     type=click.Choice(["none", "d4"]),
-    default="none",
-    show_default=True,
-    help="d4: average the 8 flips/rotations (8x the model time).",
+    default=None,
+    help="d4: average the 8 flips/rotations (8x the model time); default: the package's (the demo's: d4).",
 )
 @click.option(
     "--workers", type=click.IntRange(min=1), default=None, help="Run row bands on a local Dask cluster."
@@ -659,12 +658,12 @@ def predict_cmd(
     ignore_band_names: bool,
     backend: str,
     precision: str | None,
-    blend: str,
+    blend: str | None,
     probabilities: str | None,
     uncertainty: str | None,
     vectorize: str | None,
     min_area: int,
-    tta: str,
+    tta: str | None,
     workers: int | None,
     scheduler: str | None,
 ) -> None:
@@ -716,7 +715,9 @@ def predict_cmd(
     out_console.print(
         f"wrote {res.path} ({res.grid.width}x{res.grid.height} px, {res.windows} windows, "
         f"{res.pixels_per_second / 1e6:.2f} MP/s; backend {res.backend}, model {res.model_seconds:.1f} s of "
-        f"{res.seconds:.1f} s" + (", tta d4 = 8 passes per window" if tta == "d4" else "") + ")"
+        f"{res.seconds:.1f} s"
+        + (", tta d4 = 8 passes per window" if res.options is not None and res.options.tta == "d4" else "")
+        + ")"
     )
     for name, path in res.extras.items():
         out_console.print(f"{name}: {path}")

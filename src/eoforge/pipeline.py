@@ -93,6 +93,8 @@ def stage_train(cfg: RunConfig, out: Path, progress: bool = False, resume: bool 
         ],
         tile=cfg.predict.tile or 2 * cfg.chips.size,
         overlap=cfg.predict.overlap,
+        tta=cfg.predict.tta,
+        blend=cfg.predict.blend,
     )
     return save_package(out / "model", result.model, meta, cfg.dump())
 

@@ -67,6 +67,9 @@ class PackageMeta:
     recipe: dict[str, Any] | None = None  # eoforge.prepare.recipe.Recipe.to_json(); None in older packages
     task: str = "segmentation"  # eoforge.tasks name; older packages were all segmentation
     encoder_depth: int | None = None  # model.encoder_depth; None: the architecture's own (all older packages)
+    # how the evaluated map was predicted, so that `eoforge predict MODEL` makes that map by default
+    tta: str = "none"
+    blend: str = "center"
 
     @property
     def source_band_names(self) -> list[str]:
@@ -96,7 +99,7 @@ class PackageMeta:
             "band_descriptions": self.band_descriptions,
             "recipe": self.recipe,
             "chip_size": self.chip_size,
-            "predict": {"tile": self.tile, "overlap": self.overlap},
+            "predict": {"tile": self.tile, "overlap": self.overlap, "tta": self.tta, "blend": self.blend},
             "classes": [
                 {"index": i, "id": c.id, "name": c.name, "color": c.color} for i, c in enumerate(self.classes)
             ],
@@ -122,6 +125,8 @@ class PackageMeta:
             band_descriptions=m.get("band_descriptions"),
             recipe=m.get("recipe"),
             task=m.get("task", "segmentation"),
+            tta=m["predict"].get("tta", "none"),  # packages before 2026-11-23 did not record them
+            blend=m["predict"].get("blend", "center"),
         )
 
 

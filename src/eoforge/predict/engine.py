@@ -85,8 +85,8 @@ class PredictOptions:
     tile: int | None = None
     overlap: int | None = None
     batch_size: int = 8
-    blend: str = "center"
-    tta: str = "none"
+    blend: str | None = None  # None: the package's (how its evaluated map was made), else center
+    tta: str | None = None  # None: the package's, else none
     probabilities: str | None = None
     uncertainty: str | None = None
     vectorize: str | None = None
@@ -108,8 +108,8 @@ class PredictOptions:
         if self.min_area < 0:
             raise InputError(f"predict min area {self.min_area}: must be >= 0 pixels")
         for name, value, allowed in (
-            ("blend", self.blend, BLENDS),
-            ("tta", self.tta, TTAS),
+            ("blend", self.blend, (None, *BLENDS)),
+            ("tta", self.tta, (None, *TTAS)),
             ("probabilities", self.probabilities, (None, *PROB_DTYPES)),
             ("uncertainty", self.uncertainty, (None, *UNCERTAINTIES)),
             ("vectorize", self.vectorize, (None, *VECTOR_FORMATS)),
@@ -132,6 +132,8 @@ class PredictResult:
     backend: str = ""
     #: process CPU seconds by part (see :func:`predict_scene`)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
+    #: the options the map was made with (the package's tile, overlap, tta and blend filled in)
+    options: PredictOptions | None = None
 
     @property
     def pixels_per_second(self) -> float:
@@ -424,7 +426,7 @@ class _Job:
 
     @functools.cached_property
     def plan(self) -> BandPlan:
-        return plan_bands(self.height, self.width, self.tile, self.overlap, self.opts.blend)
+        return plan_bands(self.height, self.width, self.tile, self.overlap, self.opts.blend or "center")
 
 
 def run_bands(
@@ -648,6 +650,8 @@ def predict_scene(
                 if overlap is not None
                 else (meta.overlap if opts.overlap is None else opts.overlap),
                 "batch_size": batch_size if options is None else opts.batch_size,
+                "blend": opts.blend or meta.blend,
+                "tta": opts.tta or meta.tta,
                 "ignore_band_names": opts.ignore_band_names or ignore_band_names,
             }
         )
@@ -738,6 +742,7 @@ def predict_scene(
         model_seconds=float(stats["model_seconds"]),
         backend=str(getattr(predictor, "backend", type(predictor).__name__)),
         cpu_seconds=cpu,
+        options=opts,
     )
 
 
