@@ -14,6 +14,7 @@ from helpers import identity_package
 
 from eoforge.config import IGNORE_INDEX, InputsConfig, parse_config
 from eoforge.errors import InputError
+from eoforge.evaluate.warnings import band_gap_warnings
 from eoforge.io.rasters import RasterStack, check_band_names, valid_mask
 from eoforge.predict import predict
 from eoforge.prepare import PreparedScene, prepare
@@ -58,6 +59,17 @@ def test_rule_all_keeps_pixels_where_one_band_is_nodata(
     # statistics of band 2 use only its own valid values
     valid2 = ~np.isnan(img[1])
     assert prep.mean[1] == pytest.approx(float(img[1][valid2].astype(np.float64).mean()), rel=1e-9)
+    # band 2 is missing at 320 of the valid pixels: recorded, logged, and a warning of the report
+    valid = ~np.isnan(img).all(0)
+    assert prep.band_gaps == {prep.bands[1]: pytest.approx(320 / valid.sum())}
+    assert PreparedScene.load(prep.root).band_gaps == prep.band_gaps
+    logged = [r.getMessage() for r in caplog.records if "of the valid pixels, filled" in r.getMessage()]
+    pct = f"{320 / valid.sum():.0%}"
+    assert logged == [f"band {prep.bands[1]}: nodata at {pct} of the valid pixels, filled with its mean there "
+                      "(nodata_rule 'all'); use inputs.nodata_rule: any to map only where every band is valid"]  # fmt: skip
+    ((code, message),) = band_gap_warnings(prep.band_gaps)
+    assert code == "band_gaps" and f"'{prep.bands[1]}' at {pct}" in message and "nodata_rule: any" in message
+    assert band_gap_warnings({"red": 0.04}) == [] and band_gap_warnings(None) == []
 
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="eoforge"):
@@ -65,6 +77,7 @@ def test_rule_all_keeps_pixels_where_one_band_is_nodata(
     with rasterio.open(prep_any.labels) as src:
         assert (src.read(1)[10:20, :32] == IGNORE_INDEX).all()
     assert prep_any.lost_to_nodata == [16 + 320, 0, 0]
+    assert prep_any.band_gaps == {}  # every band is valid wherever a pixel is
     warned = [r.getMessage() for r in caplog.records if "fall on image nodata" in r.getMessage()]
     assert len(warned) == 1 and warned[0].startswith("class water: 336 of 2048")
 

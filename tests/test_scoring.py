@@ -327,3 +327,19 @@ def test_report_ranks_the_band_the_model_uses_first(prepared: dict) -> None:
     assert drop["red"] == pytest.approx(0.0) and drop["nir"] == pytest.approx(0.0)
     assert metrics["curves"]["test_chips"] == len(prepared["store"].splits["test"])
     assert min(v for v in metrics["curves"]["roc_auc"].values() if v is not None) > 0.9
+
+
+def test_a_band_missing_at_many_valid_pixels_is_a_warning_of_the_report(prepared: dict) -> None:
+    import dataclasses
+
+    gappy = dataclasses.replace(prepared["scene"], band_gaps={"red": 0.3, "nir": 0.01})
+    d = prepared["dir"]
+    out = d / "eval-gaps"
+    pkg = package_for(out / "model", "test-window-mean", ["b0", "red", "nir"], CLASSES, tile=64, overlap=16)
+    predict(pkg, [d / "img.tif"], out / "map.tif")
+    metrics = evaluate(
+        load_package(pkg), prepared["store"], gappy, out / "map.tif", out, cfg=EvaluateConfig(bootstrap=50)
+    )
+    gaps = [w["message"] for w in metrics["warnings"] if w["code"] == "band_gaps"]
+    assert len(gaps) == 1 and "'red' at 30%" in gaps[0] and "'nir'" not in gaps[0]
+    assert "band_gaps" in (out / "report.html").read_text()

@@ -35,7 +35,7 @@ from eoforge.evaluate.baselines import (
 )
 from eoforge.evaluate.metrics import bootstrap_intervals, metrics_from_confusion
 from eoforge.evaluate.report import Panel, render_report
-from eoforge.evaluate.warnings import conclusion_warnings
+from eoforge.evaluate.warnings import band_gap_warnings, conclusion_warnings
 from eoforge.io.atomic import atomic_dir, write_text
 from eoforge.io.rasters import block_windows
 from eoforge.io.state import run_relative
@@ -353,7 +353,10 @@ def evaluate(
             m["warnings"] = [  # the same checks on the scene alone (its test pixels, blocks and classes)
                 {"code": c, "message": f"scene {name}: {msg}"}
                 for c, msg in conclusion_warnings(
-                    m, dict(zip(names, part.class_counts, strict=True)), lost_part, []
+                    m,
+                    dict(zip(names, part.class_counts, strict=True)),
+                    lost_part,
+                    band_gap_warnings(part.band_gaps),
                 )
             ]
     rf = next((b for b in baselines if b["kind"] == "random_forest"), None)
@@ -366,7 +369,10 @@ def evaluate(
     metrics["warnings"] = [
         {"code": c, "message": m}
         for c, m in conclusion_warnings(
-            metrics, dict(zip(names, scene.class_counts, strict=True)), lost, warnings or []
+            metrics,
+            dict(zip(names, scene.class_counts, strict=True)),
+            lost,
+            [*band_gap_warnings(scene.band_gaps), *(warnings or [])],
         )
     ]
     panels = [p for n, part, pm in parts for p in _panels(store, part, pm, ids, 1 if n else 2, n)]

@@ -13,6 +13,7 @@ MIN_TEST_BLOCKS = 5
 MIN_TEST_PIXELS = 5000
 MIN_KAPPA = 0.2
 MAX_LOST_SHARE = 0.05
+MAX_GAP_SHARE = 0.05
 
 
 def conclusion_warnings(
@@ -157,3 +158,21 @@ def conclusion_warnings(
             )
         )
     return out + extra
+
+
+def band_gap_warnings(band_gaps: dict[str, float] | None) -> list[tuple[str, str]]:
+    """A band missing at more than :data:`MAX_GAP_SHARE` of the valid pixels (``nodata_rule: all`` fills it
+    with its mean there): the map there rests on the other bands, which its accuracy may not show."""
+    gaps = {b: s for b, s in (band_gaps or {}).items() if s > MAX_GAP_SHARE}
+    if not gaps:
+        return []
+    listed = ", ".join(f"{b!r} at {s:.0%}" for b, s in sorted(gaps.items(), key=lambda kv: -kv[1]))
+    return [
+        (
+            "band_gaps",
+            f"band(s) nodata at a share of the valid pixels: {listed} (inputs.nodata_rule 'all' fills a missing "
+            "band with its mean), so the model predicts there without them and the test pixels there may score "
+            "worse than the rest; where a band is missing over a frame or stripe, inputs.nodata_rule: any maps "
+            "only where every band is valid",
+        )
+    ]

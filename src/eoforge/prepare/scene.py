@@ -39,6 +39,9 @@ class PreparedScene:
     classes without pixels (shown in the report)."""
     temporal: dict[str, Any] | None = None  # time stacks: dates, dropped_dates (valid fraction), interpolate
     band_stats: dict[str, list[float]] | None = None
+    band_gaps: dict[str, float] | None = None
+    """Under ``nodata_rule: all``: per band, the share of the valid pixels where it is nodata (filled with its
+    mean there); bands without gaps are left out. None: not recorded (older scenes, the pooled record)."""
     scenes: list[str] | None = None
     """With ``inputs.scenes``: this record covers the run (pooled statistics, summed class counts, the first
     scene's grid) and each scene is prepared in ``root/<name>/`` (:meth:`parts`)."""
@@ -89,6 +92,7 @@ class PreparedScene:
             "normalization": self.normalization,
             "label_facts": self.label_facts,
             **({"band_stats": self.band_stats} if self.band_stats is not None else {}),
+            **({"band_gaps": self.band_gaps} if self.band_gaps is not None else {}),
             **({"scenes": self.scenes} if self.scenes is not None else {}),
         } | ({"temporal": self.temporal} if self.temporal else {})
 
@@ -120,5 +124,6 @@ class PreparedScene:
             label_facts=m.get("label_facts"),
             temporal=m.get("temporal"),
             band_stats=m.get("band_stats"),
+            band_gaps=m.get("band_gaps"),
             scenes=m.get("scenes"),
         )

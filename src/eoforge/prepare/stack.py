@@ -230,9 +230,11 @@ def prepare_on(
                         ],
                     },
                     band_stats=stats.to_json(),
+                    band_gaps={b: 1 - int(k) / n for b, k in zip(bands, stats.n, strict=True) if k < n},
                     temporal=temporal,
                 )
                 _warn_lost(scene)
+                _warn_gaps(scene)
                 _warn_unlabelled(scene)
                 (tmp / "scene.json").write_text(json.dumps(scene.to_json(), indent=2))
         finally:
@@ -396,6 +398,18 @@ def _warn_unlabelled(scene: PreparedScene) -> None:
             "them (add labels, or drop them from inputs.classes)",
             ", ".join(repr(n) for n in empty),
         )
+
+
+def _warn_gaps(scene: PreparedScene) -> None:
+    """Log a warning for each band missing at more than 5 % of the valid pixels (filled with its mean)."""
+    for band, share in (scene.band_gaps or {}).items():
+        if share > LOST_WARN_FRACTION:
+            log.warning(
+                "band %s: nodata at %.0f%% of the valid pixels, filled with its mean there (nodata_rule 'all'); "
+                "use inputs.nodata_rule: any to map only where every band is valid",
+                band,
+                100 * share,
+            )
 
 
 def _warn_lost(scene: PreparedScene) -> None:
