@@ -329,17 +329,51 @@ def test_report_ranks_the_band_the_model_uses_first(prepared: dict) -> None:
     assert min(v for v in metrics["curves"]["roc_auc"].values() if v is not None) > 0.9
 
 
-def test_a_band_missing_at_many_valid_pixels_is_a_warning_of_the_report(prepared: dict) -> None:
-    import dataclasses
-
-    gappy = dataclasses.replace(prepared["scene"], band_gaps={"red": 0.3, "nir": 0.01})
-    d = prepared["dir"]
-    out = d / "eval-gaps"
-    pkg = package_for(out / "model", "test-window-mean", ["b0", "red", "nir"], CLASSES, tile=64, overlap=16)
-    predict(pkg, [d / "img.tif"], out / "map.tif")
-    metrics = evaluate(
-        load_package(pkg), prepared["store"], gappy, out / "map.tif", out, cfg=EvaluateConfig(bootstrap=50)
+def test_a_band_missing_at_many_valid_pixels_is_a_warning_of_the_report(tmp_path: Path) -> None:
+    """The fixture's scene with 'red' missing on its 40 left columns (nodata_rule 'all' keeps those pixels):
+    the warning names the band and gives the map's accuracy on the gap's test pixels and elsewhere."""
+    rng = np.random.default_rng(1)
+    cls = (np.add.outer(np.arange(160) // 80, np.arange(160) // 40) % 3).astype(np.uint8)
+    b0 = cls + rng.normal(0, 0.3, cls.shape)
+    red = np.where(cls == 1, 0.05, 0.2) + rng.normal(0, 0.02, cls.shape)
+    red[:, :40] = -1  # nodata
+    nir = np.where(cls == 1, 0.5, 0.15) + rng.normal(0, 0.02, cls.shape)
+    img = write_tif(tmp_path / "img.tif", np.stack([b0, red, nir]).astype(np.float32), nodata=-1)
+    lab = write_tif(tmp_path / "labels.tif", np.array([10, 20, 30], np.uint8)[cls], nodata=0)
+    inputs = InputsConfig.model_validate(
+        {
+            "images": [str(img)],
+            "bands": ["b0", "red", "nir"],
+            "labels": {"path": str(lab)},
+            "classes": CLASSES,
+        }
     )
-    gaps = [w["message"] for w in metrics["warnings"] if w["code"] == "band_gaps"]
-    assert len(gaps) == 1 and "'red' at 30%" in gaps[0] and "'nir'" not in gaps[0]
+    scene = prepare(inputs, tmp_path / "run")
+    assert scene.band_gaps == {"red": pytest.approx(0.25)}
+    split = {"val": 0.2, "test": 0.3, "block_size": 32}
+    store = make_chips(
+        scene, ChipsConfig.model_validate({"size": 32, "stride": 32, "split": split}), tmp_path / "run"
+    )
+    pkg = package_for(
+        tmp_path / "model", "test-window-mean", ["b0", "red", "nir"], CLASSES, tile=64, overlap=16
+    )
+    predict(pkg, [img], tmp_path / "map.tif")
+    out = tmp_path / "eval"
+    metrics = evaluate(
+        load_package(pkg), store, scene, tmp_path / "map.tif", out, cfg=EvaluateConfig(bootstrap=50)
+    )
+    # by hand: the map vs the test pixels, on the 40 gap columns and elsewhere
+    with rasterio.open(tmp_path / "map.tif") as m, rasterio.open(out / "eval" / "test_pixels.tif") as t:
+        pred, ref, nd = m.read(1), t.read(1), t.nodata
+    scored = ref != nd
+    on_gap = np.zeros_like(scored)
+    on_gap[:, :40] = True
+    expect_gap = (pred == ref)[scored & on_gap].mean()
+    expect_rest = (pred == ref)[scored & ~on_gap].mean()
+    got = metrics["band_gaps"]
+    assert got["test_pixels_on_gaps"] == int((scored & on_gap).sum()) > 0
+    assert got["overall_accuracy_on_gaps"] == pytest.approx(expect_gap)
+    assert got["overall_accuracy_elsewhere"] == pytest.approx(expect_rest)
+    (msg,) = [w["message"] for w in metrics["warnings"] if w["code"] == "band_gaps"]
+    assert "'red' at 25%" in msg and f"score OA {expect_gap:.3f} against {expect_rest:.3f} elsewhere" in msg
     assert "band_gaps" in (out / "report.html").read_text()

@@ -185,10 +185,11 @@ def _score_pass(
     tmp: Path,
     name: str | None,
     block: int,
-) -> tuple[list[BlockConfusion], dict[str, np.ndarray], int]:
+) -> tuple[list[BlockConfusion], dict[str, np.ndarray], int, np.ndarray]:
     """One streaming pass over ``scene`` by blocks: confusion matrices of every scorer per test block, labelled
     pixels per split, and ``tmp/test_pixels.tif`` + ``tmp/splits.tif``. ``name``: the scene of a many-scene
-    store (its chips only)."""
+    store (its chips only). Last, ``[[pixels, correct] on a band gap, [pixels, correct] elsewhere]`` of the
+    delivered map's test pixels, where the scene has band gaps (a band nodata at a valid pixel), else zeros."""
     k = len(ids)
     grid = scene.grid
     rows, cols, codes, block_size = _chip_table(store, name)
@@ -197,6 +198,8 @@ def _score_pass(
     cms = [BlockConfusion(k) for _ in scorers]
     split_counts = {s: np.zeros(k, np.int64) for s in SPLIT_CODES}
     needs_pixels = any(s.needs_pixels for s in scorers)
+    gaps = np.zeros((2, 2), np.int64)
+    track_gaps = bool(scene.band_gaps)
     dtype, nodata = ("uint8", 255) if max(ids) < 255 else ("uint16", 65535)
     id_of = np.asarray(ids, dtype=dtype)
     profile = {
@@ -238,10 +241,18 @@ def _score_pass(
                 continue
             ref = lab[test].astype(np.int64)
             keys = (r[:, None] * nbc + c[None, :])[test]
-            pixels = img_src.read(window=win)[:, test].T if needs_pixels else None
-            for scorer, cm in zip(scorers, cms, strict=True):
-                cm.add(keys, ref, scorer.predict(win, test, pixels))
-    return cms, split_counts, block_size
+            pixels = img_src.read(window=win)[:, test].T if needs_pixels or track_gaps else None
+            for i, (scorer, cm) in enumerate(zip(scorers, cms, strict=True)):
+                pred = scorer.predict(win, test, pixels)
+                cm.add(keys, ref, pred)
+                if i == 0 and track_gaps and pixels is not None:
+                    on_gap = np.isnan(pixels).any(axis=1)
+                    right = np.asarray(pred) == ref
+                    gaps += [
+                        [on_gap.sum(), (right & on_gap).sum()],
+                        [(~on_gap).sum(), (right & ~on_gap).sum()],
+                    ]
+    return cms, split_counts, block_size, gaps
 
 
 def _close(scorers: list[Scorer]) -> None:
@@ -291,6 +302,7 @@ def evaluate(
     )
     trained = train_baselines(store, names, cfg)
     per_scene: list[tuple[list[BlockConfusion], dict[str, np.ndarray]]] = []
+    gaps = np.zeros((2, 2), np.int64)
     with atomic_dir(out_dir / "eval") as tmp:
         for name, part, part_map in parts:
             if not part_map.is_file():
@@ -301,10 +313,13 @@ def evaluate(
             where = tmp if name is None else tmp / name
             where.mkdir(exist_ok=True)
             try:
-                scene_cms, counts, block_size = _score_pass(part, store, scorers, ids, where, name, block)
+                scene_cms, counts, block_size, part_gaps = _score_pass(
+                    part, store, scorers, ids, where, name, block
+                )
             finally:
                 _close(scorers)
             per_scene.append((scene_cms, counts))
+            gaps += part_gaps
     cms = [BlockConfusion(k) for _ in per_scene[0][0]]
     for i, (scene_cms, _) in enumerate(per_scene):  # block keys made unique across scenes for the bootstrap
         for total, cm in zip(cms, scene_cms, strict=True):
@@ -326,6 +341,14 @@ def evaluate(
         s: dict(zip(names, (int(x) for x in v), strict=True)) for s, v in split_counts.items()
     }
     metrics["bootstrap"] = {"resamples": cfg.bootstrap, "unit": "spatial test block", "seed": cfg.seed}
+    if gaps[0, 0]:  # test pixels where a band was missing (filled with its mean): how the map does there
+        n_gap, n_rest = int(gaps[0, 0]), int(gaps[1, 0])
+        metrics["band_gaps"] = {
+            "test_pixels_on_gaps": n_gap,
+            "share_of_test_pixels": n_gap / (n_gap + n_rest),
+            "overall_accuracy_on_gaps": float(gaps[0, 1] / n_gap),
+            "overall_accuracy_elsewhere": float(gaps[1, 1] / n_rest) if n_rest else None,
+        }
     baselines = []
     for scorer, cm in zip(scorers[1:], cms[1:], strict=True):
         baselines.append(
@@ -372,7 +395,7 @@ def evaluate(
             metrics,
             dict(zip(names, scene.class_counts, strict=True)),
             lost,
-            [*band_gap_warnings(scene.band_gaps), *(warnings or [])],
+            [*band_gap_warnings(scene.band_gaps, metrics.get("band_gaps")), *(warnings or [])],
         )
     ]
     panels = [p for n, part, pm in parts for p in _panels(store, part, pm, ids, 1 if n else 2, n)]

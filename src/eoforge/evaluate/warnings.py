@@ -160,19 +160,29 @@ def conclusion_warnings(
     return out + extra
 
 
-def band_gap_warnings(band_gaps: dict[str, float] | None) -> list[tuple[str, str]]:
+def band_gap_warnings(
+    band_gaps: dict[str, float] | None, scored: dict[str, Any] | None = None
+) -> list[tuple[str, str]]:
     """A band missing at more than :data:`MAX_GAP_SHARE` of the valid pixels (``nodata_rule: all`` fills it
-    with its mean there): the map there rests on the other bands, which its accuracy may not show."""
+    with its mean there): the map there rests on the other bands, which its overall accuracy may hide.
+    ``scored``: ``metrics["band_gaps"]`` (the test pixels on gaps and the map's accuracy there and elsewhere)."""
     gaps = {b: s for b, s in (band_gaps or {}).items() if s > MAX_GAP_SHARE}
     if not gaps:
         return []
     listed = ", ".join(f"{b!r} at {s:.0%}" for b, s in sorted(gaps.items(), key=lambda kv: -kv[1]))
+    if scored and scored.get("overall_accuracy_elsewhere") is not None:
+        there = (
+            f"{scored['test_pixels_on_gaps']} test pixels ({scored['share_of_test_pixels']:.0%}) lie there and "
+            f"score OA {scored['overall_accuracy_on_gaps']:.3f} against {scored['overall_accuracy_elsewhere']:.3f}"
+            " elsewhere"
+        )
+    else:
+        there = "the test pixels there may score worse than the rest"
     return [
         (
             "band_gaps",
             f"band(s) nodata at a share of the valid pixels: {listed} (inputs.nodata_rule 'all' fills a missing "
-            "band with its mean), so the model predicts there without them and the test pixels there may score "
-            "worse than the rest; where a band is missing over a frame or stripe, inputs.nodata_rule: any maps "
-            "only where every band is valid",
+            f"band with its mean), so the model predicts there without them: {there}; where a band is missing "
+            "over a frame or stripe, inputs.nodata_rule: any maps only where every band is valid",
         )
     ]
