@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,20 +31,32 @@ from eoforge.prepare import prepare
 CLASSES = {10: "water", 20: "forest", 30: "field"}
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """160 x 160 px: band 0 holds the class index plus noise (so band-0 models classify), band 'nir' and 'red'
-    make NDVI high on forest; labels are a raster of patches; chips 32 px in 32-px blocks."""
-    d = tmp_path_factory.mktemp("scoring")
+def _bands() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Classes of 80 x 40 px patches, band 0 = class + noise, red/nir with a high NDVI on forest."""
     rng = np.random.default_rng(1)
     cls = (np.add.outer(np.arange(160) // 80, np.arange(160) // 40) % 3).astype(np.uint8)
     b0 = cls + rng.normal(0, 0.3, cls.shape)
     red = np.where(cls == 1, 0.05, 0.2) + rng.normal(0, 0.02, cls.shape)
     nir = np.where(cls == 1, 0.5, 0.15) + rng.normal(0, 0.02, cls.shape)
+    return cls, b0, red, nir
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """160 x 160 px: band 0 holds the class index plus noise (so band-0 models classify), band 'nir' and 'red'
+    make NDVI high on forest; labels are a raster of patches; chips 32 px in 32-px blocks."""
+    d = tmp_path_factory.mktemp("scoring")
+    cls, b0, red, nir = _bands()
     img = write_tif(d / "img.tif", np.stack([b0, red, nir]).astype(np.float32))
     labels = np.array([10, 20, 30], np.uint8)[cls]
     labels[:8, :] = 0  # unlabelled strip
     lab = write_tif(d / "labels.tif", labels, nodata=0)
+    scene, store = _prepare_and_chip(img, lab, d / "run")
+    return {"dir": d, "scene": scene, "store": store}
+
+
+def _prepare_and_chip(img: Path, lab: Path, run: Path) -> tuple[Any, Any]:
+    """prepare (bands b0, red, nir) and chips of 32 px in 32-px blocks (val 0.2, test 0.3)."""
     inputs = InputsConfig.model_validate(
         {
             "images": [str(img)],
@@ -52,15 +65,10 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "classes": CLASSES,
         }
     )
-    scene = prepare(inputs, d / "run")
-    store = make_chips(
-        scene,
-        ChipsConfig.model_validate(
-            {"size": 32, "stride": 32, "split": {"val": 0.2, "test": 0.3, "block_size": 32}}
-        ),
-        d / "run",
-    )
-    return {"dir": d, "scene": scene, "store": store}
+    scene = prepare(inputs, run)
+    split = {"val": 0.2, "test": 0.3, "block_size": 32}
+    chips = ChipsConfig.model_validate({"size": 32, "stride": 32, "split": split})
+    return scene, make_chips(scene, chips, run)
 
 
 def _run_eval(
@@ -332,28 +340,12 @@ def test_report_ranks_the_band_the_model_uses_first(prepared: dict) -> None:
 def test_a_band_missing_at_many_valid_pixels_is_a_warning_of_the_report(tmp_path: Path) -> None:
     """The fixture's scene with 'red' missing on its 40 left columns (nodata_rule 'all' keeps those pixels):
     the warning names the band and gives the map's accuracy on the gap's test pixels and elsewhere."""
-    rng = np.random.default_rng(1)
-    cls = (np.add.outer(np.arange(160) // 80, np.arange(160) // 40) % 3).astype(np.uint8)
-    b0 = cls + rng.normal(0, 0.3, cls.shape)
-    red = np.where(cls == 1, 0.05, 0.2) + rng.normal(0, 0.02, cls.shape)
+    cls, b0, red, nir = _bands()
     red[:, :40] = -1  # nodata
-    nir = np.where(cls == 1, 0.5, 0.15) + rng.normal(0, 0.02, cls.shape)
     img = write_tif(tmp_path / "img.tif", np.stack([b0, red, nir]).astype(np.float32), nodata=-1)
     lab = write_tif(tmp_path / "labels.tif", np.array([10, 20, 30], np.uint8)[cls], nodata=0)
-    inputs = InputsConfig.model_validate(
-        {
-            "images": [str(img)],
-            "bands": ["b0", "red", "nir"],
-            "labels": {"path": str(lab)},
-            "classes": CLASSES,
-        }
-    )
-    scene = prepare(inputs, tmp_path / "run")
+    scene, store = _prepare_and_chip(img, lab, tmp_path / "run")
     assert scene.band_gaps == {"red": pytest.approx(0.25)}
-    split = {"val": 0.2, "test": 0.3, "block_size": 32}
-    store = make_chips(
-        scene, ChipsConfig.model_validate({"size": 32, "stride": 32, "split": split}), tmp_path / "run"
-    )
     pkg = package_for(
         tmp_path / "model", "test-window-mean", ["b0", "red", "nir"], CLASSES, tile=64, overlap=16
     )
