@@ -19,31 +19,23 @@ def default_workers() -> int:
 
 
 class EpochShuffle(Sampler[int]):
-    """A shuffle that depends only on ``(seed, epoch)``.
+    """A shuffle that depends only on ``(seed, epoch)``, the epoch read when iteration starts.
 
     The default sampler draws from the global generator whenever Lightning happens to create the iterator,
-    which differs between an uninterrupted and a resumed run; this one gives epoch e the same order in both.
-    The epoch is the one Lightning last gave :meth:`set_epoch` (before every training epoch), else ``epoch()``
-    read when iteration starts: Lightning creates a run's first iterator before its first ``set_epoch``, and
-    with worker processes that iterator takes its first indices right away (see ``ChipDataModule._epoch``).
+    which differs between an uninterrupted and a resumed run; this one gives epoch e the same order in both
+    (``epoch`` must then count epochs as the fit loop does, see ``ChipDataModule._epoch``).
     """
 
     def __init__(self, n: int, seed: int, epoch: object) -> None:
         self.n = n
         self.seed = seed
         self.epoch = epoch  # a callable returning the current epoch
-        self._set: int | None = None
-
-    def set_epoch(self, epoch: int) -> None:
-        self._set = int(epoch)
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self) -> Iterator[int]:
-        epoch = self._set
-        if epoch is None:
-            epoch = int(self.epoch()) if callable(self.epoch) else 0
+        epoch = int(self.epoch()) if callable(self.epoch) else 0
         g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
         yield from torch.randperm(self.n, generator=g).tolist()
 
@@ -82,7 +74,8 @@ class ChipDataModule(L.LightningDataModule):
 
     def _epoch(self) -> int:
         """The epoch about to be trained: the fit loop's count of processed epochs, which a resumed run has
-        restored when it creates its first iterator (``trainer.current_epoch`` still says the one before)."""
+        restored when it creates its first iterator (``trainer.current_epoch`` still says the one before, and
+        a loader worker takes its first indices at once, so the first resumed epoch replayed the last one)."""
         trainer = getattr(self, "trainer", None)
         if trainer is None:
             return 0

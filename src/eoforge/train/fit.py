@@ -267,7 +267,7 @@ def train(
     else:
         log.info("resuming training from %s", last)
         if os.environ.get("LOCAL_RANK", "0") == "0":  # launcher-started ranks > 0 run this too; rank 0 logs
-            epoch = int(torch.load(last, map_location="cpu", weights_only=True)["epoch"])
+            epoch = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"])
             log.info(
                 "kept %d rows of the training log up to epoch %d",
                 history.keep_before_resume(out, epoch),
