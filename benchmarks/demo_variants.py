@@ -29,6 +29,7 @@ import rasterio
 
 from eoforge.config import RunConfig
 from eoforge.demo import CLASSES, LABELS, data_dir, demo_config
+from eoforge.evaluate.metrics import metrics_from_confusion
 
 SPLIT_CODES = {"train": 1, "val": 2, "test": 3}
 
@@ -51,16 +52,18 @@ def score(out: Path) -> dict[str, Any]:
         valid = src.dataset_mask() > 0
     with rasterio.open(data_dir() / LABELS) as src:
         ref = src.read(1)
+    ids = list(CLASSES)
     res: dict[str, Any] = {}
     for name, code in SPLIT_CODES.items():
         sel = (split == code) & (ref > 0) & valid & (pred != 255)
-        r, p = ref[sel].astype(int), pred[sel].astype(int)
-        present = [c for c in CLASSES if (r == c).any()]
-        ious = [((r == c) & (p == c)).sum() / ((r == c) | (p == c)).sum() for c in present]
+        # the report's own metrics, from this split's confusion matrix (reference classes on rows)
+        r, p = np.searchsorted(ids, ref[sel]), np.searchsorted(ids, pred[sel])
+        cm = np.bincount(r * len(ids) + p, minlength=len(ids) ** 2).reshape(len(ids), len(ids))
+        m = metrics_from_confusion(cm, list(CLASSES.values()), ids)
         res[name] = {
-            "oa": round(float((r == p).mean()), 4),
-            "miou": round(float(np.mean(ious)), 4),
-            "never_predicted": [CLASSES[c] for c in present if not (p == c).any()],
+            "oa": round(m["overall_accuracy"], 4),
+            "miou": round(m["mean_iou"], 4),
+            "never_predicted": [n for n, c in m["per_class"].items() if c["support"] and not c["predicted"]],
         }
     return res
 
